@@ -1,0 +1,1 @@
+//! ringstor control plane.

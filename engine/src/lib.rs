@@ -1,0 +1,1 @@
+//! ringstor data plane.
