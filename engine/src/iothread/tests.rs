@@ -1,0 +1,116 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::buf::Buf;
+use crate::op;
+
+fn spawn(name: &str) -> IoThread {
+    IoThread::spawn(IoThreadConfig {
+        name: name.into(),
+        cpu: Some(0),
+        ring_entries: 64,
+    })
+    .expect("spawn iothread")
+}
+
+#[test]
+fn pinned_and_reports_tid() {
+    let t = spawn("t-pin");
+    let h = t.handle().clone();
+    assert!(h.thread_id() > 0);
+    let status = std::fs::read_to_string(format!("/proc/self/task/{}/status", h.thread_id()))
+        .expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list"))
+        .expect("line");
+    assert!(line.ends_with("\t0"), "{line}");
+    assert_eq!(h.call(|| 40 + 2).expect("call"), 42);
+    t.stop();
+}
+
+#[test]
+fn file_read_write_roundtrip() {
+    let t = spawn("t-rw");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    std::fs::write(&path, vec![7u8; 8192]).expect("write");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let got = t
+        .handle()
+        .block_on(move || async move {
+            let fd = op::SharedFd::from_owner(file);
+            let mut b = Buf::zeroed(4096);
+            b.as_mut_slice().fill(9);
+            let (r, _b) = op::write_at(&fd, b, 0, 4096, 0).await;
+            r.expect("write");
+            op::fsync(&fd).await.expect("fsync");
+            let (r, b) = op::read_at(&fd, Buf::zeroed(8192), 0).await;
+            assert_eq!(r.expect("read"), 8192);
+            (b.as_slice()[4095], b.as_slice()[4096])
+        })
+        .expect("block_on");
+    assert_eq!(got, (7, 9));
+}
+
+#[test]
+fn sleep_and_timeout() {
+    let t = spawn("t-time");
+    let start = Instant::now();
+    let r = t
+        .handle()
+        .block_on(|| async {
+            op::sleep(Duration::from_millis(20)).await;
+            op::timeout(Duration::from_millis(10), op::sleep(Duration::from_secs(5))).await
+        })
+        .expect("block_on");
+    assert_eq!(r, Err(op::Elapsed));
+    let el = start.elapsed();
+    assert!(
+        el >= Duration::from_millis(30) && el < Duration::from_secs(4),
+        "{el:?}"
+    );
+}
+
+#[test]
+fn many_tasks_and_cross_thread_wakes() {
+    let t = spawn("t-many");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for i in 0..200u32 {
+        let tx = tx.clone();
+        t.handle()
+            .post(move || {
+                spawn_local(async move {
+                    op::sleep(Duration::from_millis(u64::from(i % 5))).await;
+                    let _ = tx.send(i);
+                })
+            })
+            .expect("post");
+    }
+    let mut got: Vec<u32> = (0..200)
+        .map(|_| rx.recv_timeout(Duration::from_secs(5)).expect("recv"))
+        .collect();
+    got.sort();
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn dropped_ops_are_cancelled_and_stop_is_clean() {
+    let t = spawn("t-drop");
+    let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+    t.handle()
+        .post(move || {
+            spawn_local(async move {
+                let fd = op::SharedFd::new(a.into());
+                // Never completes: the peer never sends. Stop must cancel it.
+                let _ = op::recv_into(&fd, Buf::with_capacity(4096), 4096).await;
+            })
+        })
+        .expect("post");
+    std::thread::sleep(Duration::from_millis(20));
+    t.stop();
+}

@@ -1,0 +1,64 @@
+//! [`SharedFd`]: an fd kept open for as long as any operation on it is in flight.
+
+use std::any::Any;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+
+/// A file descriptor shared by the operations of one iothread.
+///
+/// Operations clone the handle into their data, so closing the last user's
+/// handle while an op is in the kernel cannot recycle the fd number under it.
+#[derive(Clone)]
+pub struct SharedFd {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    raw: RawFd,
+    _owner: Box<dyn Any>,
+}
+
+impl SharedFd {
+    /// Takes ownership of `fd`.
+    pub fn new(fd: OwnedFd) -> SharedFd {
+        let raw = fd.as_raw_fd();
+        SharedFd {
+            inner: Rc::new(Inner {
+                raw,
+                _owner: Box::new(fd),
+            }),
+        }
+    }
+
+    /// Keeps `owner` (an `Arc<File>`, say) alive as the owner of its fd.
+    pub fn from_owner<T: AsRawFd + 'static>(owner: T) -> SharedFd {
+        let raw = owner.as_raw_fd();
+        SharedFd {
+            inner: Rc::new(Inner {
+                raw,
+                _owner: Box::new(owner),
+            }),
+        }
+    }
+
+    /// The raw fd, valid while this handle lives.
+    pub fn raw(&self) -> RawFd {
+        self.inner.raw
+    }
+
+    pub(crate) fn sqe_fd(&self) -> io_uring::types::Fd {
+        io_uring::types::Fd(self.inner.raw)
+    }
+}
+
+impl AsRawFd for SharedFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.raw
+    }
+}
+
+impl std::fmt::Debug for SharedFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedFd({})", self.inner.raw)
+    }
+}

@@ -1,0 +1,203 @@
+//! `IORING_OP_SENDMSG` from a [`GatherList`]: many replies, one system call.
+//!
+//! A `GatherList` collects small byte runs (reply headers, copied into one
+//! arena) and whole [`Buf`]s (read data, sent as they are, without a copy).
+//! The iovec array and the `msghdr` are built when the op is submitted and
+//! live in the list, which the op owns until the completion.
+
+use std::ops::Range;
+
+use io_uring::opcode;
+
+use super::{Completable, Op, SharedFd};
+use crate::buf::{Buf, BufResult, IoBuf};
+use crate::ring::Completion;
+
+/// At most this many iovecs per `sendmsg` (Linux `UIO_MAXIOV`).
+const MAX_IOV: usize = 1024;
+
+enum Seg {
+    Bytes(Range<usize>),
+    Buf(usize, Range<usize>),
+}
+
+/// An ordered list of byte runs to send. See the module docs.
+pub struct GatherList {
+    bytes: Vec<u8>,
+    bufs: Vec<Buf>,
+    segs: Vec<Seg>,
+    total: usize,
+    iov: Vec<libc::iovec>,
+    msg: Box<libc::msghdr>,
+}
+
+impl Default for GatherList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatherList {
+    /// An empty list.
+    pub fn new() -> GatherList {
+        // SAFETY: msghdr is a plain C struct for which all-zero is valid.
+        let msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        GatherList {
+            bytes: Vec::with_capacity(4096),
+            bufs: Vec::new(),
+            segs: Vec::new(),
+            total: 0,
+            iov: Vec::new(),
+            msg: Box::new(msg),
+        }
+    }
+
+    /// Appends a copy of `b`.
+    pub fn push_bytes(&mut self, b: &[u8]) {
+        if b.is_empty() {
+            return;
+        }
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(b);
+        let end = self.bytes.len();
+        match self.segs.last_mut() {
+            Some(Seg::Bytes(r)) if r.end == start => r.end = end,
+            _ => self.segs.push(Seg::Bytes(start..end)),
+        }
+        self.total += b.len();
+    }
+
+    /// Appends `buf[range]` without copying; the list owns `buf` until cleared.
+    pub fn push_buf(&mut self, buf: Buf, range: Range<usize>) {
+        let range = range.start.min(buf.len())..range.end.min(buf.len());
+        if range.is_empty() {
+            crate::buf::pool::check_in(buf);
+            return;
+        }
+        self.total += range.len();
+        self.segs.push(Seg::Buf(self.bufs.len(), range));
+        self.bufs.push(buf);
+    }
+
+    /// Bytes in the list.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// True when there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Number of segments (a proxy for how many replies are batched).
+    pub fn segments(&self) -> usize {
+        self.segs.len()
+    }
+
+    /// Empties the list, returning its buffers to the thread's pool.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.segs.clear();
+        self.iov.clear();
+        self.total = 0;
+        for b in self.bufs.drain(..) {
+            crate::buf::pool::check_in(b);
+        }
+    }
+
+    /// Builds the iovecs for the bytes after the first `skip`; returns how
+    /// many bytes they cover.
+    fn build_iov(&mut self, skip: usize) -> usize {
+        self.iov.clear();
+        let mut skip = skip;
+        let mut covered = 0;
+        for seg in &self.segs {
+            let (base, range) = match seg {
+                Seg::Bytes(r) => (self.bytes.as_ptr(), r.clone()),
+                Seg::Buf(i, r) => (self.bufs[*i].stable_ptr(), r.clone()),
+            };
+            if skip >= range.len() {
+                skip -= range.len();
+                continue;
+            }
+            let start = range.start + skip;
+            skip = 0;
+            let len = range.end - start;
+            // SAFETY: start < range.end <= the segment's initialised length.
+            let ptr = unsafe { base.add(start) };
+            self.iov.push(libc::iovec {
+                iov_base: ptr as *mut libc::c_void,
+                iov_len: len,
+            });
+            covered += len;
+            if self.iov.len() == MAX_IOV {
+                break;
+            }
+        }
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len() as _;
+        covered
+    }
+}
+
+struct SendMsg {
+    _fd: SharedFd,
+    list: GatherList,
+}
+
+impl Completable for SendMsg {
+    type Output = BufResult<usize, GatherList>;
+    fn complete(self, c: Completion) -> Self::Output {
+        (c.into_result().map(|n| n as usize), self.list)
+    }
+}
+
+/// One `sendmsg` of the bytes after the first `skip`; returns how many were sent.
+pub async fn sendmsg(
+    fd: &SharedFd,
+    mut list: GatherList,
+    skip: usize,
+) -> BufResult<usize, GatherList> {
+    if list.build_iov(skip) == 0 {
+        return (Ok(0), list);
+    }
+    let msg: *const libc::msghdr = &*list.msg;
+    let sqe = opcode::SendMsg::new(fd.sqe_fd(), msg)
+        .flags(libc::MSG_NOSIGNAL as u32)
+        .build();
+    // SAFETY: msg, the iovecs and everything they point to live in `list`
+    // (boxed, arena and owned Bufs), which the op owns until completion and
+    // nobody mutates meanwhile.
+    unsafe {
+        Op::submit(
+            SendMsg {
+                _fd: fd.clone(),
+                list,
+            },
+            sqe,
+        )
+    }
+    .await
+}
+
+/// Sends the whole list, looping over short sends.
+pub async fn send_all(fd: &SharedFd, list: GatherList) -> BufResult<(), GatherList> {
+    let mut list = list;
+    let mut sent = 0;
+    while sent < list.len() {
+        let (r, l) = sendmsg(fd, list, sent).await;
+        list = l;
+        match r {
+            Ok(0) => {
+                return (
+                    Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                    list,
+                )
+            }
+            Ok(n) => sent += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return (Err(e), list),
+        }
+    }
+    (Ok(()), list)
+}

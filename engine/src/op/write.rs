@@ -1,0 +1,49 @@
+//! `IORING_OP_WRITE`: a positioned write from an owned [`Buf`].
+
+use io_uring::opcode;
+
+use super::{Completable, Op, SharedFd};
+use crate::buf::{Buf, BufResult, IoBuf};
+use crate::ring::Completion;
+
+struct Write {
+    _fd: SharedFd,
+    buf: Buf,
+}
+
+impl Completable for Write {
+    type Output = BufResult<usize, Buf>;
+    fn complete(self, c: Completion) -> Self::Output {
+        (c.into_result().map(|n| n as usize), self.buf)
+    }
+}
+
+/// Writes `buf[from..]` at `offset` with `rw_flags` (`RWF_DSYNC` for FUA);
+/// returns how many bytes were written.
+pub async fn write_at(
+    fd: &SharedFd,
+    buf: Buf,
+    from: usize,
+    offset: u64,
+    rw_flags: i32,
+) -> BufResult<usize, Buf> {
+    let from = from.min(buf.len());
+    let len = (buf.len() - from).min(u32::MAX as usize) as u32;
+    // SAFETY: from <= len of the allocation, so the pointer stays inside it.
+    let ptr = unsafe { buf.stable_ptr().add(from) };
+    let sqe = opcode::Write::new(fd.sqe_fd(), ptr, len)
+        .offset(offset)
+        .rw_flags(rw_flags)
+        .build();
+    // SAFETY: the SQE points into buf's heap memory, which the op owns.
+    unsafe {
+        Op::submit(
+            Write {
+                _fd: fd.clone(),
+                buf,
+            },
+            sqe,
+        )
+    }
+    .await
+}
