@@ -1,1 +1,29 @@
-//! Block layer.
+//! The block layer: nodes, permissions, and the per-iothread data path.
+//!
+//! ```text
+//!   control thread                 iothread A            iothread B
+//!   BlockNode (Arc, Send+Sync) ──► BlockHandle (Rc) ──►  BlockHandle (Rc)
+//!     name, driver, size (atomic)    leaf fd + base        leaf fd + base
+//!     permissions, OFD locks         own ring              own ring
+//! ```
+//!
+//! Drivers: `file` and `host_device` (io_uring reads and writes, `O_DIRECT`
+//! with `cache.direct`, QEMU-compatible OFD locking), `raw` (a window of its
+//! child), `null-co` / `null-aio`. The block layer does not parse wire
+//! input; callers pass offsets and lengths, which it bounds-checks again.
+
+mod error;
+mod handle;
+mod lock;
+mod node;
+mod perm;
+mod status;
+
+pub use error::{BlockError, BlockResult};
+pub use handle::BlockHandle;
+pub use node::{BlockNode, FileOptions, NodeOptions, NullOptions, PermGuard, RawOptions};
+pub use perm::Perm;
+pub use status::BlockStatus;
+
+#[cfg(test)]
+mod tests;

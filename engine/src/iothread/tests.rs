@@ -49,7 +49,7 @@ fn file_read_write_roundtrip() {
             let (r, _b) = op::write_at(&fd, b, 0, 4096, 0).await;
             r.expect("write");
             op::fsync(&fd).await.expect("fsync");
-            let (r, b) = op::read_at(&fd, Buf::zeroed(8192), 0).await;
+            let (r, b) = op::read_at(&fd, Buf::zeroed(8192), 0, 0).await;
             assert_eq!(r.expect("read"), 8192);
             (b.as_slice()[4095], b.as_slice()[4096])
         })

@@ -1,7 +1,7 @@
 //! [`SharedFd`]: an fd kept open for as long as any operation on it is in flight.
 
 use std::any::Any;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
 /// A file descriptor shared by the operations of one iothread.
@@ -48,6 +48,14 @@ impl SharedFd {
 
     pub(crate) fn sqe_fd(&self) -> io_uring::types::Fd {
         io_uring::types::Fd(self.inner.raw)
+    }
+}
+
+impl AsFd for SharedFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the owner keeps the fd open for as long as the Rc lives,
+        // which outlives this borrow of self.
+        unsafe { BorrowedFd::borrow_raw(self.inner.raw) }
     }
 }
 

@@ -18,11 +18,19 @@ impl Completable for Read {
     }
 }
 
-/// Reads up to `buf.len()` bytes at `offset` into the start of `buf`;
+/// Reads up to `buf.len() - from` bytes at `offset` into `buf[from..]`;
 /// returns how many were read (short at end of file).
-pub async fn read_at(fd: &SharedFd, mut buf: Buf, offset: u64) -> BufResult<usize, Buf> {
-    let len = buf.len().min(u32::MAX as usize) as u32;
-    let sqe = opcode::Read::new(fd.sqe_fd(), buf.stable_mut_ptr(), len)
+pub async fn read_at(
+    fd: &SharedFd,
+    mut buf: Buf,
+    from: usize,
+    offset: u64,
+) -> BufResult<usize, Buf> {
+    let from = from.min(buf.len());
+    let len = (buf.len() - from).min(u32::MAX as usize) as u32;
+    // SAFETY: from <= len of the allocation, so the pointer stays inside it.
+    let ptr = unsafe { buf.stable_mut_ptr().add(from) };
+    let sqe = opcode::Read::new(fd.sqe_fd(), ptr, len)
         .offset(offset)
         .build();
     // SAFETY: the SQE points into buf's heap memory, which the op owns.

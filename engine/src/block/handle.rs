@@ -1,0 +1,375 @@
+//! [`BlockHandle`]: a node's data path on one iothread.
+//!
+//! Export drivers do all their I/O through a handle: owned buffers in,
+//! `(result, buffer)` out, never a ring, an fd or a format in sight. A
+//! handle is `!Send`; each iothread opens its own on the same node (the
+//! engine caches one per node per thread), so an export can spread its
+//! connections or queues over several cores, each submitting to its own
+//! ring (multi-queue, as QEMU's block layer does since 9.0).
+//!
+//! Format translation is done when the handle is opened: a `raw` node with
+//! an `offset` becomes its protocol leaf plus a base offset, so a request
+//! costs one operation whatever the depth of the graph.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use super::error::{BlockError, BlockResult};
+use super::node::{BlockNode, Kind};
+use super::status::{file_status, BlockStatus};
+use crate::buf::{pool, Buf};
+use crate::op::{self, SharedFd};
+
+/// Largest chunk written at once when emulating write-zeroes.
+const ZERO_CHUNK: usize = 1 << 20;
+
+enum Leaf {
+    File {
+        fd: SharedFd,
+        buffered: Option<SharedFd>,
+        align: u64,
+        no_flush: bool,
+    },
+    Null {
+        read_zeroes: bool,
+    },
+}
+
+struct Inner {
+    node: Arc<BlockNode>,
+    leaf: Leaf,
+    /// Added to every offset on the way to the leaf (`raw` `offset`).
+    base: u64,
+}
+
+/// A node's data path on the current iothread. See the module docs.
+#[derive(Clone)]
+pub struct BlockHandle {
+    inner: Rc<Inner>,
+}
+
+thread_local! {
+    static HANDLES: RefCell<HashMap<u64, Weak<Inner>>> = RefCell::new(HashMap::new());
+}
+
+impl BlockHandle {
+    /// The handle of `node` on this iothread, opening it on first use.
+    pub fn open(node: &Arc<BlockNode>) -> BlockHandle {
+        let cached = HANDLES.with(|h| h.borrow().get(&node.id).and_then(Weak::upgrade));
+        if let Some(inner) = cached {
+            return BlockHandle { inner };
+        }
+        let (leaf, base) = flatten(node);
+        let inner = Rc::new(Inner {
+            node: node.clone(),
+            leaf,
+            base,
+        });
+        HANDLES.with(|h| {
+            let mut h = h.borrow_mut();
+            h.retain(|_, w| w.strong_count() > 0);
+            h.insert(node.id, Rc::downgrade(&inner));
+        });
+        BlockHandle { inner }
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<BlockNode> {
+        &self.inner.node
+    }
+
+    /// Current size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.node.size()
+    }
+
+    fn check(&self, offset: u64, len: u64) -> BlockResult<()> {
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(BlockError::OutOfRange { offset, len, size }),
+        }
+    }
+
+    /// Chooses the descriptor: the `O_DIRECT` one when aligned, else the buffered one.
+    fn file_fd(
+        fd: &SharedFd,
+        buffered: &Option<SharedFd>,
+        align: u64,
+        off: u64,
+        len: u64,
+        addr_ok: bool,
+    ) -> SharedFd {
+        match buffered {
+            Some(b) if !(off % align == 0 && len % align == 0 && addr_ok) => b.clone(),
+            _ => fd.clone(),
+        }
+    }
+
+    /// Fills `buf` (all `buf.len()` bytes) from `offset`.
+    pub async fn read(&self, offset: u64, mut buf: Buf) -> (BlockResult<()>, Buf) {
+        let len = buf.len() as u64;
+        if let Err(e) = self.check(offset, len) {
+            return (Err(e), buf);
+        }
+        match &self.inner.leaf {
+            Leaf::Null { .. } => {
+                buf.as_mut_slice().fill(0);
+                (Ok(()), buf)
+            }
+            Leaf::File {
+                fd,
+                buffered,
+                align,
+                ..
+            } => {
+                let at = self.inner.base + offset;
+                let fd = Self::file_fd(fd, buffered, *align, at, len, true);
+                let mut done = 0usize;
+                while done < buf.len() {
+                    let (r, b) = op::read_at(&fd, buf, done, at + done as u64).await;
+                    buf = b;
+                    match r {
+                        Ok(0) => {
+                            // Past the end of the file: zeroes, as a hole would.
+                            let end = buf.len();
+                            buf.zero(done..end);
+                            break;
+                        }
+                        Ok(n) => done += n,
+                        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                        Err(e) => {
+                            return (Err(BlockError::io("read", offset + done as u64, e)), buf)
+                        }
+                    }
+                }
+                (Ok(()), buf)
+            }
+        }
+    }
+
+    /// Writes all of `buf` at `offset`; with `fua` the data is durable when
+    /// this returns (`RWF_DSYNC`).
+    pub async fn write(&self, offset: u64, buf: Buf, fua: bool) -> (BlockResult<()>, Buf) {
+        let len = buf.len() as u64;
+        if self.inner.node.read_only() {
+            return (Err(BlockError::ReadOnly), buf);
+        }
+        if let Err(e) = self.check(offset, len) {
+            return (Err(e), buf);
+        }
+        match &self.inner.leaf {
+            Leaf::Null { .. } => (Ok(()), buf),
+            Leaf::File {
+                fd,
+                buffered,
+                align,
+                no_flush,
+            } => {
+                let at = self.inner.base + offset;
+                let fd = Self::file_fd(fd, buffered, *align, at, len, true);
+                let flags = if fua && !no_flush { libc::RWF_DSYNC } else { 0 };
+                let mut buf = buf;
+                let mut done = 0usize;
+                while done < buf.len() {
+                    let (r, b) = op::write_at(&fd, buf, done, at + done as u64, flags).await;
+                    buf = b;
+                    match r {
+                        Ok(0) => {
+                            return (
+                                Err(BlockError::io(
+                                    "write",
+                                    offset + done as u64,
+                                    std::io::ErrorKind::WriteZero.into(),
+                                )),
+                                buf,
+                            )
+                        }
+                        Ok(n) => done += n,
+                        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                        Err(e) => {
+                            return (Err(BlockError::io("write", offset + done as u64, e)), buf)
+                        }
+                    }
+                }
+                (Ok(()), buf)
+            }
+        }
+    }
+
+    /// Makes every completed write durable.
+    pub async fn flush(&self) -> BlockResult<()> {
+        match &self.inner.leaf {
+            Leaf::Null { .. } => Ok(()),
+            Leaf::File { no_flush: true, .. } => Ok(()),
+            Leaf::File { fd, buffered, .. } => {
+                // The buffered descriptor shares the inode: one fdatasync covers both.
+                let _ = buffered;
+                op::fdatasync(fd)
+                    .await
+                    .map_err(|e| BlockError::io("flush", 0, e))
+            }
+        }
+    }
+
+    /// Tells the node the range is no longer needed (it may read back as anything,
+    /// here zeroes where the file system punches a hole).
+    pub async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
+        if self.inner.node.read_only() {
+            return Err(BlockError::ReadOnly);
+        }
+        self.check(offset, len)?;
+        match &self.inner.leaf {
+            Leaf::Null { .. } => Ok(()),
+            Leaf::File { fd, .. } => {
+                let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                match op::fallocate(fd, self.inner.base + offset, len, mode).await {
+                    Ok(()) => Ok(()),
+                    // Discard is advisory: a file system that cannot punch holes ignores it.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP)) => Ok(()),
+                    Err(e) => Err(BlockError::io("discard", offset, e)),
+                }
+            }
+        }
+    }
+
+    /// Makes the range read as zeroes. `may_unmap` allows a hole; `fast`
+    /// fails with [`BlockError::NotSupported`] instead of writing zeroes.
+    pub async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+        fast: bool,
+    ) -> BlockResult<()> {
+        if self.inner.node.read_only() {
+            return Err(BlockError::ReadOnly);
+        }
+        self.check(offset, len)?;
+        let Leaf::File { fd, .. } = &self.inner.leaf else {
+            return Ok(());
+        };
+        let at = self.inner.base + offset;
+        let modes: &[i32] = if may_unmap {
+            &[
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            ]
+        } else {
+            &[libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE]
+        };
+        for &mode in modes {
+            match op::fallocate(fd, at, len, mode).await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                    ) => {}
+                Err(e) => return Err(BlockError::io("write zeroes", offset, e)),
+            }
+        }
+        if fast {
+            return Err(BlockError::NotSupported);
+        }
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(ZERO_CHUNK as u64) as usize;
+            let mut b = pool::check_out(n);
+            b.as_mut_slice().fill(0);
+            let (r, b) = self.write(offset + done, b, false).await;
+            pool::check_in(b);
+            r?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Status of the run starting at `offset` (at most `max` bytes long);
+    /// returns the status and the run's length.
+    pub fn block_status(&self, offset: u64, max: u64) -> BlockResult<(BlockStatus, u64)> {
+        let size = self.size();
+        if offset >= size {
+            return Err(BlockError::OutOfRange {
+                offset,
+                len: max,
+                size,
+            });
+        }
+        let max = max.min(size - offset).max(1);
+        match &self.inner.leaf {
+            Leaf::Null { read_zeroes: true } => Ok((BlockStatus::HOLE, max)),
+            Leaf::Null { read_zeroes: false } => Ok((BlockStatus::DATA, max)),
+            Leaf::File { fd, .. } => {
+                let leaf_end = self.leaf_size();
+                file_status(fd, self.inner.base + offset, max, leaf_end)
+                    .map_err(|e| BlockError::io("block status", offset, e))
+            }
+        }
+    }
+
+    fn leaf_size(&self) -> u64 {
+        let mut n = &self.inner.node;
+        while let Some(c) = n.child() {
+            n = c;
+        }
+        n.size()
+    }
+
+    /// Hints that the range will be read soon.
+    pub fn cache(&self, offset: u64, len: u64) -> BlockResult<()> {
+        self.check(offset, len)?;
+        if let Leaf::File { fd, .. } = &self.inner.leaf {
+            let _ = nix::fcntl::posix_fadvise(
+                fd,
+                (self.inner.base + offset) as i64,
+                len as i64,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+        }
+        Ok(())
+    }
+
+    /// Grows or shrinks a `file` node (growable exports).
+    pub fn truncate(&self, size: u64) -> BlockResult<()> {
+        let node = &self.inner.node;
+        if node.read_only() {
+            return Err(BlockError::ReadOnly);
+        }
+        match (&node.kind, &self.inner.leaf) {
+            (Kind::File(_), Leaf::File { fd, .. }) => {
+                nix::unistd::ftruncate(fd, size as i64)
+                    .map_err(|e| BlockError::io("truncate", size, e.into()))?;
+                node.set_size(size);
+                Ok(())
+            }
+            _ => Err(BlockError::NotSupported),
+        }
+    }
+}
+
+fn flatten(node: &Arc<BlockNode>) -> (Leaf, u64) {
+    match &node.kind {
+        Kind::File(f) => (
+            Leaf::File {
+                fd: SharedFd::from_owner(f.file.clone()),
+                buffered: f.buffered.clone().map(SharedFd::from_owner),
+                align: f.align,
+                no_flush: f.no_flush,
+            },
+            0,
+        ),
+        Kind::Null { read_zeroes } => (
+            Leaf::Null {
+                read_zeroes: *read_zeroes,
+            },
+            0,
+        ),
+        Kind::Raw { child, offset } => {
+            let (leaf, base) = flatten(child);
+            (leaf, base + offset)
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! [`BlockNode`]: a node of the block graph as the control plane sees it.
+//!
+//! A node is `Send + Sync` and shared (`Arc`): the control thread creates,
+//! queries and deletes it, exports attach to it with permissions, and any
+//! number of iothreads open their own [`super::BlockHandle`] on it for I/O.
+//! What every iothread must agree on (the size) is an atomic the data path
+//! reads without a lock; permissions are control-plane state behind a mutex
+//! the data path never takes.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::error::{BlockError, BlockResult};
+use super::lock;
+use super::perm::{Perm, PermTable};
+
+/// Options of the `file` and `host_device` drivers.
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    /// Path of the image or device.
+    pub filename: String,
+    /// `cache.direct`: open with `O_DIRECT`.
+    pub direct: bool,
+    /// `cache.no-flush`: flushes succeed without syncing.
+    pub no_flush: bool,
+    /// Open read-only.
+    pub read_only: bool,
+    /// `locking`: take QEMU-compatible OFD locks.
+    pub locking: bool,
+    /// `host_device`: the path must be a block or character device.
+    pub host_device: bool,
+}
+
+/// Options of the `null-co` / `null-aio` drivers.
+#[derive(Debug, Clone)]
+pub struct NullOptions {
+    /// Size in bytes.
+    pub size: u64,
+    /// Reads return zeroes (otherwise their content is unspecified: here, zeroes too,
+    /// but block status reports data).
+    pub read_zeroes: bool,
+}
+
+/// Options of the `raw` format driver.
+#[derive(Debug, Clone)]
+pub struct RawOptions {
+    /// The protocol node below.
+    pub child: Arc<BlockNode>,
+    /// Where the data starts in the child.
+    pub offset: u64,
+    /// How much of the child is visible (default: the rest of it).
+    pub size: Option<u64>,
+}
+
+/// What kind of node to open.
+#[derive(Debug, Clone)]
+pub enum NodeOptions {
+    /// `file` or `host_device`.
+    File(FileOptions),
+    /// `null-co` or `null-aio`.
+    Null(NullOptions),
+    /// `raw`.
+    Raw(RawOptions),
+}
+
+#[derive(Debug)]
+pub(crate) struct FileState {
+    pub(crate) file: Arc<File>,
+    /// A second descriptor without `O_DIRECT` for requests the device
+    /// alignment does not allow (only when `direct`).
+    pub(crate) buffered: Option<Arc<File>>,
+    pub(crate) align: u64,
+    pub(crate) no_flush: bool,
+    pub(crate) locking: bool,
+    pub(crate) filename: String,
+}
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    File(FileState),
+    Null { read_zeroes: bool },
+    Raw { child: Arc<BlockNode>, offset: u64 },
+}
+
+/// A block node. See the module docs.
+#[derive(Debug)]
+pub struct BlockNode {
+    pub(crate) id: u64,
+    name: String,
+    driver: &'static str,
+    pub(crate) kind: Kind,
+    size: AtomicU64,
+    read_only: bool,
+    perms: PermTable,
+}
+
+static NEXT_NODE_ID: AtomicU64 = AtomicU64::new(1);
+
+impl BlockNode {
+    /// Opens a node named `name` with driver `driver` (QEMU's driver name).
+    pub fn open(
+        name: &str,
+        driver: &'static str,
+        options: NodeOptions,
+    ) -> BlockResult<Arc<BlockNode>> {
+        let (kind, size, read_only) = match options {
+            NodeOptions::File(o) => open_file(o)?,
+            NodeOptions::Null(o) => (
+                Kind::Null {
+                    read_zeroes: o.read_zeroes,
+                },
+                o.size,
+                false,
+            ),
+            NodeOptions::Raw(o) => {
+                let child_size = o.child.size();
+                if o.offset > child_size {
+                    return Err(BlockError::Invalid(format!(
+                        "The sum of offset ({}) and size (0) has to be smaller or equal to the  actual size of the containing file ({child_size})",
+                        o.offset
+                    )));
+                }
+                let size = match o.size {
+                    Some(s) if o.offset.checked_add(s).is_none_or(|end| end > child_size) => {
+                        return Err(BlockError::Invalid(format!(
+                            "The sum of offset ({}) and size ({s}) has to be smaller or equal to the  actual size of the containing file ({child_size})",
+                            o.offset
+                        )));
+                    }
+                    Some(s) => s,
+                    None => child_size - o.offset,
+                };
+                let ro = o.child.read_only();
+                (
+                    Kind::Raw {
+                        child: o.child,
+                        offset: o.offset,
+                    },
+                    size,
+                    ro,
+                )
+            }
+        };
+        Ok(Arc::new(BlockNode {
+            id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
+            name: name.to_string(),
+            driver,
+            kind,
+            size: AtomicU64::new(size),
+            read_only,
+            perms: PermTable::default(),
+        }))
+    }
+
+    /// The node name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// QEMU's driver name (`file`, `raw`, `null-co`, ...).
+    pub fn driver(&self) -> &'static str {
+        self.driver
+    }
+    /// Size in bytes (atomic: readable from any iothread).
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+    pub(crate) fn set_size(&self, size: u64) {
+        self.size.store(size, Ordering::Release)
+    }
+    /// Opened read-only.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+    /// The child node, for format drivers.
+    pub fn child(&self) -> Option<&Arc<BlockNode>> {
+        match &self.kind {
+            Kind::Raw { child, .. } => Some(child),
+            _ => None,
+        }
+    }
+    /// The image file name, for protocol nodes.
+    pub fn filename(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::File(f) => Some(&f.filename),
+            _ => None,
+        }
+    }
+    /// `O_DIRECT` in effect at the bottom of this node.
+    pub fn direct(&self) -> bool {
+        match &self.kind {
+            Kind::File(f) => f.buffered.is_some(),
+            Kind::Raw { child, .. } => child.direct(),
+            Kind::Null { .. } => false,
+        }
+    }
+    /// Users attached with permissions (exports, parents).
+    pub fn users(&self) -> usize {
+        self.perms.users()
+    }
+
+    /// Attaches a user that needs `perm` and lets others have `shared`.
+    /// The permission lasts as long as the returned guard.
+    pub fn attach(
+        self: &Arc<Self>,
+        user: &str,
+        perm: Perm,
+        shared: Perm,
+    ) -> BlockResult<PermGuard> {
+        if self.read_only && (perm.contains(Perm::WRITE) || perm.contains(Perm::RESIZE)) {
+            return Err(BlockError::ReadOnly);
+        }
+        let child = match &self.kind {
+            Kind::Raw { child, .. } => Some(child.attach(&self.name, perm, shared)?),
+            _ => None,
+        };
+        let id = self.perms.add(&self.name, user, perm, shared)?;
+        if let Err(e) = self.update_locks(true) {
+            self.perms.remove(id);
+            let _ = self.update_locks(false);
+            return Err(e);
+        }
+        Ok(PermGuard {
+            node: self.clone(),
+            id,
+            _child: child.map(Box::new),
+        })
+    }
+
+    fn update_locks(&self, check: bool) -> BlockResult<()> {
+        let Kind::File(f) = &self.kind else {
+            return Ok(());
+        };
+        if !f.locking {
+            return Ok(());
+        }
+        let (perm, unshared) = self.perms.cumulative();
+        if check {
+            lock::check(&*f.file, perm, unshared)?;
+        }
+        lock::apply(&*f.file, perm, unshared)
+    }
+}
+
+/// A user's hold on a node; dropping it gives the permissions back.
+#[derive(Debug)]
+pub struct PermGuard {
+    node: Arc<BlockNode>,
+    id: u64,
+    _child: Option<Box<PermGuard>>,
+}
+
+impl PermGuard {
+    /// The node held.
+    pub fn node(&self) -> &Arc<BlockNode> {
+        &self.node
+    }
+}
+
+impl Drop for PermGuard {
+    fn drop(&mut self) {
+        self.node.perms.remove(self.id);
+        if let Err(e) = self.node.update_locks(false) {
+            log::warn!("node {}: releasing locks: {e}", self.node.name);
+        }
+    }
+}
+
+fn open_file(o: FileOptions) -> BlockResult<(Kind, u64, bool)> {
+    let open_err = |source| BlockError::Open {
+        path: o.filename.clone(),
+        source,
+    };
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(!o.read_only);
+    let mut flags = libc::O_CLOEXEC;
+    if o.direct {
+        flags |= libc::O_DIRECT;
+    }
+    opts.custom_flags(flags);
+    let file = opts.open(&o.filename).map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    let is_dev = meta.file_type().is_block_device() || meta.file_type().is_char_device();
+    if o.host_device && !is_dev {
+        return Err(BlockError::Invalid(format!(
+            "'host_device' driver requires '{}' to be either a character or block device",
+            o.filename
+        )));
+    }
+    if !o.host_device && meta.file_type().is_block_device() {
+        return Err(BlockError::Invalid(format!(
+            "'file' driver requires '{}' to be a regular file",
+            o.filename
+        )));
+    }
+    if meta.is_dir() {
+        return Err(BlockError::Invalid(format!(
+            "'{}' is a directory",
+            o.filename
+        )));
+    }
+    let size = nix::unistd::lseek(&file, 0, nix::unistd::Whence::SeekEnd)
+        .map_err(|e| open_err(e.into()))? as u64;
+    let buffered = if o.direct {
+        let mut b = OpenOptions::new();
+        b.read(true)
+            .write(!o.read_only)
+            .custom_flags(libc::O_CLOEXEC);
+        Some(Arc::new(b.open(&o.filename).map_err(open_err)?))
+    } else {
+        None
+    };
+    // O_DIRECT needs offsets and lengths aligned to the logical block size;
+    // 4 KiB covers every device. Unaligned requests use the buffered fd.
+    let align = if o.direct { 4096 } else { 1 };
+    let state = FileState {
+        file: Arc::new(file),
+        buffered,
+        align,
+        no_flush: o.no_flush,
+        locking: o.locking,
+        filename: o.filename.clone(),
+    };
+    Ok((Kind::File(state), size, o.read_only))
+}
