@@ -6,9 +6,9 @@ use crate::nbd::proto::{
     HandshakeError, MetaContext, Negotiated, Negotiator, NegotiatorConfig, Outcome,
 };
 
-const FLAGS: u32 = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
+pub(super) const FLAGS: u32 = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
 
-fn opt(option: u32, payload: &[u8]) -> Vec<u8> {
+pub(super) fn opt(option: u32, payload: &[u8]) -> Vec<u8> {
     let mut v = NBD_OPTS_MAGIC.to_be_bytes().to_vec();
     v.extend_from_slice(&option.to_be_bytes());
     v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -16,13 +16,13 @@ fn opt(option: u32, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-fn name_payload(name: &str) -> Vec<u8> {
+pub(super) fn name_payload(name: &str) -> Vec<u8> {
     let mut v = (name.len() as u32).to_be_bytes().to_vec();
     v.extend_from_slice(name.as_bytes());
     v
 }
 
-fn info_payload(name: &str, reqs: &[u16]) -> Vec<u8> {
+pub(super) fn info_payload(name: &str, reqs: &[u16]) -> Vec<u8> {
     let mut v = name_payload(name);
     v.extend_from_slice(&(reqs.len() as u16).to_be_bytes());
     for r in reqs {
@@ -31,7 +31,7 @@ fn info_payload(name: &str, reqs: &[u16]) -> Vec<u8> {
     v
 }
 
-fn meta_payload(name: &str, queries: &[&str]) -> Vec<u8> {
+pub(super) fn meta_payload(name: &str, queries: &[&str]) -> Vec<u8> {
     let mut v = name_payload(name);
     v.extend_from_slice(&(queries.len() as u32).to_be_bytes());
     for q in queries {
@@ -41,7 +41,7 @@ fn meta_payload(name: &str, queries: &[&str]) -> Vec<u8> {
 }
 
 /// Parsed option replies: (option, type, payload).
-fn replies(mut b: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
+pub(super) fn replies(mut b: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
     let mut out = vec![];
     while b.len() >= 20 {
         assert_eq!(&b[..8], &NBD_REP_MAGIC.to_be_bytes());
@@ -57,18 +57,18 @@ fn replies(mut b: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
 
 /// Run a whole client byte stream; returns (output after greeting,
 /// consumed, outcome).
-fn run(input: &[u8]) -> (Vec<u8>, usize, Option<Outcome>) {
+pub(super) fn run(input: &[u8]) -> (Vec<u8>, usize, Option<Outcome>) {
     let mut n = Negotiator::new(NegotiatorConfig::default());
     n.advance_output(GREETING_LEN);
     let (used, outcome) = n.feed(input, &Cat);
     (n.output().to_vec(), used, outcome)
 }
 
-fn start(flags: u32) -> Vec<u8> {
+pub(super) fn start(flags: u32) -> Vec<u8> {
     flags.to_be_bytes().to_vec()
 }
 
-fn negotiated(o: Option<Outcome>) -> Negotiated {
+pub(super) fn negotiated(o: Option<Outcome>) -> Negotiated {
     match o {
         Some(Outcome::Negotiated(n)) => *n,
         other => panic!("expected Negotiated, got {other:?}"),
@@ -413,103 +413,4 @@ fn option_count_is_capped() {
     }
     let (_, o) = n.feed(&input, &Cat);
     assert_eq!(o, Some(Outcome::Failed(HandshakeError::TooManyOptions(3))));
-}
-
-fn meta_names(out: &[u8]) -> Vec<(u32, String)> {
-    replies(out)
-        .into_iter()
-        .filter(|r| r.1 == NBD_REP_META_CONTEXT)
-        .map(|(_, _, p)| {
-            (
-                u32::from_be_bytes(p[..4].try_into().unwrap()),
-                String::from_utf8(p[4..].to_vec()).unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn meta_run(option: u32, queries: &[&str], structured: bool) -> Vec<u8> {
-    let mut input = start(FLAGS);
-    if structured {
-        input.extend(opt(NBD_OPT_STRUCTURED_REPLY, &[]));
-    }
-    input.extend(opt(option, &meta_payload("disk", queries)));
-    run(&input).0
-}
-
-#[test]
-fn meta_context_listing_rules() {
-    let all = |v: &[(u32, &str)]| {
-        v.iter()
-            .map(|(i, s)| (*i, s.to_string()))
-            .collect::<Vec<_>>()
-    };
-    let l = NBD_OPT_LIST_META_CONTEXT;
-    let everything = all(&[
-        (0, "base:allocation"),
-        (0, "qemu:allocation-depth"),
-        (0, "qemu:dirty-bitmap:b1"),
-        (0, "qemu:dirty-bitmap:b2"),
-    ]);
-    assert_eq!(meta_names(&meta_run(l, &[], false)), everything);
-    assert_eq!(
-        meta_names(&meta_run(l, &["base:", "qemu:"], true)),
-        everything
-    );
-    assert_eq!(
-        meta_names(&meta_run(l, &["qemu:dirty-bitmap:"], true)),
-        everything[2..].to_vec()
-    );
-    assert_eq!(
-        meta_names(&meta_run(l, &["nbd:x", "base:nope", "qemu:nope"], true)),
-        vec![]
-    );
-    let s = NBD_OPT_SET_META_CONTEXT;
-    assert_eq!(
-        meta_names(&meta_run(
-            s,
-            &["base:", "qemu:", "qemu:dirty-bitmap:"],
-            true
-        )),
-        vec![]
-    );
-    assert_eq!(
-        meta_names(&meta_run(
-            s,
-            &["qemu:allocation-depth", "qemu:dirty-bitmap:b1"],
-            true
-        )),
-        all(&[(1, "qemu:allocation-depth"), (2, "qemu:dirty-bitmap:b1")])
-    );
-    // SET needs structured replies.
-    let r = replies(&meta_run(s, &["base:allocation"], false));
-    assert_eq!((r.len(), r[0].1), (1, NBD_REP_ERR_INVALID));
-    // Unknown export, truncated payload.
-    let mut input = start(FLAGS);
-    input.extend(opt(l, &meta_payload("nope", &[])));
-    input.extend(opt(l, &meta_payload("disk", &["base:allocation"])[..12]));
-    let r: Vec<_> = replies(&run(&input).0).into_iter().map(|r| r.1).collect();
-    assert_eq!(r, vec![NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_INVALID]);
-}
-
-#[test]
-fn meta_contexts_only_kept_for_the_same_export() {
-    let mut input = start(FLAGS);
-    input.extend(opt(NBD_OPT_STRUCTURED_REPLY, &[]));
-    input.extend(opt(
-        NBD_OPT_SET_META_CONTEXT,
-        &meta_payload("disk", &["base:allocation"]),
-    ));
-    input.extend(opt(NBD_OPT_GO, &info_payload("", &[])));
-    assert!(negotiated(run(&input).2).meta_contexts.is_empty());
-    // A failed SET clears an earlier selection.
-    let mut input = start(FLAGS);
-    input.extend(opt(NBD_OPT_STRUCTURED_REPLY, &[]));
-    input.extend(opt(
-        NBD_OPT_SET_META_CONTEXT,
-        &meta_payload("disk", &["base:allocation"]),
-    ));
-    input.extend(opt(NBD_OPT_SET_META_CONTEXT, &meta_payload("nope", &[])));
-    input.extend(opt(NBD_OPT_GO, &info_payload("disk", &[])));
-    assert!(negotiated(run(&input).2).meta_contexts.is_empty());
 }

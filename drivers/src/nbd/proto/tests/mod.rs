@@ -2,6 +2,7 @@
 //! request parsing/validation and reply encoding (`wire.rs`).
 
 mod handshake;
+mod meta;
 mod wire;
 
 use super::consts::*;
