@@ -1,1 +1,3 @@
 //! ringstor export drivers.
+
+pub mod nbd;
