@@ -1,3 +1,10 @@
-//! ringstor export drivers.
+//! ringstor's export drivers.
+//!
+//! Each driver has a folder: `nbd/` now; `vhost_user_blk/`, `fuse/` and
+//! `vduse_blk/` plug in the same way. A driver serves its protocol on the
+//! iothreads it is given, doing I/O through [`engine::block::BlockHandle`];
+//! it never sees a ring, an fd of the image or a format. What exports have
+//! in common lives in the control plane, behind [`export::Export`].
 
+pub mod export;
 pub mod nbd;
