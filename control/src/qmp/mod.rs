@@ -22,6 +22,8 @@ mod session;
 mod wire;
 
 #[cfg(test)]
+mod protocol_tests;
+#[cfg(test)]
 mod tests;
 
 pub use error::{ErrorClass, MonitorError, QmpError};
