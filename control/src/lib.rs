@@ -1,1 +1,2 @@
 //! ringstor control plane.
+pub mod qmp;
