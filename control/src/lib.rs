@@ -1,1 +1,3 @@
 //! ringstor control plane.
+
+pub mod cli;
