@@ -8,8 +8,10 @@
 #![forbid(unsafe_code)]
 
 pub mod blocks;
+pub mod cli;
 pub mod commands;
 pub mod daemon;
+pub mod demo;
 pub mod error;
 pub mod logger;
 pub mod objects;

@@ -1,23 +1,17 @@
 //! Turning a JSON object into a QAPI type, with QEMU's error wording.
 //!
-//! Types derive `Deserialize` with `deny_unknown_fields`; this module runs
-//! serde through `serde_path_to_error` (serde's own errors carry no field
-//! name) and rewrites serde's messages into the ones QEMU's QMP input
-//! visitor prints:
-//!
-//! ```text
-//! unknown field `foo`           -> Parameter 'foo' is unexpected
-//! missing field `filename`      -> Parameter 'filename' is missing
-//! invalid type: .. expected a boolean
-//!                               -> Invalid parameter type for 'read-only', expected: boolean
-//! unknown variant `x`           -> Parameter 'aio' does not accept value 'x'
-//! ```
-//!
-//! Keyval input (`--blockdev driver=file,...`) goes through the CLI's
-//! coercing deserializer, which already speaks QEMU's keyval wording.
+//! Types derive `Deserialize` with `deny_unknown_fields`. Unions are taken
+//! apart here by hand ([`Input::take_str`], [`Input::split`]), because
+//! serde's `flatten` defeats `deny_unknown_fields`; each part then goes
+//! through the CLI's deserializer (`cli::coerce`), which tracks member
+//! paths and speaks QEMU's wording: strictly for QMP and JSON options
+//! (`Invalid parameter type for 'read-only', expected: boolean`), with
+//! QEMU's string conversions for keyval (`Parameter 'size' expects size`).
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+
+use crate::cli::coerce;
 
 /// A QAPI input error; `Display` is QEMU's `desc`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,14 +118,12 @@ impl Input {
 
     /// Deserializes what is left into `T` (a `deny_unknown_fields` struct).
     pub fn parse<T: DeserializeOwned>(self) -> Result<T, InputError> {
-        let prefix = self.prefix;
         let value = Value::Object(self.members);
-        match self.syntax {
-            Syntax::Json => {
-                serde_path_to_error::deserialize(value).map_err(|e| map_error(&prefix, &e))
-            }
-            Syntax::Keyval => keyval::parse(value).map_err(|e| InputError(prefixed(&prefix, &e))),
-        }
+        let r = match self.syntax {
+            Syntax::Json => coerce::from_strict(value),
+            Syntax::Keyval => coerce::from_keyval(value),
+        };
+        r.map_err(|e| InputError(prefixed(&self.prefix, &e.to_string())))
     }
 }
 
@@ -140,20 +132,8 @@ pub fn from_args<T: DeserializeOwned>(args: Map<String, Value>) -> Result<T, Inp
     Input::new(args, Syntax::Json).parse()
 }
 
-mod keyval {
-    //! Bridge to the CLI's keyval deserializer.
-    use serde::de::DeserializeOwned;
-    use serde_json::Value;
-
-    // Until the CLI's coercing deserializer is merged, keyval input is
-    // parsed strictly (so `on`/`off` and numbers as strings fail).
-    pub(super) fn parse<T: DeserializeOwned>(value: Value) -> Result<T, String> {
-        serde_path_to_error::deserialize(value).map_err(|e| super::map_error("", &e).to_string())
-    }
-}
-
-/// Keyval errors name members relative to the object parsed; QEMU names
-/// them from the top (`file.filename`).
+/// The CLI's deserializer names members relative to the object parsed;
+/// QEMU names them from the top (`file.filename`).
 fn prefixed(prefix: &str, msg: &str) -> String {
     if prefix.is_empty() {
         return msg.to_string();
@@ -164,66 +144,5 @@ fn prefixed(prefix: &str, msg: &str) -> String {
             format!("{}{prefix}{}", &msg[..at], &msg[at..])
         }
         None => msg.to_string(),
-    }
-}
-
-fn map_error(prefix: &str, e: &serde_path_to_error::Error<serde_json::Error>) -> InputError {
-    let path = e.path().to_string();
-    let at = |leaf: &str| -> String {
-        let mut s = prefix.to_string();
-        if path != "." && !path.is_empty() {
-            s.push_str(&path);
-            if !leaf.is_empty() {
-                s.push('.');
-            }
-        }
-        s.push_str(leaf);
-        s
-    };
-    let msg = e.inner().to_string();
-    // serde_json appends " at line L column C" only when parsing text; a
-    // Value has no position, but strip it anyway to be safe.
-    let msg = match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg,
-    };
-    if let Some(name) = backticked(&msg, "unknown field `") {
-        return InputError::unexpected(&at(name));
-    }
-    if let Some(name) = backticked(&msg, "missing field `") {
-        return InputError::missing(&at(name));
-    }
-    if let Some(value) = backticked(&msg, "unknown variant `") {
-        return InputError::bad_value(&at(""), value);
-    }
-    if msg.starts_with("invalid type:") || msg.starts_with("invalid value:") {
-        let expected = msg.rsplit("expected ").next().unwrap_or("");
-        return InputError::invalid_type(&at(""), qapi_type_name(expected));
-    }
-    // Our own `de::Error::custom` messages are already in QEMU's words.
-    InputError(msg)
-}
-
-/// The text between `start` and the next backtick.
-fn backticked<'a>(msg: &'a str, start: &str) -> Option<&'a str> {
-    let rest = msg.strip_prefix(start)?;
-    rest.split('`').next()
-}
-
-/// serde's "expected ..." wording to QAPI's type names.
-fn qapi_type_name(expected: &str) -> &'static str {
-    let e = expected.trim();
-    if e.contains("bool") {
-        "boolean"
-    } else if e.contains("string") || e.contains("variant") || e.contains("str") {
-        "string"
-    } else if e.starts_with('u') || e.starts_with('i') || e.contains("integer") {
-        "integer"
-    } else if e.contains("sequence") || e.contains("array") {
-        "array"
-    } else if e.contains("f32") || e.contains("f64") || e.contains("number") {
-        "number"
-    } else {
-        "object"
     }
 }
