@@ -17,6 +17,7 @@ use crate::error::{ControlError, Result};
 use crate::qapi::{
     is_identifier, BlockdevOptions, BlockdevRef, DetectZeroes, DriverOptions, OnOffAuto,
 };
+use crate::qmp::to_qemu_json;
 
 /// What the control plane remembers about a node.
 #[derive(Debug)]
@@ -252,8 +253,8 @@ impl BlockGraph {
                 .child()
                 .and_then(|c| c.filename())
                 .map(str::to_string)
-                .unwrap_or_else(|| format!("json:{}", e.json)),
-            _ => format!("json:{}", e.json),
+                .unwrap_or_else(|| format!("json:{}", to_qemu_json(&e.json, false))),
+            _ => format!("json:{}", to_qemu_json(&e.json, false)),
         };
         let actual_size = node
             .filename()

@@ -193,7 +193,8 @@ impl Daemon {
     /// them to drain, as QEMU's `blk_exp_close_all_type()` does.
     pub(crate) fn remove_exports(&mut self, kind: Option<&str>) {
         let ids = self.exports.ids(kind);
-        for id in &ids {
+        // Newest first, the order QSD emits the events in.
+        for id in ids.iter().rev() {
             match self.exports.remove(id, RemoveMode::Hard) {
                 Ok(()) => {}
                 // Already shutting down: just wait for it below.

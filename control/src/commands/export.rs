@@ -23,8 +23,9 @@ pub(super) fn block_export_add_cmd(d: &mut Daemon, args: Map<String, Value>) -> 
 }
 
 /// The common path of `block-export-add` and `nbd-server-add`, in the
-/// order of QEMU's `blk_exp_add()`: id, node, iothread and permissions,
-/// then the driver's own checks.
+/// order of QEMU's `blk_exp_add()`: id, node, iothread, read-only and
+/// permissions, then the driver's own checks (whose failure drops the
+/// permissions again).
 pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> Result<Value> {
     d.exports.check_id(&base.id)?;
     let node = match d.blocks.get(&base.node_name) {
@@ -36,6 +37,7 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
             )))
         }
     };
+    let prepared = d.exports.prepare(&base, &node, &d.objects)?;
     match kind {
         ExportKind::Nbd(nbd) => {
             let Some(server) = &d.nbd else {
@@ -54,7 +56,6 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
                     b.name
                 )));
             }
-            let prepared = d.exports.prepare(&base, &node, &d.objects)?;
             let export = server.add_export(
                 prepared.common.clone(),
                 NbdExportOptions {

@@ -135,14 +135,9 @@ pub fn from_args<T: DeserializeOwned>(args: Map<String, Value>) -> Result<T, Inp
 /// The CLI's deserializer names members relative to the object parsed;
 /// QEMU names them from the top (`file.filename`).
 fn prefixed(prefix: &str, msg: &str) -> String {
-    if prefix.is_empty() {
-        return msg.to_string();
-    }
-    match msg.find("Parameter '") {
-        Some(i) => {
-            let at = i + "Parameter '".len();
-            format!("{}{prefix}{}", &msg[..at], &msg[at..])
-        }
-        None => msg.to_string(),
+    // Every CLI message that names a member quotes it first.
+    match msg.find('\'') {
+        Some(i) if !prefix.is_empty() => format!("{}{prefix}{}", &msg[..=i], &msg[i + 1..]),
+        _ => msg.to_string(),
     }
 }
