@@ -265,10 +265,7 @@ impl BlockGraph {
                 m.blocks() * 512
             })
             .unwrap_or(0);
-        let format = match node.driver() {
-            "host_device" => "host_device",
-            d => d,
-        };
+        let format = node.driver();
         let mut image = json!({
             "filename": file,
             "format": format,

@@ -5,7 +5,7 @@
 //! monitor socket, prints how to connect, and serves until Ctrl-C; the
 //! directory is removed at exit.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
@@ -88,6 +88,6 @@ fn serve(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn path(p: &PathBuf) -> String {
+fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }

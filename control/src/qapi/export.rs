@@ -4,9 +4,7 @@
 //! `iothread` is a string in QAPI; ringstor also takes a list of strings
 //! (spread the export over several iothreads).
 
-use std::fmt;
-
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -29,28 +27,21 @@ pub struct IothreadSpec(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for IothreadSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = IothreadSpec;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                // Mapped to QEMU's "expected: string".
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<IothreadSpec, E> {
-                Ok(IothreadSpec(vec![v.to_string()]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IothreadSpec, A::Error> {
-                let mut names = Vec::new();
-                while let Some(n) = seq.next_element::<String>()? {
-                    names.push(n);
-                }
-                if names.is_empty() {
-                    return Err(de::Error::custom("Parameter 'iothread' must not be empty"));
-                }
-                Ok(IothreadSpec(names))
-            }
+        // `iothread` is always a top-level member, so the message can
+        // name it; QEMU calls the type `string` (our list is an extension).
+        let wrong = || de::Error::custom("Invalid parameter type for 'iothread', expected: string");
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(IothreadSpec(vec![s])),
+            Value::Array(items) if !items.is_empty() => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(wrong()),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(IothreadSpec),
+            _ => Err(wrong()),
         }
-        d.deserialize_any(V)
     }
 }
 
