@@ -41,6 +41,24 @@ impl SharedFd {
         }
     }
 
+    /// Gives the fd back when this is the last handle and it owns an
+    /// `OwnedFd` (to move a socket to another iothread); otherwise returns
+    /// the handle unchanged.
+    pub fn try_into_owned(self) -> Result<OwnedFd, SharedFd> {
+        match Rc::try_unwrap(self.inner) {
+            Ok(inner) => match inner._owner.downcast::<OwnedFd>() {
+                Ok(fd) => Ok(*fd),
+                Err(owner) => Err(SharedFd {
+                    inner: Rc::new(Inner {
+                        raw: inner.raw,
+                        _owner: owner,
+                    }),
+                }),
+            },
+            Err(inner) => Err(SharedFd { inner }),
+        }
+    }
+
     /// The raw fd, valid while this handle lives.
     pub fn raw(&self) -> RawFd {
         self.inner.raw
