@@ -44,6 +44,9 @@ const MAX_INFLIGHT_BYTES: usize = 128 << 20;
 /// A batch of replies that makes no progress for this long drops the client.
 pub(crate) const SEND_STALL: Duration = Duration::from_secs(30);
 
+/// One chunk of a multi-chunk reply: header bytes and optional data.
+pub(crate) type ReplyPart = (Vec<u8>, Option<(Buf, usize)>);
+
 /// What the reader hands over to execution.
 pub(crate) struct Conn {
     pub(crate) fd: SharedFd,
@@ -100,7 +103,7 @@ impl Conn {
     }
 
     /// Queues a reply that is only bytes (several chunks count as one reply).
-    pub(crate) fn reply_parts(&self, parts: Vec<(Vec<u8>, Option<(Buf, usize)>)>) {
+    pub(crate) fn reply_parts(&self, parts: Vec<ReplyPart>) {
         let mut st = self.st.borrow_mut();
         if st.broken {
             return;
