@@ -143,6 +143,11 @@ impl Ring {
         Err(last_err.unwrap_or_else(|| io::Error::other("io_uring setup failed")))
     }
 
+    /// The io_uring, for registration calls.
+    pub(crate) fn uring(&self) -> &IoUring {
+        &self.uring
+    }
+
     /// Puts `fd` in the registered file table; `None` when full or refused.
     pub(crate) fn register_file(&mut self, fd: std::os::fd::RawFd) -> Option<u32> {
         let slot = self.free_files.pop()?;
