@@ -140,12 +140,14 @@ impl Qmp {
     }
 
     /// Execute and fail the test if the command fails.
+    #[track_caller]
     pub fn ok(&mut self, cmd: &str, args: Value) -> Value {
         self.execute(cmd, args.clone())
             .unwrap_or_else(|e| panic!("{cmd} {args} failed: {e:?}"))
     }
 
     /// Execute and fail the test if the command succeeds.
+    #[track_caller]
     pub fn err(&mut self, cmd: &str, args: Value) -> QmpError {
         match self.execute(cmd, args.clone()) {
             Ok(v) => panic!("{cmd} {args} unexpectedly succeeded: {v}"),
