@@ -1,6 +1,6 @@
 //! QMP monitor behaviour: negotiation, errors, queries, objects, events, quit.
 
-use ringstor_tests::qmp::{reply_to_result, shape, shape_covers};
+use ringstor_tests::qmp::reply_to_result;
 use ringstor_tests::*;
 use serde_json::{json, Value};
 use std::fs;
@@ -326,37 +326,12 @@ fn same_conversation_as_qsd() {
         json!({"execute": "nbd-server-stop"}),
         json!({"execute": "nbd-server-stop"}),
     ];
-    let run = |bin: &std::path::Path| -> Vec<Value> {
-        let dir = scratch();
-        make_sparse(&dir.path().join("disk.img"), MIB);
-        let mut args = vec![
-            "--blockdev",
-            "driver=file,node-name=disk0,filename={dir}/disk.img",
-        ];
-        let nbd = cli_export_args("");
-        args.extend(nbd.iter().map(String::as_str));
-        let d = Daemon::start_bin(bin, dir, &args);
-        let mut q = d.qmp();
-        conversation.iter().map(|m| q.send(m)).collect()
-    };
-    let ours = run(&binary());
-    let qsd = run(std::path::Path::new(daemon::QSD_BIN));
-    for ((m, o), r) in conversation.iter().zip(&ours).zip(&qsd) {
-        match (o.get("return"), r.get("return")) {
-            (Some(o), Some(r)) => assert!(
-                shape_covers(&shape(o), &shape(r)),
-                "{m}: reply shape differs from QSD\nours: {o}\nqsd:  {r}"
-            ),
-            (None, None) => {
-                assert_eq!(o["error"]["class"], r["error"]["class"], "{m}: error class");
-                if o["error"]["desc"] != r["error"]["desc"] {
-                    eprintln!(
-                        "NOTE {m}: desc {} vs QSD {}",
-                        o["error"]["desc"], r["error"]["desc"]
-                    );
-                }
-            }
-            _ => panic!("{m}: ours {o} but QSD {r}"),
-        }
-    }
+    let args = [
+        "--blockdev",
+        "driver=file,node-name=disk0,filename={dir}/disk.img",
+    ];
+    let mut full: Vec<&str> = args.to_vec();
+    let nbd = cli_export_args("");
+    full.extend(nbd.iter().map(String::as_str));
+    compare_with_qsd(&full, &conversation);
 }

@@ -255,3 +255,38 @@ pub fn qmp_export(size: u64, fill: Fill, extra: serde_json::Value) -> DiskDaemon
     q.ok("block-export-add", args);
     dd
 }
+
+/// Run `conversation` (full QMP command objects) on the binary under test and
+/// on QSD, each started with `args` (`{dir}` holds a 1 MiB `disk.img`), and
+/// compare: same success/failure, same error class, QSD's reply keys present
+/// in ours. Differing desc strings are printed as notes.
+pub fn compare_with_qsd(args: &[&str], conversation: &[serde_json::Value]) {
+    use crate::qmp::{shape, shape_covers};
+    let run_on = |bin: &Path| -> Vec<serde_json::Value> {
+        let dir = scratch();
+        make_sparse(&dir.path().join("disk.img"), 1 << 20);
+        let d = Daemon::start_bin(bin, dir, args);
+        let mut q = d.qmp();
+        conversation.iter().map(|m| q.send(m)).collect()
+    };
+    let ours = run_on(&crate::binary());
+    let qsd = run_on(Path::new(crate::daemon::QSD_BIN));
+    for ((m, o), r) in conversation.iter().zip(&ours).zip(&qsd) {
+        match (o.get("return"), r.get("return")) {
+            (Some(o), Some(r)) => assert!(
+                shape_covers(&shape(o), &shape(r)),
+                "{m}: reply shape differs from QSD\nours: {o}\nqsd:  {r}"
+            ),
+            (None, None) => {
+                assert_eq!(o["error"]["class"], r["error"]["class"], "{m}: error class");
+                if o["error"]["desc"] != r["error"]["desc"] {
+                    eprintln!(
+                        "NOTE {m}: desc {} vs QSD {}",
+                        o["error"]["desc"], r["error"]["desc"]
+                    );
+                }
+            }
+            _ => panic!("{m}: ours {o} but QSD {r}"),
+        }
+    }
+}
