@@ -1,1 +1,10 @@
-//! End-to-end tests.
+//! End-to-end tests: one binary, one module per topic.
+
+#[path = "e2e/cli.rs"]
+mod cli;
+#[path = "e2e/nbd.rs"]
+mod nbd;
+#[path = "e2e/nbd_qmp.rs"]
+mod nbd_qmp;
+#[path = "e2e/qmp.rs"]
+mod qmp;

@@ -1,4 +1,20 @@
-//! NBD export driver. `proto` is the sans-I/O protocol codec and handshake
-//! state machine; the io_uring server builds on it.
+//! The NBD export driver.
+//!
+//! - `proto/`: the sans-I/O protocol codec and handshake state machine.
+//! - `server`: listener, handshake with a deadline, hand-over to iothreads.
+//! - `registry`: the exports by name, connection counting, removal.
+//! - `conn`: the transmission phase of one connection (reader, writer).
+//! - `request`: one request against the block handle.
 
+mod conn;
+mod negotiate;
 pub mod proto;
+mod registry;
+mod request;
+mod server;
+
+pub use registry::NbdExport;
+pub use server::{NbdAddr, NbdError, NbdExportOptions, NbdServer, NbdServerConfig};
+
+#[cfg(test)]
+mod tests;

@@ -103,7 +103,9 @@ impl BlockHandle {
         addr_ok: bool,
     ) -> SharedFd {
         match buffered {
-            Some(b) if !(off % align == 0 && len % align == 0 && addr_ok) => b.clone(),
+            Some(b) if !(off.is_multiple_of(align) && len.is_multiple_of(align) && addr_ok) => {
+                b.clone()
+            }
             _ => fd.clone(),
         }
     }
@@ -354,7 +356,7 @@ fn flatten(node: &Arc<BlockNode>) -> (Leaf, u64) {
     match &node.kind {
         Kind::File(f) => (
             Leaf::File {
-                fd: SharedFd::from_owner(f.file.clone()),
+                fd: SharedFd::registered(f.file.clone()),
                 buffered: f.buffered.clone().map(SharedFd::from_owner),
                 align: f.align,
                 no_flush: f.no_flush,

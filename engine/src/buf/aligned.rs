@@ -19,6 +19,15 @@ pub struct Buf {
     ptr: NonNull<u8>,
     cap: usize,
     len: usize,
+    /// Where the memory comes from: the heap, or a slot of the iothread's
+    /// registered arena (see [`super::fixed`]).
+    origin: Origin,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Heap,
+    Fixed { arena: u32, index: u16 },
 }
 
 // SAFETY: Buf owns its allocation exclusively, like Vec<u8>.
@@ -34,7 +43,40 @@ impl Buf {
         let Some(ptr) = NonNull::new(raw) else {
             alloc::handle_alloc_error(layout)
         };
-        Buf { ptr, cap, len: 0 }
+        Buf {
+            ptr,
+            cap,
+            len: 0,
+            origin: Origin::Heap,
+        }
+    }
+
+    /// A buffer over slot `index` of registered arena `arena`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is valid for `cap` initialised bytes, page-aligned, owned by the
+    /// arena slot, and nobody else uses the slot until the Buf is dropped.
+    pub(crate) unsafe fn from_fixed(ptr: NonNull<u8>, cap: usize, arena: u32, index: u16) -> Buf {
+        Buf {
+            ptr,
+            cap,
+            len: 0,
+            origin: Origin::Fixed { arena, index },
+        }
+    }
+
+    /// The registered-buffer index, when the memory is in this iothread's arena.
+    pub fn fixed_index(&self) -> Option<u16> {
+        match self.origin {
+            Origin::Fixed { arena, index } if super::fixed::is_current(arena) => Some(index),
+            _ => None,
+        }
+    }
+
+    /// True when the memory belongs to a registered arena.
+    pub(crate) fn is_fixed(&self) -> bool {
+        self.origin != Origin::Heap
     }
 
     /// A zeroed buffer of length `len`.
@@ -127,8 +169,11 @@ impl Buf {
 
 impl Drop for Buf {
     fn drop(&mut self) {
-        // SAFETY: allocated in with_capacity with this very layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+        match self.origin {
+            // SAFETY: allocated in with_capacity with this very layout.
+            Origin::Heap => unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) },
+            Origin::Fixed { arena, index } => super::fixed::release(arena, index),
+        }
     }
 }
 

@@ -7,9 +7,13 @@
 //! [`Buf`] is the one buffer type of the data path: page-aligned (so the same
 //! buffer works with `O_DIRECT`), with a length (`len`, the initialised bytes)
 //! and a capacity. Buffers come from a per-iothread [`pool`] so the hot path
-//! does not hit the global allocator for every request.
+//! does not hit the global allocator for every request. Small buffers come
+//! first from the iothread's registered arena ([`fixed`]), which the ring
+//! reads and writes with `READ_FIXED`/`WRITE_FIXED` (no page pinning per
+//! operation).
 
 mod aligned;
+pub(crate) mod fixed;
 pub mod pool;
 
 pub use aligned::Buf;

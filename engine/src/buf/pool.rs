@@ -35,6 +35,10 @@ fn class_of(cap: usize) -> Option<usize> {
 
 /// A buffer of length `len` (contents unspecified but initialised).
 pub fn check_out(len: usize) -> Buf {
+    if let Some(mut b) = super::fixed::take(len) {
+        b.set_len(len);
+        return b;
+    }
     let mut buf = match class_of(len) {
         Some(class) => POOL
             .with(|p| p.borrow_mut()[class].pop())
@@ -47,6 +51,10 @@ pub fn check_out(len: usize) -> Buf {
 
 /// Gives a buffer back for reuse on this thread.
 pub fn check_in(buf: Buf) {
+    if buf.is_fixed() {
+        // Dropping it returns the slot to the arena.
+        return;
+    }
     let cap = buf.capacity();
     if !cap.is_power_of_two() {
         return;

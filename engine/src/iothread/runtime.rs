@@ -75,6 +75,7 @@ pub fn spawn_local<F: Future<Output = ()> + 'static>(fut: F) {
 
 impl Runtime {
     pub(crate) fn install(id: usize, ring: Ring, notify: Arc<Notify>) -> Rc<Runtime> {
+        crate::buf::fixed::init(ring.uring());
         let rt = Rc::new(Runtime {
             id,
             ring: RefCell::new(ring),
@@ -179,7 +180,9 @@ impl Runtime {
             let ops = std::mem::replace(&mut self.ring.borrow_mut().ops, crate::ring::Slab::new());
             std::mem::forget(ops);
         }
+        // The ring goes first, so no operation can reach the arena any more.
         CURRENT.with(|c| c.borrow_mut().take());
         CURRENT_ID.with(|c| c.set(None));
+        crate::buf::fixed::teardown();
     }
 }

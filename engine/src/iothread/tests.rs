@@ -114,3 +114,39 @@ fn dropped_ops_are_cancelled_and_stop_is_clean() {
     std::thread::sleep(Duration::from_millis(20));
     t.stop();
 }
+
+#[test]
+fn registered_buffers_read_and_write() {
+    let t = spawn("t-fixed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    std::fs::write(&path, vec![5u8; 65536]).expect("write");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let (fixed, byte) = t
+        .handle()
+        .block_on(move || async move {
+            let fd = op::SharedFd::registered(file);
+            let mut b = crate::buf::pool::check_out(4096);
+            let fixed = b.fixed_index().is_some();
+            b.as_mut_slice().fill(6);
+            let (r, b) = op::write_at(&fd, b, 0, 8192, 0).await;
+            r.expect("write fixed");
+            crate::buf::pool::check_in(b);
+            let (r, b) = op::read_at(&fd, crate::buf::pool::check_out(65536), 0, 0).await;
+            assert_eq!(r.expect("read fixed"), 65536);
+            (
+                fixed && fd.fixed_slot().is_some(),
+                (b.as_slice()[8191], b.as_slice()[8192]),
+            )
+        })
+        .expect("block_on");
+    // Root (CAP_IPC_LOCK) always gets an arena; others may legitimately not.
+    if nix::unistd::Uid::effective().is_root() {
+        assert!(fixed, "root should get registered buffers and files");
+    }
+    assert_eq!(byte, (5, 6));
+}

@@ -18,10 +18,10 @@ impl Completable for Fallocate {
 
 /// `fallocate(2)` with `mode` (`FALLOC_FL_*`).
 pub async fn fallocate(fd: &SharedFd, offset: u64, len: u64, mode: i32) -> std::io::Result<()> {
-    let sqe = opcode::Fallocate::new(fd.sqe_fd(), len)
+    let sqe = super::fd::with_fd!(fd, |f| opcode::Fallocate::new(f, len)
         .offset(offset)
         .mode(mode)
-        .build();
+        .build());
     // SAFETY: the SQE carries no pointer.
     unsafe { Op::submit(Fallocate { _fd: fd.clone() }, sqe) }.await
 }

@@ -18,16 +18,16 @@ impl Completable for Fsync {
 
 /// `fsync(2)`.
 pub async fn fsync(fd: &SharedFd) -> std::io::Result<()> {
-    let sqe = opcode::Fsync::new(fd.sqe_fd()).build();
+    let sqe = super::fd::with_fd!(fd, |f| opcode::Fsync::new(f).build());
     // SAFETY: the SQE carries no pointer.
     unsafe { Op::submit(Fsync { _fd: fd.clone() }, sqe) }.await
 }
 
 /// `fdatasync(2)`.
 pub async fn fdatasync(fd: &SharedFd) -> std::io::Result<()> {
-    let sqe = opcode::Fsync::new(fd.sqe_fd())
+    let sqe = super::fd::with_fd!(fd, |f| opcode::Fsync::new(f)
         .flags(FsyncFlags::DATASYNC)
-        .build();
+        .build());
     // SAFETY: the SQE carries no pointer.
     unsafe { Op::submit(Fsync { _fd: fd.clone() }, sqe) }.await
 }

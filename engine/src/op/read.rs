@@ -30,9 +30,14 @@ pub async fn read_at(
     let len = (buf.len() - from).min(u32::MAX as usize) as u32;
     // SAFETY: from <= len of the allocation, so the pointer stays inside it.
     let ptr = unsafe { buf.stable_mut_ptr().add(from) };
-    let sqe = opcode::Read::new(fd.sqe_fd(), ptr, len)
-        .offset(offset)
-        .build();
+    let sqe = match buf.fixed_index() {
+        Some(index) => super::fd::with_fd!(fd, |f| opcode::ReadFixed::new(f, ptr, len, index)
+            .offset(offset)
+            .build()),
+        None => super::fd::with_fd!(fd, |f| opcode::Read::new(f, ptr, len)
+            .offset(offset)
+            .build()),
+    };
     // SAFETY: the SQE points into buf's heap memory, which the op owns.
     unsafe {
         Op::submit(

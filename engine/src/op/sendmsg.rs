@@ -67,6 +67,21 @@ impl GatherList {
         self.total += b.len();
     }
 
+    /// Appends bytes that `fill` writes into the arena (no staging copy).
+    pub fn push_with(&mut self, fill: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.bytes.len();
+        fill(&mut self.bytes);
+        let end = self.bytes.len();
+        if end == start {
+            return;
+        }
+        match self.segs.last_mut() {
+            Some(Seg::Bytes(r)) if r.end == start => r.end = end,
+            _ => self.segs.push(Seg::Bytes(start..end)),
+        }
+        self.total += end - start;
+    }
+
     /// Appends `buf[range]` without copying; the list owns `buf` until cleared.
     pub fn push_buf(&mut self, buf: Buf, range: Range<usize>) {
         let range = range.start.min(buf.len())..range.end.min(buf.len());

@@ -31,10 +31,18 @@ pub async fn write_at(
     let len = (buf.len() - from).min(u32::MAX as usize) as u32;
     // SAFETY: from <= len of the allocation, so the pointer stays inside it.
     let ptr = unsafe { buf.stable_ptr().add(from) };
-    let sqe = opcode::Write::new(fd.sqe_fd(), ptr, len)
-        .offset(offset)
-        .rw_flags(rw_flags)
-        .build();
+    let sqe = match buf.fixed_index() {
+        Some(index) => super::fd::with_fd!(fd, |f| {
+            opcode::WriteFixed::new(f, ptr, len, index)
+                .offset(offset)
+                .rw_flags(rw_flags)
+                .build()
+        }),
+        None => super::fd::with_fd!(fd, |f| opcode::Write::new(f, ptr, len)
+            .offset(offset)
+            .rw_flags(rw_flags)
+            .build()),
+    };
     // SAFETY: the SQE points into buf's heap memory, which the op owns.
     unsafe {
         Op::submit(

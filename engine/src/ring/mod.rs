@@ -26,7 +26,7 @@ pub(crate) const WAKE_TOKEN: u64 = u64::MAX;
 pub(crate) const IGNORE_TOKEN: u64 = u64::MAX - 1;
 /// Keys at or above this value are reserved for the tokens above.
 const RESERVED_BASE: u64 = u64::MAX - 15;
-const _: () = assert!(IGNORE_TOKEN >= RESERVED_BASE && WAKE_TOKEN >= RESERVED_BASE);
+const _: () = assert!(IGNORE_TOKEN >= RESERVED_BASE && IGNORE_TOKEN < WAKE_TOKEN);
 
 /// What a completion's `user_data` stands for.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,8 +89,13 @@ pub struct RingFeatures {
     pub coop_taskrun: bool,
 }
 
+/// Slots in each ring's registered file table.
+const FIXED_FILES: u32 = 256;
+
 pub(crate) struct Ring {
     uring: IoUring,
+    /// Free slots of the registered file table (empty when unavailable).
+    free_files: Vec<u32>,
     pub(crate) ops: Slab<Lifecycle>,
     pub(crate) features: RingFeatures,
     /// A read on the wake eventfd is in the kernel.
@@ -117,8 +122,16 @@ impl Ring {
                         defer_taskrun: defer,
                         coop_taskrun: coop,
                     };
+                    let free_files = match uring.submitter().register_files_sparse(FIXED_FILES) {
+                        Ok(()) => (0..FIXED_FILES).rev().collect(),
+                        Err(e) => {
+                            log::info!("registered files unavailable ({e}); using plain fds");
+                            Vec::new()
+                        }
+                    };
                     return Ok(Ring {
                         uring,
+                        free_files,
                         ops: Slab::new(),
                         features,
                         wake_armed: false,
@@ -128,6 +141,36 @@ impl Ring {
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("io_uring setup failed")))
+    }
+
+    /// The io_uring, for registration calls.
+    pub(crate) fn uring(&self) -> &IoUring {
+        &self.uring
+    }
+
+    /// Puts `fd` in the registered file table; `None` when full or refused.
+    pub(crate) fn register_file(&mut self, fd: std::os::fd::RawFd) -> Option<u32> {
+        let slot = self.free_files.pop()?;
+        match self.uring.submitter().register_files_update(slot, &[fd]) {
+            Ok(_) => Some(slot),
+            Err(e) => {
+                log::debug!("register_files_update failed: {e}");
+                self.free_files.push(slot);
+                None
+            }
+        }
+    }
+
+    /// Empties a slot of the registered file table.
+    pub(crate) fn unregister_file(&mut self, slot: u32) {
+        if self
+            .uring
+            .submitter()
+            .register_files_update(slot, &[-1])
+            .is_ok()
+        {
+            self.free_files.push(slot);
+        }
     }
 
     /// SQEs queued but not yet handed to the kernel.

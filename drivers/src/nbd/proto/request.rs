@@ -75,8 +75,6 @@ pub struct RequestHeader {
 pub enum ProtoError {
     #[error("bad request magic {0:#x}")]
     BadMagic(u32),
-    #[error("extended NBD_CMD_WRITE without NBD_CMD_FLAG_PAYLOAD_LEN")]
-    WriteWithoutPayloadLen,
     #[error("request payload of {len} bytes exceeds the {max} byte limit")]
     PayloadTooLarge { len: u64, max: u32 },
 }
@@ -160,7 +158,9 @@ impl RequestHeader {
     /// Payload bytes that follow this header on the wire.
     pub fn payload_len(&self, extended: bool) -> u64 {
         if extended {
-            if self.flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0 {
+            // A WRITE always carries `length` bytes; the flag is optional
+            // for it (QEMU's client does not set it).
+            if self.kind == Command::Write || self.flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0 {
                 self.length
             } else {
                 0
@@ -185,10 +185,6 @@ pub fn check_request(h: &RequestHeader, s: &Session) -> Result<Disposition, Prot
         return Ok(Disposition::Disconnect);
     }
     let has_payload_flag = h.flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0;
-    if s.extended && h.kind == Write && !has_payload_flag {
-        // We cannot tell where the next header starts.
-        return Err(ProtoError::WriteWithoutPayloadLen);
-    }
     let payload = h.payload_len(s.extended);
     if s.extended && payload > u64::from(s.max_payload) {
         // Spec: server SHOULD hard-disconnect on oversized payloads.

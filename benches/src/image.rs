@@ -1,0 +1,82 @@
+//! The image every file-backed server exports: a fully written (not sparse)
+//! file of pseudo-random data, plus page-cache control between servers so
+//! each starts from the same state: fully cached for the page-cache
+//! scenario, evicted for the O_DIRECT one.
+
+use crate::error::{Context, Result};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+
+const CHUNK: usize = 1 << 20;
+
+/// Write `mib` MiB of non-zero pseudo-random data to `path` and fsync.
+pub fn create(path: &Path, mib: u64) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..mib {
+        fill(&mut buf, &mut state);
+        f.write_all(&buf)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}
+
+/// xorshift64 fill: incompressible, never all-zero blocks.
+fn fill(buf: &mut [u8], state: &mut u64) {
+    for word in buf.chunks_exact_mut(8) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        word.copy_from_slice(&state.to_le_bytes());
+    }
+}
+
+/// Read the whole file so it sits in the page cache.
+pub fn warm(path: &Path) -> Result<()> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = vec![0u8; CHUNK];
+    while f.read(&mut buf)? > 0 {}
+    Ok(())
+}
+
+/// Write back and evict the file's pages (`sync FILE`, then GNU dd's
+/// `iflag=nocache count=0`, which is `posix_fadvise(DONTNEED)` on the
+/// whole file). Servers with real O_DIRECT bypass the cache anyway; this
+/// keeps nbdkit's `cache=none` (fadvise-based) from starting warm.
+pub fn evict(path: &Path) -> Result<()> {
+    run(Command::new("sync").arg(path), "sync")?;
+    let ifile = format!("if={}", path.display());
+    run(
+        Command::new("dd").args([ifile.as_str(), "iflag=nocache", "count=0", "status=none"]),
+        "dd iflag=nocache",
+    )
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let st = cmd.status().context(what)?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(crate::error::Error::msg(format!("{what}: {st}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_is_deterministic_and_not_zero() {
+        let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
+        let (mut s1, mut s2) = (1u64, 1u64);
+        fill(&mut a, &mut s1);
+        fill(&mut b, &mut s2);
+        assert_eq!(a, b);
+        assert!(a.chunks(512).all(|c| c.iter().any(|&x| x != 0)));
+    }
+}

@@ -1,0 +1,226 @@
+//! What is measured: the fio jobs, the scenarios (page cache, O_DIRECT,
+//! null backend), run timing per mode, and the time budget of a run.
+
+use serde::Serialize;
+
+/// Which number a job is judged by in the ratio column and the chart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Primary {
+    /// I/Os per second (small-block jobs).
+    Iops,
+    /// Bytes per second (large sequential jobs).
+    Bandwidth,
+}
+
+/// One fio workload, independent of server and transport.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    /// Stable identifier used in JSON, file names and targets.
+    pub id: &'static str,
+    /// fio `rw=`.
+    pub rw: &'static str,
+    /// fio `bs=`.
+    pub bs: &'static str,
+    /// fio `iodepth=` (per connection).
+    pub iodepth: u32,
+    /// fio `numjobs=`; each job opens its own connection.
+    pub numjobs: u32,
+    /// fio `rwmixread=` for mixed jobs.
+    pub rwmixread: Option<u32>,
+    /// Ratio/chart metric.
+    pub primary: Primary,
+    /// Also run in the O_DIRECT scenario of a `--short` run (budget).
+    pub short_direct: bool,
+}
+
+impl Job {
+    const fn new(id: &'static str, rw: &'static str, bs: &'static str, iodepth: u32) -> Job {
+        Job {
+            id,
+            rw,
+            bs,
+            iodepth,
+            numjobs: 1,
+            rwmixread: None,
+            primary: Primary::Iops,
+            short_direct: false,
+        }
+    }
+}
+
+/// Jobs on a file-backed export (page-cache and O_DIRECT scenarios).
+pub fn file_jobs() -> Vec<Job> {
+    vec![
+        Job::new("randread-4k-qd1", "randread", "4k", 1),
+        Job {
+            short_direct: true,
+            ..Job::new("randread-4k-qd32", "randread", "4k", 32)
+        },
+        Job {
+            numjobs: 4,
+            ..Job::new("randread-4k-qd32-4conn", "randread", "4k", 32)
+        },
+        Job::new("randwrite-4k-qd1", "randwrite", "4k", 1),
+        Job {
+            short_direct: true,
+            ..Job::new("randwrite-4k-qd32", "randwrite", "4k", 32)
+        },
+        Job {
+            rwmixread: Some(70),
+            ..Job::new("randrw70-4k-qd32", "randrw", "4k", 32)
+        },
+        Job {
+            primary: Primary::Bandwidth,
+            ..Job::new("seqread-1m-qd8", "read", "1m", 8)
+        },
+        Job {
+            primary: Primary::Bandwidth,
+            ..Job::new("seqwrite-1m-qd8", "write", "1m", 8)
+        },
+    ]
+}
+
+/// Jobs on the null backend (protocol + server overhead only).
+pub fn null_jobs() -> Vec<Job> {
+    vec![Job::new("null-randread-4k-qd32", "randread", "4k", 32)]
+}
+
+/// How the file backend treats the host page cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CacheMode {
+    /// Buffered I/O; the image is read into the page cache beforehand.
+    PageCache,
+    /// O_DIRECT (nbdkit 1.32 has no O_DIRECT: `cache=none` is its closest).
+    Direct,
+}
+
+/// What an export is backed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BackendKind {
+    /// The shared preallocated image file.
+    File(CacheMode),
+    /// A null device that reads zeroes (null-co, nbdkit null).
+    Null,
+}
+
+/// A set of jobs run against every server with one backend configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    /// Identifier: `page-cache`, `direct` or `null`.
+    pub id: &'static str,
+    /// Backend of the export.
+    pub backend: BackendKind,
+    /// Jobs, in run order.
+    pub jobs: Vec<Job>,
+}
+
+/// Run length of each fio measurement.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timing {
+    /// Measured fio runs per (server, job).
+    pub repeats: u32,
+    /// Seconds of each measured run.
+    pub runtime_s: u32,
+    /// Seconds of the discarded warm-up run before the repeats.
+    pub ramp_s: u32,
+    /// Image size in MiB.
+    pub image_mib: u64,
+}
+
+/// `--short` or `--full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Mode {
+    /// 3 × 3 s, 1 GiB image, O_DIRECT subset: fits 10 minutes on 2 cores.
+    Short,
+    /// 5 × 10 s, 4 GiB image, every job in every scenario.
+    Full,
+}
+
+impl Mode {
+    /// Default timing of the mode.
+    pub fn timing(self) -> Timing {
+        match self {
+            Mode::Short => Timing {
+                repeats: 3,
+                runtime_s: 3,
+                ramp_s: 1,
+                image_mib: 1024,
+            },
+            Mode::Full => Timing {
+                repeats: 5,
+                runtime_s: 10,
+                ramp_s: 2,
+                image_mib: 4096,
+            },
+        }
+    }
+}
+
+/// The scenarios of a run in order: page cache, O_DIRECT, null.
+pub fn scenarios(mode: Mode) -> Vec<Scenario> {
+    let direct = file_jobs()
+        .into_iter()
+        .filter(|j| mode == Mode::Full || j.short_direct)
+        .collect();
+    vec![
+        Scenario {
+            id: "page-cache",
+            backend: BackendKind::File(CacheMode::PageCache),
+            jobs: file_jobs(),
+        },
+        Scenario {
+            id: "direct",
+            backend: BackendKind::File(CacheMode::Direct),
+            jobs: direct,
+        },
+        Scenario {
+            id: "null",
+            backend: BackendKind::Null,
+            jobs: null_jobs(),
+        },
+    ]
+}
+
+/// Per-fio-invocation overhead (process start, NBD handshake, JSON) and
+/// per-server start/stop overhead, in seconds, for the estimate.
+const FIO_OVERHEAD_S: f64 = 0.3;
+const SERVER_OVERHEAD_S: f64 = 1.0;
+
+/// Estimated wall time in seconds of `cells` (server, job) pairs over
+/// `server_starts` server lifetimes: one warm-up plus the repeats per cell.
+pub fn estimate_seconds(timing: &Timing, cells: usize, server_starts: usize) -> f64 {
+    let per_cell = timing.ramp_s as f64
+        + FIO_OVERHEAD_S
+        + timing.repeats as f64 * (timing.runtime_s as f64 + FIO_OVERHEAD_S);
+    cells as f64 * per_cell + server_starts as f64 * SERVER_OVERHEAD_S
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_run_with_four_servers_fits_ten_minutes() {
+        let t = Mode::Short.timing();
+        let sc = scenarios(Mode::Short);
+        // Four NBD servers for file scenarios and four for null (ringstor,
+        // QSD, nbdkit null, qemu-nbd null-co).
+        let cells: usize = sc.iter().map(|s| s.jobs.len() * 4).sum();
+        let starts = sc.len() * 4;
+        // Leave a minute for image creation, cache warm-up and reporting.
+        assert!(estimate_seconds(&t, cells, starts) < 540.0);
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let mut ids: Vec<_> = file_jobs()
+            .iter()
+            .chain(&null_jobs())
+            .map(|j| j.id)
+            .collect();
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n);
+    }
+}

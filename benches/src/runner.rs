@@ -1,0 +1,176 @@
+//! The measurement loop: for each scenario, each server in turn on the same
+//! backend (page cache warmed or evicted first), each job: one discarded
+//! warm-up fio run, then the repeats, sampling the server's CPU around each.
+
+use crate::cpu::process_cpu_seconds;
+use crate::error::{Error, Result};
+use crate::fio;
+use crate::image;
+use crate::jobs::{BackendKind, CacheMode, Job, Scenario, Timing};
+use crate::results::{Row, Sample};
+use crate::servers::{RunningServer, ServerKind};
+use crate::transport::{Backend, Transport};
+use std::path::{Path, PathBuf};
+
+/// What to run and with which tools.
+#[derive(Debug)]
+pub struct Plan {
+    /// Scenarios, in order.
+    pub scenarios: Vec<Scenario>,
+    /// Servers present, with their binaries, in order.
+    pub servers: Vec<(ServerKind, PathBuf)>,
+    /// Run lengths.
+    pub timing: Timing,
+    /// fio binary.
+    pub fio: PathBuf,
+    /// taskset CPU list for servers.
+    pub pin_server: Option<String>,
+    /// taskset CPU list for fio.
+    pub pin_fio: Option<String>,
+    /// Clock ticks per second for `/proc` CPU times.
+    pub ticks: f64,
+}
+
+/// Where a run keeps its files.
+#[derive(Debug)]
+pub struct Dirs {
+    /// Scratch (image, sockets, server logs); removed by its guard.
+    pub work: PathBuf,
+    /// Results directory; raw fio JSON goes to `raw/` below it.
+    pub out: PathBuf,
+}
+
+/// Run the plan; failures of one server or job become rows with an error,
+/// the rest of the run goes on. Returns rows and "skipped" lines.
+pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Vec<String>) {
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    let image = dirs.work.join("image.raw");
+    let size = plan.timing.image_mib * 1024 * 1024;
+    for sc in &plan.scenarios {
+        let backend = match sc.backend {
+            BackendKind::File(cache) => Backend::File {
+                path: image.clone(),
+                cache,
+            },
+            BackendKind::Null => Backend::Null { size },
+        };
+        for (kind, bin) in &plan.servers {
+            let Some(spec) = transport.launch(*kind, &backend, &dirs.work) else {
+                let line = format!(
+                    "SKIP {} on {}: not supported by this server",
+                    kind.id(),
+                    sc.id
+                );
+                println!("{line}");
+                skipped.push(line);
+                continue;
+            };
+            let fail_all = |rows: &mut Vec<Row>, e: &Error| {
+                println!("ERROR {} {}: {e}", sc.id, kind.id());
+                for j in &sc.jobs {
+                    rows.push(Row::new(
+                        sc.id,
+                        j.id,
+                        j.primary,
+                        *kind,
+                        vec![],
+                        Some(e.to_string()),
+                    ));
+                }
+            };
+            if let Err(e) = prepare_cache(&sc.backend, &image) {
+                fail_all(&mut rows, &e);
+                continue;
+            }
+            let log = dirs.work.join(format!("{}-{}.log", sc.id, kind.id()));
+            let name = format!("{} ({})", kind.id(), sc.id);
+            let mut server =
+                match RunningServer::start(&name, bin, &spec, plan.pin_server.as_deref(), &log) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        fail_all(&mut rows, &e);
+                        continue;
+                    }
+                };
+            let raw = dirs.out.join("raw").join(sc.id).join(kind.id());
+            for job in &sc.jobs {
+                let row = run_job(plan, &mut server, &spec.fio_args, job, &raw);
+                let (samples, error) = match row {
+                    Ok(s) => (s, None),
+                    Err((s, e)) => {
+                        println!("ERROR {} {} {}: {e}", sc.id, job.id, kind.id());
+                        (s, Some(e.to_string()))
+                    }
+                };
+                let row = Row::new(sc.id, job.id, job.primary, *kind, samples, error);
+                print_progress(&row);
+                rows.push(row);
+            }
+            // `server` dropped here: killed and reaped before the next one.
+        }
+    }
+    (rows, skipped)
+}
+
+fn prepare_cache(backend: &BackendKind, image: &Path) -> Result<()> {
+    match backend {
+        BackendKind::File(CacheMode::PageCache) => image::warm(image),
+        BackendKind::File(CacheMode::Direct) => image::evict(image),
+        BackendKind::Null => Ok(()),
+    }
+}
+
+/// Warm-up plus repeats; on failure, the samples so far and the error.
+fn run_job(
+    plan: &Plan,
+    server: &mut RunningServer,
+    transport_args: &[String],
+    job: &Job,
+    raw: &Path,
+) -> std::result::Result<Vec<Sample>, (Vec<Sample>, Error)> {
+    let mut samples = Vec::new();
+    let go = |samples: &mut Vec<Sample>, server: &mut RunningServer| -> Result<()> {
+        std::fs::create_dir_all(raw)?;
+        let pin = plan.pin_fio.as_deref();
+        if plan.timing.ramp_s > 0 {
+            let out = raw.join(format!("{}-warmup.json", job.id));
+            let args = fio::args(job, plan.timing.ramp_s, transport_args, &out);
+            fio::run(&plan.fio, &args, &out, pin)
+                .map_err(|e| Error::msg(format!("warm-up: {e}")))?;
+        }
+        for i in 1..=plan.timing.repeats {
+            server.check_alive()?;
+            let out = raw.join(format!("{}-{i}.json", job.id));
+            let args = fio::args(job, plan.timing.runtime_s, transport_args, &out);
+            let before = process_cpu_seconds(server.pid(), plan.ticks)?;
+            let fio = fio::run(&plan.fio, &args, &out, pin)?;
+            let after = process_cpu_seconds(server.pid(), plan.ticks)?;
+            samples.push(Sample {
+                fio,
+                server_cpu_s: after - before,
+            });
+        }
+        Ok(())
+    };
+    match go(&mut samples, server) {
+        Ok(()) => Ok(samples),
+        Err(e) => Err((samples, e)),
+    }
+}
+
+fn print_progress(row: &Row) {
+    if let Some(s) = row.summary {
+        println!(
+            "  {:<10} {:<24} {:<9} {:>10.0} IOPS {:>8.1} MiB/s  p50 {:>7.1} µs  p99 {:>8.1} µs  CPU {:>6.2} s/M I/O",
+            row.scenario,
+            row.job,
+            row.server.id(),
+            s.iops.median,
+            s.bw_mib_s.median,
+            s.p50_us.median,
+            s.p99_us.median,
+            s.cpu_s_per_mio.median
+        );
+    }
+}

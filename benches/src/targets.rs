@@ -1,0 +1,216 @@
+//! The project's performance targets, judged on the page-cache NBD run
+//! against the best of QSD/nbdkit/qemu-nbd, as PASS/FAIL/SKIP lines.
+
+use crate::results::Comparison;
+use serde::Serialize;
+use std::fmt;
+
+/// Which ratio of a [`Comparison`] a target reads.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum Metric {
+    /// IOPS or bandwidth.
+    Throughput,
+    /// p50 latency.
+    P50,
+    /// Server CPU per I/O.
+    CpuPerIo,
+}
+
+/// One target: `ratio(metric) >= threshold` (`at_least`) or `<=`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What it promises, for humans.
+    pub text: &'static str,
+    /// Scenario id.
+    pub scenario: &'static str,
+    /// Job id.
+    pub job: &'static str,
+    /// Ratio read.
+    pub metric: Metric,
+    /// `>=` when true, `<=` when false.
+    pub at_least: bool,
+    /// Bound on the ratio.
+    pub threshold: f64,
+}
+
+/// The targets from the project issue.
+pub fn targets() -> Vec<Target> {
+    let t = |text, job, metric, at_least, threshold| Target {
+        text,
+        scenario: "page-cache",
+        job,
+        metric,
+        at_least,
+        threshold,
+    };
+    vec![
+        t(
+            "NBD 4k randread qd32 IOPS, 1 conn",
+            "randread-4k-qd32",
+            Metric::Throughput,
+            true,
+            1.5,
+        ),
+        t(
+            "NBD 4k randread qd32 IOPS, 4 conns",
+            "randread-4k-qd32-4conn",
+            Metric::Throughput,
+            true,
+            2.0,
+        ),
+        t(
+            "NBD server CPU per read, 4 conns",
+            "randread-4k-qd32-4conn",
+            Metric::CpuPerIo,
+            false,
+            0.35,
+        ),
+        t(
+            "NBD 1 MiB seqread qd8 bandwidth",
+            "seqread-1m-qd8",
+            Metric::Throughput,
+            true,
+            1.4,
+        ),
+        t(
+            "NBD 4k randread qd1 p50 latency",
+            "randread-4k-qd1",
+            Metric::P50,
+            false,
+            1.0,
+        ),
+    ]
+}
+
+/// Outcome of one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    /// Met.
+    Pass,
+    /// Not met.
+    Fail,
+    /// Not measurable in this run (no ringstor, job not run).
+    Skip,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        })
+    }
+}
+
+/// A judged target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The target.
+    pub target: Target,
+    /// PASS/FAIL/SKIP.
+    pub status: Status,
+    /// The measured ratio.
+    pub ratio: Option<f64>,
+    /// Extra information (ringstor's p99 ratio for the latency target).
+    pub note: String,
+}
+
+impl Outcome {
+    /// The line printed and written to the Markdown.
+    pub fn line(&self) -> String {
+        let op = if self.target.at_least { ">=" } else { "<=" };
+        let got = self
+            .ratio
+            .map(|r| format!("{r:.2}x"))
+            .unwrap_or_else(|| "n/a".to_string());
+        let mut s = format!(
+            "{}: {} ({}/{}): ringstor/best = {got}, target {op} {:.2}x",
+            self.status,
+            self.target.text,
+            self.target.scenario,
+            self.target.job,
+            self.target.threshold
+        );
+        if !self.note.is_empty() {
+            s.push_str("; ");
+            s.push_str(&self.note);
+        }
+        s
+    }
+}
+
+/// Judge every target against the run's comparisons.
+pub fn evaluate(comparisons: &[Comparison]) -> Vec<Outcome> {
+    targets()
+        .into_iter()
+        .map(|target| {
+            let c = comparisons
+                .iter()
+                .find(|c| c.scenario == target.scenario && c.job == target.job);
+            let ratio = c.and_then(|c| match target.metric {
+                Metric::Throughput => c.throughput,
+                Metric::P50 => c.p50,
+                Metric::CpuPerIo => c.cpu_per_io,
+            });
+            let status = match ratio {
+                None => Status::Skip,
+                Some(r) if (target.at_least && r >= target.threshold) => Status::Pass,
+                Some(r) if (!target.at_least && r <= target.threshold) => Status::Pass,
+                Some(_) => Status::Fail,
+            };
+            let mut note = match (c, target.metric) {
+                (Some(c), Metric::P50) => c
+                    .p99
+                    .map(|p| format!("p99 ratio {p:.2}x (shown, no target)"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            if c.is_none() {
+                note = "ringstor not measured on this job".to_string();
+            }
+            Outcome {
+                target,
+                status,
+                ratio,
+                note,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmp(job: &str, throughput: f64, p50: f64, cpu: f64) -> Comparison {
+        Comparison {
+            scenario: "page-cache".into(),
+            job: job.into(),
+            best_other: None,
+            throughput: Some(throughput),
+            p50: Some(p50),
+            p99: Some(1.2),
+            cpu_per_io: Some(cpu),
+        }
+    }
+
+    #[test]
+    fn pass_fail_and_skip() {
+        let c = vec![
+            cmp("randread-4k-qd32", 1.6, 1.0, 1.0),
+            cmp("randread-4k-qd32-4conn", 1.9, 1.0, 0.3),
+            cmp("randread-4k-qd1", 1.0, 0.9, 1.0),
+        ];
+        let o = evaluate(&c);
+        let st: Vec<Status> = o.iter().map(|o| o.status).collect();
+        use Status::*;
+        assert_eq!(st, vec![Pass, Fail, Pass, Skip, Pass]);
+        assert!(o[4].line().contains("p99 ratio 1.20x"));
+        assert!(o[0]
+            .line()
+            .starts_with("PASS: NBD 4k randread qd32 IOPS, 1 conn"));
+        assert!(o[3].line().contains("n/a"));
+    }
+}

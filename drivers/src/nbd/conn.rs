@@ -1,0 +1,399 @@
+//! The transmission phase of one NBD connection, on one iothread.
+//!
+//! ```text
+//!   socket ─recv─► reader task ─parse every pipelined header─► request tasks
+//!                     ▲  (backpressure: in-flight cap)              │ block I/O on
+//!                     │                                             ▼ this thread's ring
+//!   socket ◄─sendmsg─ writer task ◄──── replies batched in a GatherList
+//! ```
+//!
+//! Reads complete into pooled buffers that are sent as they are (the reply
+//! header goes into the list's arena, the data buffer is an iovec); write
+//! payloads are received straight into the buffer that goes to the file.
+//! All replies that completed while a `sendmsg` was in flight go out in the
+//! next one. A client that stops reading fills the in-flight cap, the reader
+//! stops reading, and the connection is dropped after [`SEND_STALL`].
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use engine::block::BlockHandle;
+use engine::buf::{pool, Buf};
+use engine::iothread::spawn_local;
+use engine::op::{self, GatherList, SharedFd};
+
+use super::proto::consts::NBD_MAX_PAYLOAD;
+use super::proto::{
+    check_request, parse_request, reply_error, Disposition, MetaContext, NbdErrno, Negotiated,
+    ReplyMode, ReplyTo, RequestHeader, Session,
+};
+use super::registry::ExportShared;
+use super::request;
+
+/// Receive buffer: many pipelined small requests per `recv`.
+const RECV_BUF: usize = 256 * 1024;
+/// Requests received but not yet answered on the wire.
+const MAX_INFLIGHT: usize = 512;
+/// Bytes of read data waiting for the wire.
+const MAX_INFLIGHT_BYTES: usize = 128 << 20;
+/// A batch of replies that makes no progress for this long drops the client.
+pub(crate) const SEND_STALL: Duration = Duration::from_secs(30);
+
+/// One chunk of a multi-chunk reply: header bytes and optional data.
+pub(crate) type ReplyPart = (Vec<u8>, Option<(Buf, usize)>);
+
+/// What the reader hands over to execution.
+pub(crate) struct Conn {
+    pub(crate) fd: SharedFd,
+    pub(crate) handle: BlockHandle,
+    pub(crate) session: Session,
+    pub(crate) mode: ReplyMode,
+    pub(crate) contexts: Vec<(u32, MetaContext)>,
+    pub(crate) writethrough: bool,
+    export: Arc<ExportShared>,
+    conn_id: u64,
+    st: RefCell<State>,
+}
+
+#[derive(Default)]
+struct State {
+    out: GatherList,
+    spare: GatherList,
+    out_replies: usize,
+    /// Read data bytes queued in `out`.
+    out_data: usize,
+    inflight: usize,
+    inflight_bytes: usize,
+    writer: Option<Waker>,
+    reader: Option<Waker>,
+    closing: bool,
+    broken: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.export.disconnect(self.conn_id);
+    }
+}
+
+impl Conn {
+    /// Queues one reply built by `fill`, carrying `data` (sent without a copy).
+    pub(crate) fn reply(&self, fill: impl FnOnce(&mut Vec<u8>), data: Option<(Buf, usize)>) {
+        let mut st = self.st.borrow_mut();
+        if st.broken {
+            if let Some((b, _)) = data {
+                pool::check_in(b);
+            }
+            return;
+        }
+        st.out.push_with(fill);
+        if let Some((b, len)) = data {
+            st.out.push_buf(b, 0..len);
+            st.out_data += len;
+        }
+        st.out_replies += 1;
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues a reply that is only bytes (several chunks count as one reply).
+    pub(crate) fn reply_parts(&self, parts: Vec<ReplyPart>) {
+        let mut st = self.st.borrow_mut();
+        if st.broken {
+            return;
+        }
+        for (hdr, data) in parts {
+            st.out.push_bytes(&hdr);
+            if let Some((b, len)) = data {
+                st.out.push_buf(b, 0..len);
+                st.out_data += len;
+            }
+        }
+        st.out_replies += 1;
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn reply_to(&self, h: &RequestHeader) -> ReplyTo {
+        ReplyTo {
+            mode: self.mode,
+            cookie: h.cookie,
+            offset: h.offset,
+        }
+    }
+
+    fn start_request(&self, read_bytes: usize) {
+        let mut st = self.st.borrow_mut();
+        st.inflight += 1;
+        st.inflight_bytes += read_bytes;
+    }
+
+    fn shutdown_socket(&self) {
+        let _ = nix::sys::socket::shutdown(self.fd.raw(), nix::sys::socket::Shutdown::Both);
+    }
+}
+
+/// Starts a negotiated connection on the current iothread.
+pub(crate) fn start(
+    fd: OwnedFd,
+    leftover: Vec<u8>,
+    neg: Negotiated,
+    export: Arc<ExportShared>,
+    conn_id: u64,
+) {
+    let handle = BlockHandle::open(&export.common.node);
+    let session = Session {
+        structured: neg.structured,
+        extended: neg.extended,
+        export_size: handle.size(),
+        transmission_flags: neg.info.transmission_flags,
+        max_payload: neg.info.max_block.min(NBD_MAX_PAYLOAD),
+        meta_contexts: neg.meta_contexts.len() as u32,
+    };
+    let conn = Rc::new(Conn {
+        fd: SharedFd::new(fd),
+        handle,
+        session,
+        mode: ReplyMode::new(neg.structured, neg.extended),
+        contexts: neg.meta_contexts,
+        writethrough: export.common.writethrough,
+        export,
+        conn_id,
+        st: RefCell::new(State::default()),
+    });
+    spawn_local(writer(conn.clone()));
+    spawn_local(async move {
+        if let Err(e) = reader(&conn, leftover).await {
+            log::info!("nbd: connection to '{}' dropped: {e}", conn.export.name);
+            conn.shutdown_socket();
+        }
+        let mut st = conn.st.borrow_mut();
+        st.closing = true;
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReadEnd {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Proto(String),
+}
+
+async fn recv_more(conn: &Conn, rbuf: Buf) -> (Result<usize, ReadEnd>, Buf) {
+    let room = rbuf.capacity() - rbuf.len();
+    let (r, b) = op::recv_into(&conn.fd, rbuf, room).await;
+    match r {
+        Ok(0) => (Ok(0), b),
+        Ok(n) => (Ok(n), b),
+        Err(e) => (Err(e.into()), b),
+    }
+}
+
+/// Waits until the in-flight limits leave room for more requests.
+async fn backpressure(conn: &Conn) {
+    poll_fn(|cx| {
+        let mut st = conn.st.borrow_mut();
+        if st.broken || (st.inflight < MAX_INFLIGHT && st.inflight_bytes < MAX_INFLIGHT_BYTES) {
+            Poll::Ready(())
+        } else {
+            st.reader = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Receives exactly `len` more bytes into `buf` (a write payload).
+async fn recv_exact(conn: &Conn, mut buf: Buf, len: usize) -> Result<Buf, ReadEnd> {
+    while buf.len() < len {
+        let want = len - buf.len();
+        let (r, b) = op::recv_into(&conn.fd, buf, want).await;
+        buf = b;
+        if r? == 0 {
+            return Err(ReadEnd::Proto(
+                "client closed in the middle of a payload".into(),
+            ));
+        }
+    }
+    Ok(buf)
+}
+
+/// Skips `len` payload bytes without keeping them.
+async fn skip(conn: &Conn, mut scratch: Buf, mut len: u64) -> Result<Buf, ReadEnd> {
+    while len > 0 {
+        scratch.set_len(0);
+        let want = (scratch.capacity() as u64).min(len) as usize;
+        let (r, b) = op::recv_into(&conn.fd, scratch, want).await;
+        scratch = b;
+        let n = r?;
+        if n == 0 {
+            return Err(ReadEnd::Proto(
+                "client closed in the middle of a payload".into(),
+            ));
+        }
+        len -= n as u64;
+    }
+    scratch.set_len(0);
+    Ok(scratch)
+}
+
+async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
+    let mut rbuf = Buf::with_capacity(RECV_BUF.max(leftover.len()));
+    rbuf.extend_from_slice(&leftover);
+    let ext = conn.session.extended;
+    loop {
+        let mut pos = 0usize;
+        loop {
+            let avail = &rbuf.as_slice()[pos..];
+            let (hdr, used) = match parse_request(avail, ext) {
+                Ok(Some(v)) => v,
+                Ok(None) => break,
+                Err(e) => return Err(ReadEnd::Proto(e.to_string())),
+            };
+            let disp =
+                check_request(&hdr, &conn.session).map_err(|e| ReadEnd::Proto(e.to_string()))?;
+            match disp {
+                Disposition::Disconnect => return Ok(()),
+                Disposition::Reject { discard_len, error } => {
+                    pos += used;
+                    let in_buf = (rbuf.len() - pos) as u64;
+                    if discard_len <= in_buf {
+                        pos += discard_len as usize;
+                    } else {
+                        rbuf.set_len(0);
+                        pos = 0;
+                        rbuf = skip(conn, rbuf, discard_len - in_buf).await?;
+                    }
+                    conn.start_request(0);
+                    let to = conn.reply_to(&hdr);
+                    conn.reply(|v| reply_error(v, &to, error, error_message(error)), None);
+                }
+                Disposition::Execute { payload_len } => {
+                    let plen = payload_len as usize;
+                    let after = pos + used;
+                    let in_buf = rbuf.len() - after;
+                    let payload = if plen == 0 {
+                        pos = after;
+                        None
+                    } else if plen <= in_buf {
+                        let mut p = pool::check_out(plen);
+                        p.as_mut_slice()
+                            .copy_from_slice(&rbuf.as_slice()[after..after + plen]);
+                        pos = after + plen;
+                        Some(p)
+                    } else if hdr.kind == super::proto::Command::Write {
+                        // Receive the rest straight into the buffer that goes to the file.
+                        let mut p = pool::check_out(plen);
+                        p.set_len(0);
+                        p.extend_from_slice(&rbuf.as_slice()[after..]);
+                        rbuf.set_len(0);
+                        pos = 0;
+                        Some(recv_exact(conn, p, plen).await?)
+                    } else {
+                        // A small non-write payload not all here yet: wait for it.
+                        break;
+                    };
+                    let read_bytes = if hdr.kind == super::proto::Command::Read {
+                        hdr.length as usize
+                    } else {
+                        0
+                    };
+                    conn.start_request(read_bytes);
+                    spawn_local(request::execute(conn.clone(), hdr, payload));
+                }
+            }
+        }
+        rbuf.consume_front(pos);
+        if rbuf.len() == rbuf.capacity() {
+            return Err(ReadEnd::Proto(
+                "request does not fit the receive buffer".into(),
+            ));
+        }
+        backpressure(conn).await;
+        let (r, b) = recv_more(conn, rbuf).await;
+        rbuf = b;
+        if r? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn error_message(e: NbdErrno) -> &'static str {
+    match e {
+        NbdErrno::Perm => "export is read-only",
+        NbdErrno::Inval => "invalid request",
+        NbdErrno::NoSpc => "request beyond the end of the export",
+        NbdErrno::Overflow => "request too large",
+        NbdErrno::NotSup => "operation not supported",
+        _ => "request failed",
+    }
+}
+
+impl Conn {
+    /// Releases the read-byte budget of a read whose reply carries less
+    /// data than asked (an error or holes).
+    pub(crate) fn release_read_budget(&self, bytes: usize) {
+        let mut st = self.st.borrow_mut();
+        st.inflight_bytes = st.inflight_bytes.saturating_sub(bytes);
+    }
+}
+
+async fn writer(conn: Rc<Conn>) {
+    loop {
+        let batch = poll_fn(|cx| {
+            let mut st = conn.st.borrow_mut();
+            if st.out_replies > 0 {
+                let spare = std::mem::take(&mut st.spare);
+                let list = std::mem::replace(&mut st.out, spare);
+                let n = std::mem::take(&mut st.out_replies);
+                let data = std::mem::take(&mut st.out_data);
+                return Poll::Ready(Some((list, n, data)));
+            }
+            if st.broken || (st.closing && st.inflight == 0) {
+                return Poll::Ready(None);
+            }
+            st.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let Some((list, n, data)) = batch else { break };
+        let sent = op::timeout(SEND_STALL, op::send_all(&conn.fd, list)).await;
+        let (ok, list) = match sent {
+            Ok((r, list)) => (r.is_ok(), Some(list)),
+            Err(op::Elapsed) => (false, None),
+        };
+        let mut st = conn.st.borrow_mut();
+        if let Some(mut l) = list {
+            l.clear();
+            st.spare = l;
+        }
+        st.inflight = st.inflight.saturating_sub(n);
+        st.inflight_bytes = st.inflight_bytes.saturating_sub(data);
+        if !ok {
+            st.broken = true;
+        }
+        if let Some(w) = st.reader.take() {
+            w.wake();
+        }
+        if !ok {
+            drop(st);
+            log::info!(
+                "nbd: client of '{}' stopped reading or went away; dropping it",
+                conn.export.name
+            );
+            conn.shutdown_socket();
+            break;
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The NBD server's exports: what the handshake looks up by name, and the
+//! [`Export`] the control plane holds for each.
+//!
+//! The map is read at handshake time only (never on the data path). Each
+//! export counts its connections and keeps a `dup` of every connection's
+//! socket, so a hard removal can `shutdown(2)` them from the control thread
+//! without racing the iothread that owns (and may close) the original fd.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::proto::consts::NBD_MAX_PAYLOAD;
+use super::proto::{transmission_flags, ExportCaps, ExportCatalog, ExportInfo};
+use crate::export::{Export, ExportCommon, ExportError, RemoveMode};
+
+/// `NBD_INFO_BLOCK_SIZE` preferred size.
+const PREFERRED_BLOCK: u32 = 4096;
+
+/// One export as the server sees it.
+pub(crate) struct ExportShared {
+    pub(crate) common: ExportCommon,
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) allocation_depth: bool,
+    pub(crate) bitmaps: Vec<String>,
+    pub(crate) multi_conn: bool,
+    /// Round-robin cursor over `common.iothreads`.
+    next_thread: AtomicUsize,
+    clients: AtomicUsize,
+    removing: AtomicBool,
+    drained_sent: AtomicBool,
+    /// dup'd sockets of live connections, by connection id.
+    sockets: Mutex<BTreeMap<u64, OwnedFd>>,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+impl ExportShared {
+    pub(crate) fn info(&self) -> ExportInfo {
+        let caps = ExportCaps {
+            read_only: !self.common.writable,
+            flush: true,
+            fua: true,
+            rotational: false,
+            trim: true,
+            write_zeroes: true,
+            fast_zero: true,
+            df: true,
+            multi_conn: self.multi_conn,
+            cache: true,
+            block_status_payload: true,
+        };
+        ExportInfo {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            size: self.common.node.size(),
+            transmission_flags: transmission_flags(caps),
+            min_block: 1,
+            preferred_block: PREFERRED_BLOCK,
+            max_block: NBD_MAX_PAYLOAD,
+            allocation_depth: self.allocation_depth,
+            bitmaps: self.bitmaps.clone(),
+        }
+    }
+
+    /// Picks the iothread for a new connection.
+    pub(crate) fn pick_thread(&self) -> Option<engine::iothread::IoThreadHandle> {
+        let n = self.common.iothreads.len();
+        if n == 0 {
+            return None;
+        }
+        let i = self.next_thread.fetch_add(1, Ordering::Relaxed) % n;
+        Some(self.common.iothreads[i].clone())
+    }
+
+    /// Registers a connection (with a dup of its socket); `None` when the
+    /// export is being removed.
+    pub(crate) fn connect(&self, dup: OwnedFd) -> Option<u64> {
+        let mut s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        if self.removing.load(Ordering::Acquire) {
+            return None;
+        }
+        let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        s.insert(id, dup);
+        self.clients.fetch_add(1, Ordering::AcqRel);
+        Some(id)
+    }
+
+    /// A connection ended.
+    pub(crate) fn disconnect(&self, id: u64) {
+        let left = {
+            let mut s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+            s.remove(&id);
+            self.clients.fetch_sub(1, Ordering::AcqRel) - 1
+        };
+        if left == 0 && self.removing.load(Ordering::Acquire) {
+            self.drained();
+        }
+    }
+
+    fn drained(&self) {
+        if !self.drained_sent.swap(true, Ordering::AcqRel) {
+            (self.common.on_drained)(&self.common.id);
+        }
+    }
+
+    fn shutdown_all(&self) {
+        let s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        for fd in s.values() {
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                nix::sys::socket::Shutdown::Both,
+            );
+        }
+    }
+}
+
+/// Exports by NBD name.
+#[derive(Default)]
+pub(crate) struct Registry {
+    exports: RwLock<BTreeMap<String, Arc<ExportShared>>>,
+}
+
+impl Registry {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<ExportShared>> {
+        self.exports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.exports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
+    fn remove(&self, name: &str) {
+        self.exports
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    pub(crate) fn add(
+        self: &Arc<Self>,
+        common: ExportCommon,
+        name: String,
+        description: String,
+        allocation_depth: bool,
+        bitmaps: Vec<String>,
+        multi_conn: bool,
+    ) -> Result<NbdExport, ExportError> {
+        let mut map = self.exports.write().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(&name) {
+            return Err(ExportError::Failed(format!(
+                "NBD server already has export named '{name}'"
+            )));
+        }
+        let shared = Arc::new(ExportShared {
+            common,
+            name: name.clone(),
+            description,
+            allocation_depth,
+            bitmaps,
+            multi_conn,
+            next_thread: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
+            removing: AtomicBool::new(false),
+            drained_sent: AtomicBool::new(false),
+            sockets: Mutex::new(BTreeMap::new()),
+        });
+        map.insert(name, shared.clone());
+        Ok(NbdExport {
+            shared,
+            registry: self.clone(),
+        })
+    }
+}
+
+impl ExportCatalog for Registry {
+    fn list(&self) -> Vec<(String, String)> {
+        self.exports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|e| (e.name.clone(), e.description.clone()))
+            .collect()
+    }
+
+    fn lookup(&self, name: &str) -> Option<ExportInfo> {
+        self.get(name).map(|e| e.info())
+    }
+}
+
+/// An NBD export held by the control plane's registry.
+pub struct NbdExport {
+    shared: Arc<ExportShared>,
+    registry: Arc<Registry>,
+}
+
+impl Export for NbdExport {
+    fn id(&self) -> &str {
+        &self.shared.common.id
+    }
+
+    fn kind(&self) -> &'static str {
+        "nbd"
+    }
+
+    fn remove(&mut self, mode: RemoveMode) -> Result<(), ExportError> {
+        let sh = &self.shared;
+        {
+            let s = sh.sockets.lock().unwrap_or_else(|p| p.into_inner());
+            if mode == RemoveMode::Safe && !s.is_empty() {
+                return Err(ExportError::InUse(sh.common.id.clone()));
+            }
+            sh.removing.store(true, Ordering::Release);
+        }
+        // New clients can no longer find it.
+        self.registry.remove(&sh.name);
+        if mode == RemoveMode::Hard {
+            sh.shutdown_all();
+        }
+        if sh.clients.load(Ordering::Acquire) == 0 {
+            sh.drained();
+        }
+        Ok(())
+    }
+
+    fn clients(&self) -> usize {
+        self.shared.clients.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for NbdExport {
+    fn drop(&mut self) {
+        // Dropped without removal (e.g. a failed add): make sure no client stays.
+        if !self.shared.removing.swap(true, Ordering::AcqRel) {
+            self.registry.remove(&self.shared.name);
+            self.shared.shutdown_all();
+        }
+    }
+}

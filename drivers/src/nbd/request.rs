@@ -1,0 +1,247 @@
+//! Executes one NBD request against the block handle and queues its reply.
+
+use std::rc::Rc;
+
+use engine::block::{BlockError, BlockStatus};
+use engine::buf::{pool, Buf};
+
+use super::conn::Conn;
+use super::proto::consts::{
+    NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE,
+    NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_FLAG_REQ_ONE, NBD_STATE_HOLE, NBD_STATE_ZERO,
+};
+use super::proto::{
+    chunk_block_status, chunk_none, chunk_offset_hole, parse_block_status_payload,
+    read_data_header, reply_error, reply_ok, Command, Extent, MetaContext, NbdErrno, ReplyMode,
+    RequestHeader,
+};
+
+/// Reads at least this long are split into data and hole chunks (structured
+/// replies without `DF`); shorter ones are sent as data, which costs the
+/// client nothing and saves a block-status lookup per small read.
+const SPARSE_READ_MIN: u64 = 64 * 1024;
+/// Extents per block-status reply at most (QEMU sends at most 2^20 / 8).
+const MAX_EXTENTS: usize = 1024;
+
+fn errno_of(e: &BlockError) -> NbdErrno {
+    NbdErrno::from_errno(e.errno())
+}
+
+/// Runs `h` and queues the reply.
+pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Buf>) {
+    let to = conn.reply_to(&h);
+    let result: Result<(), BlockError> = match h.kind {
+        Command::Read => return read(&conn, &h).await,
+        Command::Write => {
+            let Some(buf) = payload else {
+                conn.reply(
+                    |v| reply_error(v, &to, NbdErrno::Inval, "write without payload"),
+                    None,
+                );
+                return;
+            };
+            let fua = h.flags & NBD_CMD_FLAG_FUA != 0 || conn.writethrough;
+            let (r, buf) = conn.handle.write(h.offset, buf, fua).await;
+            pool::check_in(buf);
+            r
+        }
+        Command::Flush => conn.handle.flush().await,
+        Command::Trim => match conn.handle.discard(h.offset, h.length).await {
+            Ok(()) if h.flags & NBD_CMD_FLAG_FUA != 0 || conn.writethrough => {
+                conn.handle.flush().await
+            }
+            r => r,
+        },
+        Command::WriteZeroes => {
+            let may_unmap = h.flags & NBD_CMD_FLAG_NO_HOLE == 0;
+            let fast = h.flags & NBD_CMD_FLAG_FAST_ZERO != 0;
+            match conn
+                .handle
+                .write_zeroes(h.offset, h.length, may_unmap, fast)
+                .await
+            {
+                Ok(()) if h.flags & NBD_CMD_FLAG_FUA != 0 || conn.writethrough => {
+                    conn.handle.flush().await
+                }
+                r => r,
+            }
+        }
+        Command::Cache => conn.handle.cache(h.offset, h.length),
+        Command::BlockStatus => return block_status(&conn, &h, payload),
+        Command::Disc | Command::Unknown(_) => Err(BlockError::NotSupported),
+    };
+    match result {
+        Ok(()) => conn.reply(|v| reply_ok(v, &to), None),
+        Err(e) => {
+            let msg = e.to_string();
+            conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+        }
+    }
+}
+
+async fn read(conn: &Conn, h: &RequestHeader) {
+    let to = conn.reply_to(h);
+    let len = h.length as usize;
+    let sparse = conn.mode != ReplyMode::Simple
+        && h.flags & NBD_CMD_FLAG_DF == 0
+        && h.length >= SPARSE_READ_MIN;
+    if sparse {
+        if let Ok((st, n)) = conn.handle.block_status(h.offset, h.length) {
+            if n < h.length || st.zero {
+                return sparse_read(conn, h).await;
+            }
+        }
+    }
+    let (r, buf) = conn.handle.read(h.offset, pool::check_out(len)).await;
+    match r {
+        Ok(()) => conn.reply(
+            |v| {
+                let _ = read_data_header(v, &to, true, h.offset, len as u32);
+            },
+            Some((buf, len)),
+        ),
+        Err(e) => {
+            pool::check_in(buf);
+            conn.release_read_budget(len);
+            let msg = e.to_string();
+            conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+        }
+    }
+}
+
+/// A structured read as data and hole chunks, then a final NONE chunk.
+async fn sparse_read(conn: &Conn, h: &RequestHeader) {
+    let to = conn.reply_to(h);
+    let mut parts = Vec::new();
+    let mut off = h.offset;
+    let end = h.offset + h.length;
+    let mut holes = 0usize;
+    while off < end {
+        let (st, n) = match conn.handle.block_status(off, end - off) {
+            Ok(v) => v,
+            Err(_) => (BlockStatus::DATA, end - off),
+        };
+        let n = n.min(end - off);
+        let mut hdr = Vec::with_capacity(32);
+        if st.zero {
+            let _ = chunk_offset_hole(&mut hdr, &to, false, off, n as u32);
+            holes += n as usize;
+            parts.push((hdr, None));
+        } else {
+            let (r, buf) = conn.handle.read(off, pool::check_out(n as usize)).await;
+            if let Err(e) = r {
+                pool::check_in(buf);
+                conn.release_read_budget(h.length as usize);
+                let msg = e.to_string();
+                conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+                return;
+            }
+            let _ = read_data_header(&mut hdr, &to, false, off, n as u32);
+            parts.push((hdr, Some((buf, n as usize))));
+        }
+        off += n;
+    }
+    let mut done = Vec::with_capacity(32);
+    let _ = chunk_none(&mut done, &to);
+    parts.push((done, None));
+    conn.release_read_budget(holes);
+    conn.reply_parts(parts);
+}
+
+fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>) {
+    let to = conn.reply_to(h);
+    let fail = |e: NbdErrno, msg: &str| conn.reply(|v| reply_error(v, &to, e, msg), None);
+    // Which contexts, and how far (the payload form carries both).
+    let mut length = h.length;
+    let mut wanted: Vec<&(u32, MetaContext)> = conn.contexts.iter().collect();
+    if h.flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0 {
+        let Some(p) = payload.as_ref() else {
+            return fail(NbdErrno::Inval, "missing payload");
+        };
+        let parsed = match parse_block_status_payload(p.as_slice()) {
+            Ok(v) => v,
+            Err(e) => return fail(e, "bad block status payload"),
+        };
+        length = parsed.effect_length;
+        if !parsed.is_empty() {
+            let ids: Vec<u32> = parsed.ids().collect();
+            if ids
+                .iter()
+                .any(|id| !conn.contexts.iter().any(|(c, _)| c == id))
+            {
+                return fail(NbdErrno::Inval, "unknown metadata context id");
+            }
+            wanted.retain(|(id, _)| ids.contains(id));
+        }
+    }
+    if let Some(p) = payload {
+        pool::check_in(p);
+    }
+    let size = conn.handle.size();
+    if h.offset >= size || length == 0 {
+        return fail(NbdErrno::Inval, "block status beyond the end of the export");
+    }
+    let length = length.min(size - h.offset);
+    let req_one = h.flags & NBD_CMD_FLAG_REQ_ONE != 0;
+    let max_len = if conn.session.extended {
+        u64::MAX
+    } else {
+        u64::from(u32::MAX)
+    };
+    let mut parts = Vec::with_capacity(wanted.len());
+    for (i, (id, ctx)) in wanted.iter().enumerate() {
+        let extents = match collect_extents(conn, ctx, h.offset, length.min(max_len), req_one) {
+            Ok(e) => e,
+            Err(e) => {
+                let msg = e.to_string();
+                return conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+            }
+        };
+        let mut hdr = Vec::with_capacity(32 + extents.len() * 16);
+        let _ = chunk_block_status(&mut hdr, &to, i + 1 == wanted.len(), *id, &extents);
+        parts.push((hdr, None));
+    }
+    if parts.is_empty() {
+        return fail(NbdErrno::Inval, "no metadata context selected");
+    }
+    conn.reply_parts(parts);
+}
+
+fn flags_for(ctx: &MetaContext, st: BlockStatus) -> u32 {
+    match ctx {
+        MetaContext::BaseAllocation => {
+            (if st.data { 0 } else { NBD_STATE_HOLE }) | (if st.zero { NBD_STATE_ZERO } else { 0 })
+        }
+        MetaContext::AllocationDepth => st.depth,
+        // No dirty bitmaps exist yet: every range is clean.
+        MetaContext::DirtyBitmap(_) => 0,
+    }
+}
+
+fn collect_extents(
+    conn: &Conn,
+    ctx: &MetaContext,
+    offset: u64,
+    length: u64,
+    req_one: bool,
+) -> Result<Vec<Extent>, BlockError> {
+    let mut out: Vec<Extent> = Vec::new();
+    let mut off = offset;
+    let end = offset + length;
+    while off < end {
+        let (st, n) = conn.handle.block_status(off, end - off)?;
+        let n = n.min(end - off);
+        let flags = flags_for(ctx, st);
+        match out.last_mut() {
+            Some(last) if last.flags == flags => last.length += n,
+            _ => {
+                if out.len() == MAX_EXTENTS || (req_one && !out.is_empty()) {
+                    break;
+                }
+                out.push(Extent { length: n, flags });
+            }
+        }
+        off += n;
+    }
+    Ok(out)
+}
