@@ -15,7 +15,7 @@
 //!
 //! Like QSD, events caused by a command (`BLOCK_EXPORT_DELETED` from
 //! `block-export-del`, `nbd-server-stop` or `quit`) are emitted before the
-//! command's reply when the export drains at once.
+//! command's reply: the control thread waits (bounded) for the drain.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -36,6 +36,10 @@ use crate::registry::ExportRegistry;
 /// How long exports get to drain at `quit` or `nbd-server-stop` before
 /// they are dropped anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a hard `block-export-del` waits for the clients to go, so the
+/// event comes before the reply as in QSD (later, it just comes later).
+pub(crate) const HARD_DEL_WAIT: Duration = Duration::from_secs(1);
 
 /// Messages from inside the daemon to the control thread.
 #[derive(Debug)]
@@ -201,25 +205,28 @@ impl Daemon {
                 Err(e) => log::debug!("export {id}: {e}"),
             }
         }
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        loop {
-            self.process_internal();
-            let left: Vec<String> = self
-                .exports
-                .ids(kind)
-                .into_iter()
-                .filter(|i| ids.contains(i))
-                .collect();
-            if left.is_empty() {
-                return;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                for id in left {
+        if !self.wait_drained(&ids, DRAIN_TIMEOUT) {
+            for id in ids {
+                if self.exports.kind_of(&id).is_some() {
                     log::warn!("export {id} did not drain in time; dropping it");
                     self.export_drained(&id);
                 }
-                return;
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the exports `ids` to drain, handling
+    /// their notices (and setting other messages aside). True if all did.
+    pub(crate) fn wait_drained(&mut self, ids: &[String], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.process_internal();
+            if !ids.iter().any(|i| self.exports.kind_of(i).is_some()) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
             }
             match self.internal_rx.recv_timeout(deadline - now) {
                 Ok(Internal::ExportDrained(id)) => self.export_drained(&id),

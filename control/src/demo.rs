@@ -54,7 +54,7 @@ fn serve(dir: &Path) -> Result<()> {
         ),
         (
             "block-export-add",
-            json!({"type": "nbd", "id": "demo", "node-name": "demo-file",
+            json!({"type": "nbd", "id": "demo", "name": "demo", "node-name": "demo-file",
                    "writable": true, "iothread": "demo-io"}),
         ),
     ];

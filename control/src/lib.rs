@@ -21,12 +21,8 @@ pub mod qmp;
 pub mod registry;
 pub mod signals;
 
-mod nbd_shim;
-
 /// The NBD server driver the control plane starts.
-pub mod nbd {
-    pub use crate::nbd_shim::*;
-}
+pub(crate) use drivers::nbd;
 
 pub use daemon::{Daemon, Internal};
 pub use error::ControlError;

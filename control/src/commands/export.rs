@@ -4,7 +4,7 @@ use drivers::export::RemoveMode;
 use serde_json::{Map, Value};
 
 use super::no_args;
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, HARD_DEL_WAIT};
 use crate::error::{ControlError, Result};
 use crate::nbd::NbdExportOptions;
 use crate::qapi::{
@@ -79,6 +79,9 @@ pub(super) fn block_export_del(d: &mut Daemon, args: Map<String, Value>) -> Resu
         _ => RemoveMode::Safe,
     };
     d.exports.remove(&a.id, mode)?;
+    if mode == RemoveMode::Hard {
+        d.wait_drained(std::slice::from_ref(&a.id), HARD_DEL_WAIT);
+    }
     Ok(Value::Null)
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::export::add_export;
 use super::no_args;
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, HARD_DEL_WAIT};
 use crate::error::{ControlError, Result};
 use crate::nbd::{NbdAddr, NbdServer, NbdServerConfig};
 use crate::qapi::{
@@ -136,5 +136,8 @@ pub(super) fn nbd_server_remove(d: &mut Daemon, args: Map<String, Value>) -> Res
         _ => RemoveMode::Safe,
     };
     d.exports.remove(&a.name, mode)?;
+    if mode == RemoveMode::Hard {
+        d.wait_drained(std::slice::from_ref(&a.name), HARD_DEL_WAIT);
+    }
     Ok(Value::Null)
 }
