@@ -27,6 +27,11 @@ use super::error::CliError;
 /// QEMU's limit on one key fragment (`char key_in_cur[128]` in keyval.c).
 const MAX_FRAGMENT_LEN: usize = 127;
 
+/// ringstor's limit on key depth.  QEMU has none, but parsing and
+/// deserializing recurse per level, so a hostile `a.a.a...` of 64 KiB must
+/// not be able to exhaust the stack; real QAPI options nest a few levels.
+const MAX_DEPTH: usize = 64;
+
 /// One option value from the command line, in either syntax.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedOption {
@@ -137,6 +142,11 @@ pub(crate) fn take_value(s: &str) -> (String, &str) {
 /// Check a dotted key: the first fragment must be a QAPI name, later ones a
 /// QAPI name or a decimal index, each 1..=127 characters.
 fn validate_key(key: &str) -> Result<(), CliError> {
+    if key.split('.').count() > MAX_DEPTH {
+        return Err(CliError::Message(format!(
+            "Parameter '{key}' is nested more than {MAX_DEPTH} levels deep"
+        )));
+    }
     for (i, fragment) in key.split('.').enumerate() {
         let ok = is_qapi_name(fragment) || (i > 0 && is_index(fragment));
         if !ok {

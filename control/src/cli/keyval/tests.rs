@@ -165,6 +165,9 @@ fn bad_keys() {
         format!("Parameter '{long}' is too long")
     );
     assert!(parse(&format!("{}=1", "k".repeat(127)), None).is_ok());
+    let deep = vec!["a"; 64].join(".");
+    assert!(parse(&format!("{deep}=1"), None).is_ok());
+    assert!(err(&format!("{deep}.a=1"), None).contains("nested more than 64 levels"));
     assert_eq!(
         err("driver=null-co,node-name", None),
         "Expected '=' after parameter 'node-name'"
