@@ -74,6 +74,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(CliCommand::Run(args)) => args,
+        Err(e) if e.is_getopt() => {
+            let argv0 = std::env::args_os()
+                .next()
+                .unwrap_or_else(|| "ringstor".into());
+            let _ = writeln!(std::io::stderr(), "{}: {e}", argv0.to_string_lossy());
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             report(&e.to_string());
             return ExitCode::FAILURE;

@@ -98,6 +98,19 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// True for getopt's own errors, which QEMU prints behind `argv[0]` as
+    /// given rather than behind the program name.
+    pub fn is_getopt(&self) -> bool {
+        matches!(
+            self,
+            CliError::UnrecognizedOption(_)
+                | CliError::AmbiguousOption(_)
+                | CliError::InvalidShortOption(_)
+                | CliError::MissingArgument(_)
+                | CliError::UnexpectedOptionArgument(_)
+        )
+    }
+
     /// Attach the option text (`--blockdev driver=...`) to an error.
     pub fn in_option(self, option: impl Into<String>) -> CliError {
         CliError::InOption {

@@ -19,7 +19,6 @@
 //!
 //! Options starting with `{` are JSON instead ([`parse_option`]), like QSD.
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::CliError;
@@ -60,9 +59,14 @@ pub fn parse_option(input: &str, implied_key: Option<&str>) -> Result<ParsedOpti
 
 /// Parse a JSON object, rejecting trailing text like QEMU's parser does.
 fn parse_json_object(input: &str) -> Result<Map<String, Value>, CliError> {
-    let mut de = serde_json::Deserializer::from_str(input);
-    let value = Value::deserialize(&mut de).map_err(|e| CliError::Json(e.to_string()))?;
-    de.end().map_err(|_| CliError::JsonTrailing)?;
+    // QEMU's own JSON parser, for QEMU's error wording.
+    let value = crate::qmp::parse_json_text(input).map_err(|e| {
+        match e.strip_prefix("JSON parse error, ") {
+            Some(rest) => CliError::Json(rest.to_string()),
+            None if e.starts_with("Expecting at most one") => CliError::JsonTrailing,
+            None => CliError::Json(e),
+        }
+    })?;
     match value {
         Value::Object(map) => Ok(map),
         // Unreachable in practice (input starts with '{'), kept as an error

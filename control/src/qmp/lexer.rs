@@ -204,6 +204,17 @@ impl JsonStream {
         }
     }
 
+    /// End of input (`json_message_parser_flush`): an unfinished value is
+    /// parsed as it stands, which reports QEMU's "premature EOI".
+    pub(crate) fn finish(&mut self, out: &mut Vec<Message>) {
+        if !self.tokens.is_empty() || !self.token.is_empty() {
+            let tokens = std::mem::take(&mut self.tokens);
+            self.token.clear();
+            out.push(parser::parse(&tokens));
+        }
+        self.state = State::Start;
+    }
+
     /// Feeds raw input bytes; appends every message they complete to `out`.
     pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<Message>) {
         for &ch in bytes {

@@ -29,6 +29,23 @@ mod tests;
 pub use error::{ErrorClass, MonitorError, QmpError};
 pub use event::EventBus;
 pub use server::MonitorServer;
+/// Parses a whole JSON text (a command-line option) with QEMU's parser and
+/// wording: `Err` is the QEMU error description; several values give
+/// `"Expecting at most one JSON value"`.
+pub fn parse_json_text(text: &str) -> Result<serde_json::Value, String> {
+    let mut stream = lexer::JsonStream::new();
+    let mut out = Vec::new();
+    stream.feed(text.as_bytes(), &mut out);
+    stream.finish(&mut out);
+    let mut values = out.into_iter();
+    match (values.next(), values.next()) {
+        (None, _) => Err("JSON parse error, premature EOI".into()),
+        (Some(first), None) => first,
+        (Some(Err(e)), Some(_)) => Err(e),
+        (Some(Ok(_)), Some(_)) => Err("Expecting at most one JSON value".into()),
+    }
+}
+
 pub use wire::{greeting, package_string, to_qemu_json, version_info, QEMU_VERSION};
 
 use std::path::PathBuf;
