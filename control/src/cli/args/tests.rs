@@ -133,7 +133,7 @@ fn option_errors_name_the_option_as_typed() {
         err(&["--blockdev", r#"{"driver":"null-co","#])
             .split(": ")
             .nth(1),
-        Some("JSON parse error, EOF while parsing a value at line 1 column 20")
+        Some("JSON parse error, premature EOI")
     );
     assert_eq!(
         err(&["--monitor", "c,mode=readline"]),
