@@ -200,13 +200,13 @@ fn put(root: &mut Map<String, Value>, key: &str, value: String) -> Result<(), Cl
         consumed += 1; // the '.'
     }
     match cur.get(*leaf) {
-        None => {
+        // Earlier `a.b=x`, now `a=y`.
+        Some(Value::Object(_)) => Err(CliError::UsedInconsistently(key.to_string())),
+        // A repeated key: the last one wins, as in qemu-storage-daemon.
+        _ => {
             cur.insert((*leaf).to_string(), Value::String(value));
             Ok(())
         }
-        // Earlier `a.b=x`, now `a=y`.
-        Some(Value::Object(_)) => Err(CliError::UsedInconsistently(key.to_string())),
-        Some(_) => Err(CliError::Duplicate(key.to_string())),
     }
 }
 

@@ -66,10 +66,10 @@ fn implied_key() {
         err("null-co", None),
         "Expected '=' after parameter 'null-co'"
     );
-    // Setting the implied key twice is a duplicate.
+    // Setting the implied key again: the last value wins, as in QSD.
     assert_eq!(
-        err("nbd,type=nbd", Some("type")),
-        "Parameter 'type' is set more than once"
+        kv("nbd,type=fuse", Some("type")),
+        Ok(json!({"type": "fuse"}))
     );
 }
 
@@ -136,15 +136,14 @@ fn inconsistent_use() {
 }
 
 #[test]
-fn duplicates_rejected() {
+fn repeated_keys_last_wins() {
+    // qemu-storage-daemon --blockdev null-co,node-name=a,node-name=b
+    // creates node 'b'.
     assert_eq!(
-        err("driver=null-co,node-name=a,node-name=b", None),
-        "Parameter 'node-name' is set more than once"
+        kv("driver=null-co,node-name=a,node-name=b", None),
+        Ok(json!({"driver": "null-co", "node-name": "b"}))
     );
-    assert_eq!(
-        err("a.b=1,a.b=1", None),
-        "Parameter 'a.b' is set more than once"
-    );
+    assert_eq!(kv("a.b=1,a.b=2", None), Ok(json!({"a": {"b": "2"}})));
 }
 
 #[test]
