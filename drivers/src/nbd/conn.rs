@@ -43,6 +43,8 @@ const MAX_INFLIGHT: usize = 512;
 const MAX_INFLIGHT_BYTES: usize = 128 << 20;
 /// A batch of replies that makes no progress for this long drops the client.
 pub(crate) const SEND_STALL: Duration = Duration::from_secs(30);
+/// How often the watchdog looks at a connection.
+const WATCHDOG_TICK: Duration = Duration::from_secs(5);
 
 /// One chunk of a multi-chunk reply: header bytes and optional data.
 pub(crate) type ReplyPart = (Vec<u8>, Option<(Buf, usize)>);
@@ -75,6 +77,10 @@ struct State {
     reader: Option<Waker>,
     closing: bool,
     broken: bool,
+    /// A `sendmsg` batch is in flight.
+    sending: bool,
+    /// Batches completed so far (the watchdog's measure of progress).
+    batches: u64,
 }
 
 impl Drop for Conn {
@@ -173,6 +179,7 @@ pub(crate) fn start(
         _guard: guard,
     });
     spawn_local(writer(conn.clone()));
+    spawn_local(watchdog(Rc::downgrade(&conn)));
     spawn_local(async move {
         if let Err(e) = reader(&conn, leftover).await {
             log::info!("nbd: connection to '{}' dropped: {e}", conn.export.name);
@@ -353,6 +360,39 @@ impl Conn {
     }
 }
 
+/// Drops a client whose replies make no progress for [`SEND_STALL`]: it
+/// stopped reading and the socket buffer is full. One timer per
+/// connection every few seconds, instead of a timer per `sendmsg`.
+async fn watchdog(conn: std::rc::Weak<Conn>) {
+    let ticks = (SEND_STALL.as_secs() / WATCHDOG_TICK.as_secs()).max(1);
+    let mut last = (0u64, 0u64);
+    loop {
+        op::sleep(WATCHDOG_TICK).await;
+        let Some(conn) = conn.upgrade() else { return };
+        let (sending, batches) = {
+            let st = conn.st.borrow();
+            if st.broken {
+                return;
+            }
+            (st.sending, st.batches)
+        };
+        if !sending || batches != last.0 {
+            last = (batches, 0);
+            continue;
+        }
+        last.1 += 1;
+        if last.1 >= ticks {
+            log::info!(
+                "nbd: client of '{}' stopped reading replies; dropping it",
+                conn.export.name
+            );
+            conn.st.borrow_mut().broken = true;
+            conn.shutdown_socket();
+            return;
+        }
+    }
+}
+
 async fn writer(conn: Rc<Conn>) {
     loop {
         let batch = poll_fn(|cx| {
@@ -372,16 +412,14 @@ async fn writer(conn: Rc<Conn>) {
         })
         .await;
         let Some((list, n, data)) = batch else { break };
-        let sent = op::timeout(SEND_STALL, op::send_all(&conn.fd, list)).await;
-        let (ok, list) = match sent {
-            Ok((r, list)) => (r.is_ok(), Some(list)),
-            Err(op::Elapsed) => (false, None),
-        };
+        conn.st.borrow_mut().sending = true;
+        let (r, mut list) = op::send_all(&conn.fd, list).await;
+        let ok = r.is_ok();
         let mut st = conn.st.borrow_mut();
-        if let Some(mut l) = list {
-            l.clear();
-            st.spare = l;
-        }
+        st.sending = false;
+        st.batches += 1;
+        list.clear();
+        st.spare = list;
         st.inflight = st.inflight.saturating_sub(n);
         st.inflight_bytes = st.inflight_bytes.saturating_sub(data);
         if !ok {
