@@ -98,7 +98,8 @@ impl ExportRegistry {
         Ok(())
     }
 
-    /// Checks the common options and takes the permissions; the driver
+    /// Checks the common options and takes the permissions (letting
+    /// others have `shared`); the driver
     /// then builds the export from `Prepared::common` and [`Self::insert`]
     /// records it.
     pub fn prepare(
@@ -106,6 +107,7 @@ impl ExportRegistry {
         base: &ExportBase,
         node: &Arc<BlockNode>,
         objects: &Objects,
+        shared: Perm,
     ) -> Result<Prepared> {
         self.check_id(&base.id)?;
         let writable = base.writable.unwrap_or(false);
@@ -120,7 +122,7 @@ impl ExportRegistry {
         } else {
             Perm::CONSISTENT_READ
         };
-        let guard = node.attach(&base.id, perm, Perm::ALL)?;
+        let guard = node.attach(&base.id, perm, shared)?;
         let tx = self.internal.clone();
         Ok(Prepared {
             common: ExportCommon {

@@ -1,6 +1,7 @@
 //! `block-export-add`, `block-export-del`, `query-block-exports`.
 
 use drivers::export::RemoveMode;
+use engine::block::Perm;
 use serde_json::{Map, Value};
 
 use super::no_args;
@@ -37,7 +38,13 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
             )))
         }
     };
-    let prepared = d.exports.prepare(&base, &node, &d.objects)?;
+    // QEMU's NBD server does not let the image be resized under its
+    // clients (nbd_export_create unshares RESIZE); later drivers (FUSE
+    // with `growable`) may share it.
+    let shared = match &kind {
+        ExportKind::Nbd(_) => Perm::ALL.minus(Perm::RESIZE),
+    };
+    let prepared = d.exports.prepare(&base, &node, &d.objects, shared)?;
     match kind {
         ExportKind::Nbd(nbd) => {
             let Some(server) = &d.nbd else {
