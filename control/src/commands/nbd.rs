@@ -17,9 +17,6 @@ use crate::qapi::{
     NbdServerOptions, NbdServerRemoveArgs, RemoveModeArg, SocketAddress, Syntax,
 };
 
-/// QEMU's `NBD_DEFAULT_HANDSHAKE_MAX_SECS`.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 const NOT_RUNNING: &str = "NBD server not running";
 
 /// `--nbd-server` (flat `addr`) or `nbd-server-start` (`legacy`).
@@ -54,7 +51,10 @@ pub fn nbd_server_start(d: &mut Daemon, input: Input, legacy: bool) -> Result<Va
         NbdServerConfig {
             addr,
             max_connections: opts.max_connections,
-            handshake_timeout: HANDSHAKE_TIMEOUT,
+            handshake_timeout: match opts.handshake_max_seconds {
+                0 => None,
+                n => Some(Duration::from_secs(u64::from(n))),
+            },
         },
         d.objects.default_handle().clone(),
     )?;

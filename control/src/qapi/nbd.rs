@@ -105,6 +105,7 @@ struct ServerRest {
     tls_creds: Option<String>,
     tls_authz: Option<String>,
     max_connections: Option<u32>,
+    handshake_max_seconds: Option<u32>,
 }
 
 /// `NbdServerOptions` / `nbd-server-start` arguments.
@@ -114,6 +115,9 @@ pub struct NbdServerOptions {
     pub tls_creds: Option<String>,
     pub tls_authz: Option<String>,
     pub max_connections: u32,
+    /// Seconds a client may take to finish the handshake; 0 is no limit
+    /// (QEMU's default is 10).
+    pub handshake_max_seconds: u32,
 }
 
 impl NbdServerOptions {
@@ -142,6 +146,8 @@ impl NbdServerOptions {
             tls_creds: rest.tls_creds,
             tls_authz: rest.tls_authz,
             max_connections: rest.max_connections.unwrap_or(0),
+            // QEMU's NBD_DEFAULT_HANDSHAKE_MAX_SECS.
+            handshake_max_seconds: rest.handshake_max_seconds.unwrap_or(10),
         })
     }
 }

@@ -211,6 +211,14 @@ async fn recv_more(conn: &Conn, rbuf: Buf) -> (Result<usize, ReadEnd>, Buf) {
     }
 }
 
+impl Conn {
+    /// True when no more requests may start until replies go out.
+    fn over_limits(&self) -> bool {
+        let st = self.st.borrow();
+        st.inflight >= MAX_INFLIGHT || st.inflight_bytes >= MAX_INFLIGHT_BYTES
+    }
+}
+
 /// Waits until the in-flight limits leave room for more requests.
 async fn backpressure(conn: &Conn) {
     poll_fn(|cx| {
@@ -265,7 +273,14 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
     let ext = conn.session.extended;
     loop {
         let mut pos = 0usize;
+        // Stopped parsing because the in-flight limits are reached: wait,
+        // then parse what is already received before receiving more.
+        let mut throttled = false;
         loop {
+            if conn.over_limits() {
+                throttled = true;
+                break;
+            }
             let avail = &rbuf.as_slice()[pos..];
             let (hdr, used) = match parse_request(avail, ext) {
                 Ok(Some(v)) => v,
@@ -278,6 +293,15 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
                 Disposition::Disconnect => return Ok(()),
                 Disposition::Reject { discard_len, error } => {
                     pos += used;
+                    conn.start_request(0);
+                    let to = conn.reply_to(&hdr);
+                    conn.reply(|v| reply_error(v, &to, error, error_message(error)), None);
+                    if discard_len > u64::from(conn.session.max_payload) {
+                        // A payload over the limit is not worth receiving:
+                        // answer, then close once the answer is out, as
+                        // QEMU does.
+                        return Ok(());
+                    }
                     let in_buf = (rbuf.len() - pos) as u64;
                     if discard_len <= in_buf {
                         pos += discard_len as usize;
@@ -286,9 +310,6 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
                         pos = 0;
                         rbuf = skip(conn, rbuf, discard_len - in_buf).await?;
                     }
-                    conn.start_request(0);
-                    let to = conn.reply_to(&hdr);
-                    conn.reply(|v| reply_error(v, &to, error, error_message(error)), None);
                 }
                 Disposition::Execute { payload_len } => {
                     let plen = payload_len as usize;
@@ -326,12 +347,18 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
             }
         }
         rbuf.consume_front(pos);
+        backpressure(conn).await;
+        if conn.st.borrow().broken {
+            return Ok(());
+        }
+        if throttled {
+            continue;
+        }
         if rbuf.len() == rbuf.capacity() {
             return Err(ReadEnd::Proto(
                 "request does not fit the receive buffer".into(),
             ));
         }
-        backpressure(conn).await;
         let (r, b) = recv_more(conn, rbuf).await;
         rbuf = b;
         if r? == 0 {

@@ -15,6 +15,10 @@ use super::proto::consts::NBD_MAX_PAYLOAD;
 use super::proto::{transmission_flags, ExportCaps, ExportCatalog, ExportInfo};
 use crate::export::{Export, ExportCommon, ExportError, RemoveMode};
 
+/// How long a hard removal lets in-flight replies go out before it cuts
+/// the connections.
+const HARD_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `NBD_INFO_BLOCK_SIZE` preferred size.
 const PREFERRED_BLOCK: u32 = 4096;
 
@@ -106,13 +110,30 @@ impl ExportShared {
         }
     }
 
-    fn shutdown_all(&self) {
+    fn shutdown_all(&self, how: nix::sys::socket::Shutdown) {
         let s = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         for fd in s.values() {
-            let _ = nix::sys::socket::shutdown(
-                std::os::fd::AsRawFd::as_raw_fd(fd),
-                nix::sys::socket::Shutdown::Both,
-            );
+            let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), how);
+        }
+    }
+
+    /// Hard removal: stop reading requests at once (in-flight ones still
+    /// get their replies, so no client sees a reply cut in half), and cut
+    /// whatever is left after [`HARD_GRACE`] (a client that does not read).
+    fn disconnect_all(self: &Arc<Self>) {
+        self.shutdown_all(nix::sys::socket::Shutdown::Read);
+        let me = self.clone();
+        let Some(thread) = self.common.iothreads.first() else {
+            return self.shutdown_all(nix::sys::socket::Shutdown::Both);
+        };
+        let posted = thread.post(move || {
+            engine::iothread::spawn_local(async move {
+                engine::op::sleep(HARD_GRACE).await;
+                me.shutdown_all(nix::sys::socket::Shutdown::Both);
+            })
+        });
+        if posted.is_err() {
+            self.shutdown_all(nix::sys::socket::Shutdown::Both);
         }
     }
 }
@@ -224,7 +245,7 @@ impl Export for NbdExport {
         // New clients can no longer find it.
         self.registry.remove(&sh.name);
         if mode == RemoveMode::Hard {
-            sh.shutdown_all();
+            sh.disconnect_all();
         }
         if sh.clients.load(Ordering::Acquire) == 0 {
             sh.drained();
@@ -242,7 +263,7 @@ impl Drop for NbdExport {
         // Dropped without removal (e.g. a failed add): make sure no client stays.
         if !self.shared.removing.swap(true, Ordering::AcqRel) {
             self.registry.remove(&self.shared.name);
-            self.shared.shutdown_all();
+            self.shared.shutdown_all(nix::sys::socket::Shutdown::Both);
         }
     }
 }

@@ -45,8 +45,8 @@ pub struct NbdServerConfig {
     pub addr: NbdAddr,
     /// Connections served at once; 0 is unlimited.
     pub max_connections: u32,
-    /// Handshakes not finished within this are dropped.
-    pub handshake_timeout: Duration,
+    /// Handshakes not finished within this are dropped (`None`: no limit).
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// The NBD part of `block-export-add`.
@@ -88,7 +88,7 @@ struct ServerShared {
     stopped: AtomicBool,
     connections: AtomicUsize,
     max_connections: u32,
-    handshake_timeout: Duration,
+    handshake_timeout: Option<Duration>,
 }
 
 /// A running NBD server. See the module docs.
@@ -285,7 +285,10 @@ async fn accept_loop(listener: SharedFd, shared: Arc<ServerShared>) {
 }
 
 async fn handshake(fd: SharedFd, shared: Arc<ServerShared>, slot: Slot) {
-    let outcome = op::timeout(shared.handshake_timeout, negotiate(&fd, &shared.registry)).await;
+    let outcome = match shared.handshake_timeout {
+        Some(limit) => op::timeout(limit, negotiate(&fd, &shared.registry)).await,
+        None => Ok(negotiate(&fd, &shared.registry).await),
+    };
     let (neg, leftover) = match outcome {
         Ok(Ok(v)) => v,
         Ok(Err(HandshakeEnd::Closed)) | Ok(Err(HandshakeEnd::Aborted)) => return,

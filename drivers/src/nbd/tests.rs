@@ -62,7 +62,7 @@ fn qemu_io_write_then_read_back() {
     let cfg = NbdServerConfig {
         addr: NbdAddr::Unix(sock.clone()),
         max_connections: 0,
-        handshake_timeout: Duration::from_secs(10),
+        handshake_timeout: Some(Duration::from_secs(10)),
     };
     let server = NbdServer::start(cfg, t.handle().clone()).expect("server");
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -113,7 +113,15 @@ fn qemu_io_write_then_read_back() {
         .expect("qemu-img");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\"virtual-size\": 4194304"), "{text}");
-    export.remove(RemoveMode::Safe).expect("remove");
+    // The server notices the clients' close asynchronously: retry briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while export.remove(RemoveMode::Safe).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clients never went away"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(5)).expect("drained"),
         "e0"

@@ -18,7 +18,7 @@ const MAX_SHIFT: u32 = 25;
 const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
 /// Bytes kept idle per class at most, so a burst of large requests does not
 /// pin memory for ever.
-const IDLE_BYTES_PER_CLASS: usize = 32 << 20;
+const IDLE_BYTES_PER_CLASS: usize = 16 << 20;
 
 thread_local! {
     static POOL: RefCell<[Vec<Buf>; CLASSES]> = RefCell::new(Default::default());
