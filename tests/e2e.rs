@@ -8,3 +8,5 @@ mod nbd;
 mod nbd_qmp;
 #[path = "e2e/qmp.rs"]
 mod qmp;
+#[path = "e2e/reliability.rs"]
+mod reliability;
