@@ -10,3 +10,5 @@ mod nbd_qmp;
 mod qmp;
 #[path = "e2e/reliability.rs"]
 mod reliability;
+#[path = "e2e/hostile.rs"]
+mod hostile;
