@@ -2,6 +2,8 @@
 
 #[path = "e2e/cli.rs"]
 mod cli;
+#[path = "e2e/hostile.rs"]
+mod hostile;
 #[path = "e2e/nbd.rs"]
 mod nbd;
 #[path = "e2e/nbd_qmp.rs"]
@@ -10,5 +12,3 @@ mod nbd_qmp;
 mod qmp;
 #[path = "e2e/reliability.rs"]
 mod reliability;
-#[path = "e2e/hostile.rs"]
-mod hostile;

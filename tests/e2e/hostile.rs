@@ -128,7 +128,8 @@ fn slowloris_handshakes_time_out_while_others_are_served() {
             2 => s.write_all(&[0, 0]).expect("half the client flags"),
             3 => {
                 s.write_all(&3u32.to_be_bytes()).expect("client flags");
-                s.write_all(&IHAVEOPT.to_be_bytes()[..6]).expect("partial option");
+                s.write_all(&IHAVEOPT.to_be_bytes()[..6])
+                    .expect("partial option");
             }
             _ => {}
         }
@@ -148,7 +149,10 @@ fn slowloris_handshakes_time_out_while_others_are_served() {
     let (mut first, mut last) = (deadline, t0);
     for (i, s) in stalled.iter_mut().enumerate() {
         let at = closed_by(s, deadline).unwrap_or_else(|| {
-            panic!("stalled client {i} (kind {}) not closed within {limit}+5 s", i % 4)
+            panic!(
+                "stalled client {i} (kind {}) not closed within {limit}+5 s",
+                i % 4
+            )
         });
         first = first.min(at);
         last = last.max(at);
@@ -248,7 +252,10 @@ fn oversized_requests_are_refused_without_allocating() {
     match c.read_simple_reply() {
         Ok((err, h)) => {
             assert_eq!(h, 3);
-            assert!(err == EINVAL || err == EOVERFLOW, "WRITE 32M+1: error {err}");
+            assert!(
+                err == EINVAL || err == EOVERFLOW,
+                "WRITE 32M+1: error {err}"
+            );
         }
         Err(closed) => eprintln!("WRITE 32M+1: server dropped the client ({closed:?})"),
     }
@@ -319,5 +326,9 @@ fn pipelined_reads_never_read_keep_memory_bounded() {
     while fd_count(pid) != base_fds && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(fd_count(pid), base_fds, "killed client's connection released");
+    assert_eq!(
+        fd_count(pid),
+        base_fds,
+        "killed client's connection released"
+    );
 }

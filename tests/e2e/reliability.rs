@@ -4,7 +4,7 @@
 //! mid-command, two monitors racing add/del of one export) and clean
 //! shutdown (SIGTERM and `quit`) with a client's I/O in flight.
 
-use ringstor_tests::nbdraw::{RawNbd, REP_ACK};
+use ringstor_tests::nbdraw::{self, RawNbd, REP_ACK};
 use ringstor_tests::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -50,7 +50,11 @@ fn churn_cycle(sock: &Path, i: usize) {
     let mut c = RawNbd::greet(sock, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("cycle {i}: greeting: {e}"));
     let go = c.go("churn");
-    assert_eq!(go.last().map(|r| r.rtype), Some(REP_ACK), "cycle {i}: {go:?}");
+    assert_eq!(
+        go.last().map(|r| r.rtype),
+        Some(REP_ACK),
+        "cycle {i}: {go:?}"
+    );
     assert_eq!(c.size, 4 * MIB, "cycle {i}");
     if i % 500 == 0 {
         let off = (i as u64 * 4096) % (4 * MIB);
@@ -143,4 +147,382 @@ fn churn_10k_handshakes_with_fio_verify() {
     );
     // Still serving.
     churn_cycle(&sock, 0);
+}
+
+/// The "closers" that turn a truncated JSON prefix into a complete text:
+/// an open string is closed, then every open object/array.
+fn closers(prefix: &str) -> String {
+    let (mut in_str, mut stack) = (false, Vec::new());
+    for c in prefix.chars() {
+        match c {
+            '"' => in_str = !in_str,
+            '{' | '[' if !in_str => stack.push(if c == '{' { '}' } else { ']' }),
+            '}' | ']' if !in_str => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    let mut out = if in_str {
+        "\"".to_string()
+    } else {
+        String::new()
+    };
+    out.extend(stack.iter().rev());
+    out
+}
+
+/// Known commands with wrong-typed or unexpected arguments: all must fail.
+const WRONG_TYPES: &[&str] = &[
+    r#"{"execute":"block-export-add","arguments":{"type":"nbd","id":5,"node-name":"d0"}}"#,
+    r#"{"execute":"block-export-add","arguments":{"type":7}}"#,
+    r#"{"execute":"block-export-del","arguments":{"id":["e0"]}}"#,
+    r#"{"execute":"block-export-del","arguments":{"id":"e0","mode":5}}"#,
+    r#"{"execute":"nbd-server-start","arguments":{"addr":"x"}}"#,
+    r#"{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":1}}}}"#,
+    r#"{"execute":"blockdev-add","arguments":{"driver":12,"node-name":"n"}}"#,
+    r#"{"execute":"blockdev-add","arguments":{"driver":"file","node-name":true,"filename":"/x"}}"#,
+    r#"{"execute":"blockdev-del","arguments":{"node-name":{}}}"#,
+    r#"{"execute":"query-version","arguments":{"x":1}}"#,
+    r#"{"execute":"query-version","arguments":[]}"#,
+    r#"{"execute":"object-add","arguments":{"qom-type":"iothread","id":3}}"#,
+    r#"{"execute":"nbd-server-add","arguments":{"device":1}}"#,
+    r#"{"execute":"query-named-block-nodes","arguments":{"flat":"yes"}}"#,
+    r#"{"execute":1}"#,
+    r#"{"arguments":{}}"#,
+    r#"{"execute":"query-version","bogus":1}"#,
+    r#"42"#,
+    r#"[]"#,
+    r#""just a string""#,
+    r#"null"#,
+];
+
+/// Valid commands whose truncations make the malformed inputs.
+const TRUNCATE: &[&str] = &[
+    r#"{"execute":"query-block-exports","arguments":{}}"#,
+    r#"{"execute":"block-export-add","arguments":{"type":"nbd","id":"t","node-name":"nonode","name":"t"}}"#,
+    r#"{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"/nonexistent/s"}}}}"#,
+];
+
+/// One malformed input and whether it must draw at least one error reply.
+fn malformed(rng: &mut Rng, i: usize) -> (Vec<u8>, bool) {
+    match (i % 200, rng.below(5)) {
+        (17, _) => {
+            let mut v = vec![b'['; 10_000];
+            v.extend(std::iter::repeat_n(b']', 10_000));
+            (v, true)
+        }
+        (99, _) => {
+            // One 1 MiB string (QSD's lexer needs ~8 s for it), else 64 KiB.
+            let huge = "A".repeat(if i == 99 { 1 << 20 } else { 64 << 10 });
+            let cmd = if i % 400 == 99 {
+                format!(r#"{{"execute":"{huge}"}}"#)
+            } else {
+                format!(r#"{{"execute":"query-version","arguments":{{"s":"{huge}"}}}}"#)
+            };
+            (cmd.into_bytes(), true)
+        }
+        (_, 0) => {
+            // Random bytes that cannot open a string, object or array (those
+            // would swallow the sync command that follows).
+            let n = 1 + rng.below(200) as usize;
+            let bytes = (0..n)
+                .map(|_| rng.below(256) as u8)
+                .filter(|b| !b"\"'{[".contains(b))
+                .collect();
+            (bytes, false)
+        }
+        (_, 1) => {
+            let cmd = TRUNCATE[rng.below(TRUNCATE.len() as u64) as usize];
+            let cut = 1 + rng.below(cmd.len() as u64 - 2) as usize;
+            let prefix = &cmd[..cut];
+            (format!("{prefix}{}", closers(prefix)).into_bytes(), true)
+        }
+        (_, 2) => (
+            format!(r#"{{"execute":"no-such-command-{i}"}}"#).into_bytes(),
+            true,
+        ),
+        _ => {
+            let t = WRONG_TYPES[rng.below(WRONG_TYPES.len() as u64) as usize];
+            (t.as_bytes().to_vec(), true)
+        }
+    }
+}
+
+/// Assert `msg` is a well-formed reply: a `return`, or an `error` with a
+/// string class and desc.
+fn assert_reply_shape(msg: &Value, input: &[u8]) {
+    let shown = String::from_utf8_lossy(&input[..input.len().min(120)]);
+    if msg.get("return").is_some() {
+        return;
+    }
+    let e = &msg["error"];
+    assert!(
+        e["class"].is_string() && e["desc"].as_str().is_some_and(|d| !d.is_empty()),
+        "bad reply {msg} to {shown:?}"
+    );
+}
+
+#[test]
+fn qmp_survives_1000_malformed_commands() {
+    let d = two_exports(&[]);
+    let mut q = d.qmp();
+    let before = q.ok("query-block-exports", json!({}));
+    let mut rng = Rng::new(0x5eed);
+    let (mut replies, t0) = (0usize, Instant::now());
+    for i in 0..1000 {
+        let (input, must_fail) = malformed(&mut rng, i);
+        q.send_raw(&input);
+        q.send_raw(format!("\n{{\"execute\":\"query-version\",\"id\":\"sync-{i}\"}}\n").as_bytes());
+        let mut got = 0;
+        loop {
+            let msg = q.read_reply();
+            if let Some(id) = msg.get("id") {
+                assert_eq!(id, &json!(format!("sync-{i}")), "out of order reply");
+                assert!(msg["return"]["qemu"].is_object(), "sync reply {msg}");
+                break;
+            }
+            assert_reply_shape(&msg, &input);
+            got += 1;
+        }
+        if must_fail {
+            let shown = String::from_utf8_lossy(&input[..input.len().min(120)]);
+            assert!(got >= 1, "no reply to malformed input {shown:?}");
+        }
+        replies += got;
+    }
+    eprintln!(
+        "qmp abuse: 1000 inputs, {replies} error/return replies, {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    let v = q.ok("query-version", json!({}));
+    assert!(v["qemu"]["major"].is_number(), "{v}");
+    assert_eq!(
+        q.ok("query-block-exports", json!({})),
+        before,
+        "state changed"
+    );
+}
+
+#[test]
+fn monitor_dropped_mid_command_leaves_others_alone() {
+    let d = two_exports(&[]);
+    let mut other = Qmp::connect(&d.path("qmp2.sock"));
+    let full = format!(
+        r#"{{"execute":"blockdev-add","arguments":{{"driver":"file","node-name":"half","filename":"{}"}}}}"#,
+        d.path("a.img").display()
+    );
+    let mut rng = Rng::new(3);
+    for round in 0..20 {
+        let mut q = d.qmp();
+        // Cut anywhere before the final brace, even inside a string.
+        let cut = 1 + rng.below(full.len() as u64 - 2) as usize;
+        q.send_raw(full[..cut].as_bytes());
+        drop(q);
+        let v = other.ok("query-version", json!({}));
+        assert!(v["qemu"].is_object(), "round {round}");
+        let nodes = other.ok("query-named-block-nodes", json!({"flat": true}));
+        assert!(
+            !nodes.to_string().contains("\"half\""),
+            "round {round}: half-sent blockdev-add ran: {nodes}"
+        );
+    }
+    // A complete command whose sender vanishes before the reply.
+    let mut q = d.qmp();
+    q.send_raw(b"{\"execute\":\"query-named-block-nodes\"}\n");
+    drop(q);
+    // The dropped monitor's socket takes a new client with a fresh parser.
+    let mut q = d.qmp();
+    q.ok("query-version", json!({}));
+    other.ok("query-block-exports", json!({}));
+}
+
+/// Alternate add/del of export `x` `rounds` times; returns the monitor and
+/// the counts of successful adds and dels.
+fn add_del_loop(mut q: Qmp, start_with_del: bool, rounds: usize) -> (Qmp, usize, usize) {
+    let (mut adds, mut dels) = (0, 0);
+    for i in 0..rounds {
+        let r = if (i % 2 == 0) != start_with_del {
+            let args = json!({"type": "nbd", "id": "x", "node-name": "d0", "name": "x"});
+            q.execute("block-export-add", args).map(|_| adds += 1)
+        } else {
+            q.execute("block-export-del", json!({"id": "x"}))
+                .map(|_| dels += 1)
+        };
+        if let Err(e) = r {
+            assert_eq!(e.class, "GenericError", "round {i}: {e:?}");
+            assert!(!e.desc.is_empty());
+        }
+    }
+    (q, adds, dels)
+}
+
+#[test]
+fn two_monitors_race_export_add_del() {
+    let d = two_exports(&[]);
+    let a = d.qmp();
+    let b = Qmp::connect(&d.path("qmp2.sock"));
+    let ta = thread::spawn(move || add_del_loop(a, false, 100));
+    let tb = thread::spawn(move || add_del_loop(b, true, 100));
+    let (mut a, adds_a, dels_a) = ta.join().expect("monitor A thread");
+    let (_b, adds_b, dels_b) = tb.join().expect("monitor B thread");
+    let (adds, dels) = (adds_a + adds_b, dels_a + dels_b);
+    // Every successful del ends in exactly one BLOCK_EXPORT_DELETED (events
+    // go to every monitor; count them on A).
+    let events = a
+        .collect_events("BLOCK_EXPORT_DELETED", Duration::from_secs(2))
+        .into_iter()
+        .filter(|e| e["data"]["id"] == "x")
+        .count();
+    let list = a.ok("query-block-exports", json!({}));
+    let xs: Vec<&Value> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["id"] == "x")
+        .collect();
+    eprintln!("race: {adds} adds ok, {dels} dels ok, {events} deleted events, now {xs:?}");
+    assert!(adds >= 1 && dels >= 1, "some operations must succeed");
+    assert_eq!(events, dels, "one deleted event per successful del");
+    assert_eq!(adds - dels, xs.len(), "exports present = adds - dels");
+    assert!(xs.iter().all(|e| e["shutting-down"] == false), "{xs:?}");
+    // The survivor's state is real: the export is (not) served accordingly.
+    let r = run(
+        "nbdinfo",
+        &["--size", &nbd_uri("x", &d.path("nbd.sock"))],
+        TOOL_TIMEOUT,
+    );
+    assert_eq!(r.status.success(), xs.len() == 1, "nbdinfo: {}", r.stderr);
+    // And the last state can be flipped cleanly.
+    if xs.len() == 1 {
+        a.ok("block-export-del", json!({"id": "x"}));
+        a.wait_event("BLOCK_EXPORT_DELETED", Duration::from_secs(5))
+            .expect("deleted");
+    } else {
+        a.ok(
+            "block-export-add",
+            json!({"type": "nbd", "id": "x", "node-name": "d0", "name": "x"}),
+        );
+    }
+    let others: Vec<Value> = a
+        .ok("query-block-exports", json!({}))
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(others.len(), 2 + 1 - xs.len(), "{others:?}");
+}
+
+/// Bytes of a cut-short payload that did arrive.
+fn closed_len(c: nbdraw::Closed) -> usize {
+    match c {
+        nbdraw::Closed::Boundary => 0,
+        nbdraw::Closed::Partial(n) => n,
+    }
+}
+
+/// How the clean-shutdown test asks the daemon to stop.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Sigterm,
+    Quit,
+}
+
+fn clean_shutdown(how: Stop) {
+    let mut d = two_exports(&["--pidfile", "{dir}/pid"]);
+    let pid = d.pid();
+    let mut a = d.qmp();
+    let mut watcher = Qmp::connect(&d.path("qmp2.sock"));
+    let mut c = RawNbd::greet(&d.path("nbd.sock"), Duration::from_secs(10)).expect("greet");
+    c.go("fio");
+    // 16 requests in flight: WRITEs (even handles) and READs (odd) of 1 MiB.
+    let data = pattern(MIB as usize, 77);
+    let mut w = c.sock.try_clone().expect("clone");
+    let writer = thread::spawn(move || {
+        for h in 0..16u64 {
+            let ty = if h % 2 == 0 { 1 } else { 0 };
+            let payload = if ty == 1 { &data[..] } else { &[][..] };
+            if RawNbd::simple_request(0, ty, h, h * MIB, MIB as u32)
+                .into_iter()
+                .chain(payload.iter().copied())
+                .collect::<Vec<u8>>()
+                .chunks(1 << 16)
+                .any(|chunk| std::io::Write::write_all(&mut w, chunk).is_err())
+            {
+                return; // the server closed: fine, replies decide
+            }
+        }
+    });
+    thread::sleep(Duration::from_millis(5));
+    match how {
+        Stop::Sigterm => {
+            // SAFETY: kill(2) on the daemon we started.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        Stop::Quit => {
+            // QSD may exit before its reply to quit is flushed: a reply, if
+            // any, must be a success.
+            a.send_raw(b"{\"execute\":\"quit\"}\n");
+            match a.read_message(Duration::from_secs(10)) {
+                Some(r) => assert!(r.get("return").is_some() || r.get("event").is_some(), "{r}"),
+                None => eprintln!("quit: monitor closed before the reply"),
+            }
+        }
+    }
+    // Every reply that comes is whole; the stream ends at a reply boundary.
+    let mut replies = 0;
+    let end = loop {
+        match c.read_simple_reply() {
+            Ok((err, h)) => {
+                assert!(h < 16, "handle {h}");
+                if err == 0 && h % 2 == 1 {
+                    let mut buf = vec![0; MIB as usize];
+                    if let Err(closed) = c.read_or_closed(&mut buf) {
+                        break nbdraw::Closed::Partial(16 + closed_len(closed));
+                    }
+                }
+                replies += 1;
+            }
+            Err(closed) => break closed,
+        }
+    };
+    writer.join().expect("writer");
+    let mut deleted = Vec::new();
+    while let Some(m) = watcher.read_message(Duration::from_secs(10)) {
+        if m["event"] == "BLOCK_EXPORT_DELETED" {
+            deleted.push(m["data"]["id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let status = d.wait_exit(Duration::from_secs(10)).expect("daemon exited");
+    eprintln!("{how:?}: {replies} replies before close ({end:?}); deleted {deleted:?}; {status}");
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        ["e0", "e1"],
+        "BLOCK_EXPORT_DELETED for each export"
+    );
+    assert_eq!(status.code(), Some(0), "exit status");
+    let left: Vec<&str> = ["pid", "nbd.sock", "qmp.sock", "qmp2.sock"]
+        .into_iter()
+        .filter(|f| d.path(f).exists())
+        .collect();
+    // QSD 10.0 lacks two of these behaviours: it may cut a reply in the
+    // middle when it exits, and it leaves the NBD server's unix socket file
+    // behind. Both are checked for ringstor only; on QSD they are noted.
+    if is_qsd() {
+        eprintln!("NOTE (QSD): {how:?} ended the NBD stream with {end:?}, left {left:?}");
+        assert!(!left.contains(&"pid"), "pid file left behind");
+        return;
+    }
+    assert_eq!(end, nbdraw::Closed::Boundary, "closed mid-reply");
+    assert!(left.is_empty(), "{left:?} left behind after {how:?}");
+}
+
+#[test]
+fn sigterm_with_io_in_flight_is_clean() {
+    clean_shutdown(Stop::Sigterm);
+}
+
+#[test]
+fn quit_with_io_in_flight_is_clean() {
+    clean_shutdown(Stop::Quit);
 }
