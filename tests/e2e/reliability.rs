@@ -4,7 +4,7 @@
 //! mid-command, two monitors racing add/del of one export) and clean
 //! shutdown (SIGTERM and `quit`) with a client's I/O in flight.
 
-use ringstor_tests::nbdraw::{self, RawNbd, REP_ACK};
+use ringstor_tests::nbdraw::{RawNbd, REP_ACK};
 use ringstor_tests::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -56,13 +56,13 @@ fn churn_cycle(sock: &Path, i: usize) {
         "cycle {i}: {go:?}"
     );
     assert_eq!(c.size, 4 * MIB, "cycle {i}");
-    if i % 500 == 0 {
+    if i.is_multiple_of(500) {
         let off = (i as u64 * 4096) % (4 * MIB);
         let data = c.read_at(i as u64, off, 4096).expect("churn READ");
         assert_eq!(data, pattern(4 * MIB as usize, 7)[off as usize..][..4096]);
     }
     // Alternate a polite NBD_CMD_DISC with an abrupt close.
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         c.disconnect();
     }
 }
@@ -317,7 +317,7 @@ fn monitor_dropped_mid_command_leaves_others_alone() {
         let mut q = d.qmp();
         // Cut anywhere before the final brace, even inside a string.
         let cut = 1 + rng.below(full.len() as u64 - 2) as usize;
-        q.send_raw(full[..cut].as_bytes());
+        q.send_raw(&full.as_bytes()[..cut]);
         drop(q);
         let v = other.ok("query-version", json!({}));
         assert!(v["qemu"].is_object(), "round {round}");
@@ -410,119 +410,4 @@ fn two_monitors_race_export_add_del() {
         .unwrap()
         .clone();
     assert_eq!(others.len(), 2 + 1 - xs.len(), "{others:?}");
-}
-
-/// Bytes of a cut-short payload that did arrive.
-fn closed_len(c: nbdraw::Closed) -> usize {
-    match c {
-        nbdraw::Closed::Boundary => 0,
-        nbdraw::Closed::Partial(n) => n,
-    }
-}
-
-/// How the clean-shutdown test asks the daemon to stop.
-#[derive(Clone, Copy, Debug)]
-enum Stop {
-    Sigterm,
-    Quit,
-}
-
-fn clean_shutdown(how: Stop) {
-    let mut d = two_exports(&["--pidfile", "{dir}/pid"]);
-    let pid = d.pid();
-    let mut a = d.qmp();
-    let mut watcher = Qmp::connect(&d.path("qmp2.sock"));
-    let mut c = RawNbd::greet(&d.path("nbd.sock"), Duration::from_secs(10)).expect("greet");
-    c.go("fio");
-    // 16 requests in flight: WRITEs (even handles) and READs (odd) of 1 MiB.
-    let data = pattern(MIB as usize, 77);
-    let mut w = c.sock.try_clone().expect("clone");
-    let writer = thread::spawn(move || {
-        for h in 0..16u64 {
-            let ty = if h % 2 == 0 { 1 } else { 0 };
-            let payload = if ty == 1 { &data[..] } else { &[][..] };
-            if RawNbd::simple_request(0, ty, h, h * MIB, MIB as u32)
-                .into_iter()
-                .chain(payload.iter().copied())
-                .collect::<Vec<u8>>()
-                .chunks(1 << 16)
-                .any(|chunk| std::io::Write::write_all(&mut w, chunk).is_err())
-            {
-                return; // the server closed: fine, replies decide
-            }
-        }
-    });
-    thread::sleep(Duration::from_millis(5));
-    match how {
-        Stop::Sigterm => {
-            // SAFETY: kill(2) on the daemon we started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        Stop::Quit => {
-            // QSD may exit before its reply to quit is flushed: a reply, if
-            // any, must be a success.
-            a.send_raw(b"{\"execute\":\"quit\"}\n");
-            match a.read_message(Duration::from_secs(10)) {
-                Some(r) => assert!(r.get("return").is_some() || r.get("event").is_some(), "{r}"),
-                None => eprintln!("quit: monitor closed before the reply"),
-            }
-        }
-    }
-    // Every reply that comes is whole; the stream ends at a reply boundary.
-    let mut replies = 0;
-    let end = loop {
-        match c.read_simple_reply() {
-            Ok((err, h)) => {
-                assert!(h < 16, "handle {h}");
-                if err == 0 && h % 2 == 1 {
-                    let mut buf = vec![0; MIB as usize];
-                    if let Err(closed) = c.read_or_closed(&mut buf) {
-                        break nbdraw::Closed::Partial(16 + closed_len(closed));
-                    }
-                }
-                replies += 1;
-            }
-            Err(closed) => break closed,
-        }
-    };
-    writer.join().expect("writer");
-    let mut deleted = Vec::new();
-    while let Some(m) = watcher.read_message(Duration::from_secs(10)) {
-        if m["event"] == "BLOCK_EXPORT_DELETED" {
-            deleted.push(m["data"]["id"].as_str().unwrap_or_default().to_string());
-        }
-    }
-    let status = d.wait_exit(Duration::from_secs(10)).expect("daemon exited");
-    eprintln!("{how:?}: {replies} replies before close ({end:?}); deleted {deleted:?}; {status}");
-    deleted.sort();
-    assert_eq!(
-        deleted,
-        ["e0", "e1"],
-        "BLOCK_EXPORT_DELETED for each export"
-    );
-    assert_eq!(status.code(), Some(0), "exit status");
-    let left: Vec<&str> = ["pid", "nbd.sock", "qmp.sock", "qmp2.sock"]
-        .into_iter()
-        .filter(|f| d.path(f).exists())
-        .collect();
-    // QSD 10.0 lacks two of these behaviours: it may cut a reply in the
-    // middle when it exits, and it leaves the NBD server's unix socket file
-    // behind. Both are checked for ringstor only; on QSD they are noted.
-    if is_qsd() {
-        eprintln!("NOTE (QSD): {how:?} ended the NBD stream with {end:?}, left {left:?}");
-        assert!(!left.contains(&"pid"), "pid file left behind");
-        return;
-    }
-    assert_eq!(end, nbdraw::Closed::Boundary, "closed mid-reply");
-    assert!(left.is_empty(), "{left:?} left behind after {how:?}");
-}
-
-#[test]
-fn sigterm_with_io_in_flight_is_clean() {
-    clean_shutdown(Stop::Sigterm);
-}
-
-#[test]
-fn quit_with_io_in_flight_is_clean() {
-    clean_shutdown(Stop::Quit);
 }
