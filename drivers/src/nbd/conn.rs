@@ -58,6 +58,8 @@ pub(crate) struct Conn {
     export: Arc<ExportShared>,
     conn_id: u64,
     st: RefCell<State>,
+    /// Held for the connection's life (the server's connection slot).
+    _guard: Box<dyn std::any::Any>,
 }
 
 #[derive(Default)]
@@ -147,6 +149,7 @@ pub(crate) fn start(
     neg: Negotiated,
     export: Arc<ExportShared>,
     conn_id: u64,
+    guard: Box<dyn std::any::Any>,
 ) {
     let handle = BlockHandle::open(&export.common.node);
     let session = Session {
@@ -167,6 +170,7 @@ pub(crate) fn start(
         export,
         conn_id,
         st: RefCell::new(State::default()),
+        _guard: guard,
     });
     spawn_local(writer(conn.clone()));
     spawn_local(async move {

@@ -317,11 +317,8 @@ async fn handshake(fd: SharedFd, shared: Arc<ServerShared>, slot: Slot) {
         return;
     };
     let exp = export.clone();
-    let posted = thread.post(move || {
-        // The slot lives as long as the connection.
-        conn::start(fd, leftover, neg, exp, conn_id);
-        drop(slot);
-    });
+    // The slot lives as long as the connection.
+    let posted = thread.post(move || conn::start(fd, leftover, neg, exp, conn_id, Box::new(slot)));
     if posted.is_err() {
         export.disconnect(conn_id);
     }

@@ -1,0 +1,47 @@
+//! `object-add`, `object-del`, `query-iothreads`.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::no_args;
+use crate::daemon::Daemon;
+use crate::error::{ControlError, Result};
+use crate::qapi::{from_args, Input, ObjectOptions, Syntax};
+
+/// `object-add` / `--object`.
+pub fn object_add(d: &mut Daemon, input: Input) -> Result<Value> {
+    match ObjectOptions::parse(input)? {
+        ObjectOptions::Iothread(o) => d.objects.add_iothread(o)?,
+    }
+    Ok(Value::Null)
+}
+
+pub(super) fn object_add_cmd(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {
+    object_add(d, Input::new(args, Syntax::Json))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelArgs {
+    id: String,
+}
+
+/// `object-del`: an iothread that exports run on cannot go.
+pub(super) fn object_del_cmd(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {
+    let a: DelArgs = from_args(args)?;
+    if d.objects.contains(&a.id) && d.exports.uses_iothread(&a.id) {
+        return Err(ControlError::failed(format!(
+            "object '{}' is in use, can not be deleted",
+            a.id
+        )));
+    }
+    d.objects.del(&a.id)?;
+    d.exports.forget_iothread(&a.id);
+    Ok(Value::Null)
+}
+
+/// `query-iothreads` (QSD lacks it; QEMU's shape plus ringstor's `cpu`).
+pub(super) fn query_iothreads(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {
+    no_args(&args)?;
+    Ok(d.objects.query())
+}

@@ -1,0 +1,141 @@
+//! QOM objects: iothreads by id, and the built-in default iothread.
+//!
+//! The default iothread (`ringstor-main`) runs every export that names no
+//! iothread, so the control thread never does I/O. Like QEMU's main loop
+//! it is not an object: `query-iothreads` does not list it and it cannot
+//! be deleted.
+
+use std::collections::BTreeMap;
+
+use engine::iothread::{IoThread, IoThreadConfig, IoThreadHandle, DEFAULT_RING_ENTRIES};
+use serde_json::{json, Value};
+
+use crate::error::{ControlError, Result};
+use crate::placement::Placement;
+use crate::qapi::IothreadOptions;
+
+/// Name of the built-in iothread.
+pub const DEFAULT_IOTHREAD: &str = "ringstor-main";
+
+/// QEMU's defaults for `query-iothreads` (`IOTHREAD_POLL_MAX_NS_DEFAULT`).
+const POLL_MAX_NS_DEFAULT: i64 = 32768;
+
+struct IothreadEntry {
+    thread: IoThread,
+    options: IothreadOptions,
+}
+
+/// The iothreads.
+pub struct Objects {
+    default: IoThread,
+    iothreads: BTreeMap<String, IothreadEntry>,
+    /// Creation order, for QEMU's listing order.
+    order: Vec<String>,
+    placement: Placement,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects")
+            .field("iothreads", &self.order)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Objects {
+    /// Starts the default iothread, placed first.
+    pub fn new(mut placement: Placement) -> Result<Objects> {
+        let cpu = placement.place(None)?;
+        let default = IoThread::spawn(IoThreadConfig {
+            name: DEFAULT_IOTHREAD.to_string(),
+            cpu: Some(cpu),
+            ring_entries: DEFAULT_RING_ENTRIES,
+        })?;
+        Ok(Objects {
+            default,
+            iothreads: BTreeMap::new(),
+            order: Vec::new(),
+            placement,
+        })
+    }
+
+    /// The default iothread.
+    pub fn default_handle(&self) -> &IoThreadHandle {
+        self.default.handle()
+    }
+
+    /// An iothread by object id (`None` for the default one).
+    pub fn handle(&self, id: Option<&str>) -> Option<&IoThreadHandle> {
+        match id {
+            None => Some(self.default.handle()),
+            Some(id) => self.iothreads.get(id).map(|e| e.thread.handle()),
+        }
+    }
+
+    /// `object-add qom-type=iothread`.
+    pub fn add_iothread(&mut self, options: IothreadOptions) -> Result<()> {
+        if self.iothreads.contains_key(&options.id) {
+            return Err(ControlError::failed(format!(
+                "attempt to add duplicate property '{}' to object (type 'container')",
+                options.id
+            )));
+        }
+        let cpu = self.placement.place(options.cpu)?;
+        let thread = IoThread::spawn(IoThreadConfig {
+            name: options.id.clone(),
+            cpu: Some(cpu),
+            ring_entries: DEFAULT_RING_ENTRIES,
+        })?;
+        self.order.push(options.id.clone());
+        self.iothreads
+            .insert(options.id.clone(), IothreadEntry { thread, options });
+        Ok(())
+    }
+
+    /// Whether an object with this id exists.
+    pub fn contains(&self, id: &str) -> bool {
+        self.iothreads.contains_key(id)
+    }
+
+    /// `object-del`; the caller has checked the iothread is unused.
+    pub fn del(&mut self, id: &str) -> Result<()> {
+        match self.iothreads.remove(id) {
+            Some(e) => {
+                self.order.retain(|i| i != id);
+                e.thread.stop();
+                Ok(())
+            }
+            None => Err(ControlError::failed(format!("object '{id}' not found"))),
+        }
+    }
+
+    /// `query-iothreads`.
+    pub fn query(&self) -> Value {
+        let list = self
+            .order
+            .iter()
+            .filter_map(|id| self.iothreads.get(id))
+            .map(|e| {
+                let h = e.thread.handle();
+                json!({
+                    "id": e.options.id,
+                    "thread-id": h.thread_id(),
+                    "poll-max-ns": e.options.poll_max_ns.unwrap_or(POLL_MAX_NS_DEFAULT),
+                    "poll-grow": e.options.poll_grow.unwrap_or(0),
+                    "poll-shrink": e.options.poll_shrink.unwrap_or(0),
+                    "aio-max-batch": e.options.aio_max_batch.unwrap_or(0),
+                    "cpu": h.cpu(),
+                })
+            })
+            .collect();
+        Value::Array(list)
+    }
+
+    /// Stops every iothread (at exit, after the exports are gone).
+    pub fn stop_all(&mut self) {
+        for (_, e) in std::mem::take(&mut self.iothreads) {
+            e.thread.stop();
+        }
+        self.order.clear();
+    }
+}

@@ -1,0 +1,24 @@
+//! QAPI types for the commands and options ringstor implements, with
+//! member names as in QEMU's schema, and the input layer that gives
+//! QEMU's error messages.
+
+mod block;
+mod export;
+mod input;
+mod nbd;
+mod object;
+
+#[cfg(test)]
+mod tests;
+
+pub use block::{
+    BlockdevBase, BlockdevOptions, BlockdevRef, CacheOptions, DetectZeroes, DriverOptions,
+    FileDriverOptions, NullDriverOptions, OnOffAuto, RawDriverOptions,
+};
+pub use export::{
+    BitmapRef, BlockExportDelArgs, BlockExportOptions, ExportBase, ExportKind, IothreadSpec,
+    NbdExportArgs, RemoveModeArg, NBD_MAX_STRING_SIZE,
+};
+pub use input::{from_args, Input, InputError, Syntax};
+pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
+pub use object::{is_identifier, IothreadOptions, ObjectOptions};

@@ -1,0 +1,69 @@
+//! `ObjectOptions` (`object-add`, `--object`): only `iothread` so far.
+
+use serde::Deserialize;
+
+use super::input::{Input, InputError};
+
+/// QOM types QSD can create that ringstor cannot yet.
+const QEMU_QOM_TYPES: &[&str] = &[
+    "authz-list",
+    "authz-listfile",
+    "authz-pam",
+    "authz-simple",
+    "secret",
+    "secret_keyring",
+    "throttle-group",
+    "tls-creds-anon",
+    "tls-creds-psk",
+    "tls-creds-x509",
+    "tls-cipher-suites",
+    "pr-manager-helper",
+];
+
+/// `IothreadProperties`, plus ringstor's `cpu`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct IothreadOptions {
+    pub id: String,
+    pub poll_max_ns: Option<i64>,
+    pub poll_grow: Option<i64>,
+    pub poll_shrink: Option<i64>,
+    pub aio_max_batch: Option<i64>,
+    pub thread_pool_min: Option<i64>,
+    pub thread_pool_max: Option<i64>,
+    /// ringstor extension: the CPU to pin the thread to.
+    pub cpu: Option<usize>,
+}
+
+/// `ObjectOptions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectOptions {
+    Iothread(IothreadOptions),
+}
+
+impl ObjectOptions {
+    /// Parses `ObjectOptions`.
+    pub fn parse(mut input: Input) -> Result<ObjectOptions, InputError> {
+        let qom_type = input.take_str("qom-type")?;
+        match qom_type.as_str() {
+            "iothread" => {
+                let o: IothreadOptions = input.parse()?;
+                if !is_identifier(&o.id) {
+                    return Err(InputError("Parameter 'id' expects an identifier".into()));
+                }
+                Ok(ObjectOptions::Iothread(o))
+            }
+            t if QEMU_QOM_TYPES.contains(&t) => Err(InputError(format!(
+                "Object type '{t}' is not supported by ringstor yet"
+            ))),
+            t => Err(InputError::bad_value("qom-type", t)),
+        }
+    }
+}
+
+/// QEMU's `id_wellformed()`: a letter, then letters, digits, `-`, `.`, `_`.
+pub fn is_identifier(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}

@@ -1,0 +1,69 @@
+//! The QMP monitor transport, wire-compatible with qemu-storage-daemon.
+//!
+//! This layer owns sockets, the greeting, input framing, capabilities
+//! negotiation, protocol-level errors and event delivery. It implements no
+//! commands: each accepted command becomes a [`QmpRequest`] sent to the
+//! control thread, which answers on the request's `reply` channel.
+//!
+//! Layout: `lexer` + `parser` turn bytes into JSON values exactly like
+//! QEMU; `wire` prints replies exactly like QEMU; `session` is the
+//! per-connection protocol state machine; `conn` is the shared socket
+//! writer; `event` broadcasts events; `server` runs listeners and
+//! connection threads.
+#![forbid(unsafe_code)]
+
+mod conn;
+mod error;
+mod event;
+mod lexer;
+mod parser;
+mod server;
+mod session;
+mod wire;
+
+#[cfg(test)]
+mod protocol_tests;
+#[cfg(test)]
+mod tests;
+
+pub use error::{ErrorClass, MonitorError, QmpError};
+pub use event::EventBus;
+pub use server::MonitorServer;
+/// Parses a whole JSON text (a command-line option) with QEMU's parser and
+/// wording: `Err` is the QEMU error description; several values give
+/// `"Expecting at most one JSON value"`.
+pub fn parse_json_text(text: &str) -> Result<serde_json::Value, String> {
+    let mut stream = lexer::JsonStream::new();
+    let mut out = Vec::new();
+    stream.feed(text.as_bytes(), &mut out);
+    stream.finish(&mut out);
+    let mut values = out.into_iter();
+    match (values.next(), values.next()) {
+        (None, _) => Err("JSON parse error, premature EOI".into()),
+        (Some(first), None) => first,
+        (Some(Err(e)), Some(_)) => Err(e),
+        (Some(Ok(_)), Some(_)) => Err("Expecting at most one JSON value".into()),
+    }
+}
+
+pub use wire::{greeting, package_string, to_qemu_json, version_info, QEMU_VERSION};
+
+use std::path::PathBuf;
+
+/// One command for the control thread. Reply exactly once on `reply` with
+/// the command's return value (`Value::Null` means `{}`) or its error; the
+/// monitor adds `"id"` and the `return`/`error` wrapper itself. If the
+/// client has gone, the send fails harmlessly.
+#[derive(Debug)]
+pub struct QmpRequest {
+    pub command: String,
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+    pub reply: crossbeam_channel::Sender<Result<serde_json::Value, QmpError>>,
+}
+
+/// Where a monitor listens (`--chardev socket,path=..` or `host=..,port=..`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorAddr {
+    Unix(PathBuf),
+    Tcp { host: String, port: String },
+}

@@ -1,0 +1,349 @@
+//! Monitor listeners and connection handling.
+//!
+//! Plain blocking threads: one accept thread per listener and one thread
+//! per connection. A connection thread frames input (`lexer`), runs the
+//! protocol state machine (`session`) and, for real commands, hands a
+//! `QmpRequest` to the single control thread and blocks for its answer.
+//! Like QEMU without OOB, a connection reads no further input while its
+//! command runs, so replies come back in request order.
+
+use super::conn::{MonitorConn, Stream};
+use super::error::{MonitorError, QmpError};
+use super::event::EventBus;
+use super::lexer::JsonStream;
+use super::session::{Action, Session};
+use super::wire::{error_response, greeting, success_response};
+use super::{MonitorAddr, QmpRequest};
+use crossbeam_channel::Sender;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde_json::Value;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Description given when the control thread has gone away.
+const CONTROL_GONE: &str = "ringstor control thread is not running";
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+        }
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Listener::Unix(l) => l.set_nonblocking(true),
+            Listener::Tcp(l) => l.set_nonblocking(true),
+        }
+    }
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    pretty: bool,
+    requests: Sender<QmpRequest>,
+    events: EventBus,
+    conns: Mutex<Vec<Weak<MonitorConn>>>,
+}
+
+/// A listening QMP monitor (`--chardev socket,server=on,wait=off` plus
+/// `--monitor`). Dropping it (or calling `shutdown`) stops accepting,
+/// closes its connections and removes the Unix socket file it created.
+pub struct MonitorServer {
+    shared: Arc<Shared>,
+    accept_thread: Option<JoinHandle<()>>,
+    /// Writing end of the accept thread's wake-up pipe.
+    wake: Option<UnixStream>,
+    local_addr: Option<SocketAddr>,
+    socket_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for MonitorServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorServer")
+            .field("local_addr", &self.local_addr)
+            .field("socket_path", &self.socket_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MonitorServer {
+    /// Binds `addr` and starts accepting monitor connections. Commands go
+    /// to `requests`; events emitted on `events` reach negotiated clients.
+    pub fn start(
+        addr: MonitorAddr,
+        pretty: bool,
+        requests: Sender<QmpRequest>,
+        events: EventBus,
+    ) -> Result<MonitorServer, MonitorError> {
+        let (listener, local_addr, socket_path) = match addr {
+            MonitorAddr::Unix(path) => {
+                let l = bind_unix(&path)?;
+                (Listener::Unix(l), None, Some(path))
+            }
+            MonitorAddr::Tcp { host, port } => {
+                let l = bind_tcp(&host, &port)?;
+                let local = l.local_addr()?;
+                (Listener::Tcp(l), Some(local), None)
+            }
+        };
+        // Non-blocking so a connection that vanishes between poll() and
+        // accept() cannot wedge the accept thread.
+        listener.set_nonblocking()?;
+        let (wake, wake_rx) = UnixStream::pair()?;
+        let shared = Arc::new(Shared {
+            pretty,
+            requests,
+            events,
+            conns: Mutex::new(Vec::new()),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let accept_thread = std::thread::Builder::new()
+            .name("qmp-accept".into())
+            .spawn(move || accept_loop(listener, wake_rx, thread_shared))?;
+        Ok(MonitorServer {
+            shared,
+            accept_thread: Some(accept_thread),
+            wake: Some(wake),
+            local_addr,
+            socket_path,
+        })
+    }
+
+    /// The bound TCP address (the real port when started with port `0`).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The Unix socket path, for Unix monitors.
+    pub fn path(&self) -> Option<&Path> {
+        self.socket_path.as_deref()
+    }
+
+    /// Stops accepting, closes open connections and removes the socket
+    /// file. Idempotent; also done on drop.
+    pub fn shutdown(&mut self) {
+        if let Some(mut wake) = self.wake.take() {
+            // Either the byte or the hang-up wakes the accept thread.
+            let _ = wake.write_all(&[0]);
+        }
+        if let Some(t) = self.accept_thread.take() {
+            if t.join().is_err() {
+                log::error!("qmp: accept thread panicked");
+            }
+        }
+        let conns =
+            std::mem::take(&mut *self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()));
+        for conn in conns.iter().filter_map(Weak::upgrade) {
+            conn.close();
+        }
+        if let Some(path) = self.socket_path.take() {
+            // QEMU unlinks its listening socket on exit too.
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != ErrorKind::NotFound {
+                    log::warn!("qmp: cannot remove {}: {e}", path.display());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MonitorServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Binds a Unix socket. Like QEMU, a leftover socket file from a previous
+/// run is unlinked first; unlike QEMU, any other kind of file is left
+/// alone and reported, so a typo cannot delete user data.
+fn bind_unix(path: &Path) -> Result<UnixListener, MonitorError> {
+    let shown = path.display().to_string();
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(|source| MonitorError::Unlink {
+                path: shown.clone(),
+                source,
+            })?;
+        }
+    }
+    UnixListener::bind(path).map_err(|source| MonitorError::Bind {
+        addr: shown,
+        source,
+    })
+}
+
+/// Binds TCP `host:port`, trying each resolved address in turn like
+/// QEMU's inet_listen(). An empty host means all IPv4 addresses.
+fn bind_tcp(host: &str, port: &str) -> Result<TcpListener, MonitorError> {
+    let resolve_err = |reason: String| MonitorError::Resolve {
+        host: host.to_string(),
+        port: port.to_string(),
+        reason,
+    };
+    let port_num: u16 = port
+        .parse()
+        .map_err(|_| resolve_err("port is not a number".into()))?;
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    let h = if h.is_empty() { "0.0.0.0" } else { h };
+    let addrs: Vec<SocketAddr> = (h, port_num)
+        .to_socket_addrs()
+        .map_err(|e| resolve_err(e.to_string()))?
+        .collect();
+    let mut last_err = io::Error::new(ErrorKind::AddrNotAvailable, "no address");
+    for a in addrs {
+        match TcpListener::bind(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last_err = e,
+        }
+    }
+    Err(MonitorError::Bind {
+        addr: format!("{host}:{port}"),
+        source: last_err,
+    })
+}
+
+fn accept_loop(listener: Listener, wake: UnixStream, shared: Arc<Shared>) {
+    loop {
+        let (ready, woken) = {
+            let lfd = match &listener {
+                Listener::Unix(l) => l.as_fd(),
+                Listener::Tcp(l) => l.as_fd(),
+            };
+            let mut fds = [
+                PollFd::new(lfd, PollFlags::POLLIN),
+                PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("qmp: poll on monitor listener failed: {e}");
+                    return;
+                }
+            }
+            let ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+            let woken = fds[1].revents().is_some_and(|r| !r.is_empty());
+            (ready, woken)
+        };
+        if woken {
+            return;
+        }
+        if !ready {
+            continue;
+        }
+        match listener.accept() {
+            Ok(stream) => spawn_connection(stream, &shared),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                // E.g. EMFILE: back off instead of spinning on poll().
+                log::warn!("qmp: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn spawn_connection(stream: Stream, shared: &Arc<Shared>) {
+    let shared = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name("qmp-conn".into())
+        .spawn(move || {
+            if let Err(e) = serve(stream, &shared) {
+                log::debug!("qmp: monitor connection ended: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("qmp: cannot start connection thread: {e}");
+    }
+}
+
+/// Runs one monitor connection until the client disconnects.
+fn serve(mut reader: Stream, shared: &Shared) -> io::Result<()> {
+    let conn = Arc::new(MonitorConn::new(reader.try_clone()?, shared.pretty)?);
+    {
+        let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|w| w.strong_count() > 0);
+        conns.push(Arc::downgrade(&conn));
+    }
+    shared.events.subscribe(&conn);
+    let result = serve_session(&mut reader, &conn, shared);
+    conn.close();
+    result
+}
+
+fn serve_session(reader: &mut Stream, conn: &MonitorConn, shared: &Shared) -> io::Result<()> {
+    if !conn.send(&greeting()) {
+        return Ok(());
+    }
+    let mut session = Session::new();
+    let mut framer = JsonStream::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut messages = Vec::new();
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        framer.feed(&buf[..n], &mut messages);
+        for msg in messages.drain(..) {
+            let response = match session.handle(msg) {
+                Action::Reply(v) => v,
+                Action::Forward {
+                    command,
+                    arguments,
+                    id,
+                } => run_command(&shared.requests, command, arguments, id.as_ref()),
+            };
+            if session.negotiated() {
+                conn.set_negotiated();
+            }
+            if !conn.send(&response) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Hands a command to the control thread and waits for its answer. If the
+/// client disconnects meanwhile, the answer is simply dropped later.
+fn run_command(
+    requests: &Sender<QmpRequest>,
+    command: String,
+    arguments: serde_json::Map<String, Value>,
+    id: Option<&Value>,
+) -> Value {
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    let req = QmpRequest {
+        command,
+        arguments,
+        reply,
+    };
+    let result = match requests.send(req) {
+        Ok(()) => answer
+            .recv()
+            .unwrap_or_else(|_| Err(QmpError::generic(CONTROL_GONE))),
+        Err(_) => Err(QmpError::generic(CONTROL_GONE)),
+    };
+    match result {
+        // QEMU answers `{}` for commands that return nothing.
+        Ok(Value::Null) => success_response(Value::Object(Default::default()), id),
+        Ok(v) => success_response(v, id),
+        Err(e) => error_response(&e, id),
+    }
+}
