@@ -238,7 +238,6 @@ fn clean_shutdown(how: Stop) {
         }
     }
     let status = d.wait_exit(Duration::from_secs(10)).expect("daemon exited");
-    eprintln!("{how:?}: {replies} replies before close ({end:?}); deleted {deleted:?}; {status}");
     deleted.sort();
     assert_eq!(
         deleted,
@@ -250,6 +249,10 @@ fn clean_shutdown(how: Stop) {
         .into_iter()
         .filter(|f| d.path(f).exists())
         .collect();
+    eprintln!(
+        "{how:?}: {replies} replies before close ({end:?}); deleted {deleted:?}; \
+         {status}; left {left:?}"
+    );
     // QSD 10.0 lacks two of these behaviours: it may cut a reply in the
     // middle when it exits, and it leaves the NBD server's unix socket file
     // behind. Both are checked for ringstor only; on QSD they are noted.
