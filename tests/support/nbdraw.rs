@@ -203,3 +203,135 @@ impl RawNbd {
         self.send_ext_request(0, CMD_DISC, 0, 0, 0);
     }
 }
+
+pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub const CMD_WRITE: u16 = 1;
+pub const CMD_FLUSH: u16 = 3;
+pub const CMD_FLAG_FUA: u16 = 1;
+
+/// How a connection ended when the test expected it might.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// EOF (or ECONNRESET) exactly at a message boundary.
+    Boundary,
+    /// The peer closed after `n` bytes of a message.
+    Partial(usize),
+}
+
+impl RawNbd {
+    /// Build a simple (28-byte header) request, optionally with a payload.
+    pub fn simple_request(flags: u16, ty: u16, handle: u64, offset: u64, len: u32) -> Vec<u8> {
+        let mut m = Vec::with_capacity(28);
+        m.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.extend_from_slice(&ty.to_be_bytes());
+        m.extend_from_slice(&handle.to_be_bytes());
+        m.extend_from_slice(&offset.to_be_bytes());
+        m.extend_from_slice(&len.to_be_bytes());
+        m
+    }
+
+    /// Send a simple request header followed by `payload`.
+    pub fn send_simple(
+        &mut self,
+        flags: u16,
+        ty: u16,
+        handle: u64,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let mut m = RawNbd::simple_request(flags, ty, handle, offset, len);
+        m.extend_from_slice(payload);
+        self.sock.write_all(&m)
+    }
+
+    /// Read exactly `buf.len()` bytes, telling a clean close (no byte read)
+    /// from a close in the middle.
+    pub fn read_or_closed(&mut self, buf: &mut [u8]) -> Result<(), Closed> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.sock.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("read from NBD socket after {got} bytes: {e}"),
+            }
+        }
+        match got {
+            n if n == buf.len() => Ok(()),
+            0 => Err(Closed::Boundary),
+            n => Err(Closed::Partial(n)),
+        }
+    }
+
+    /// Read a simple reply header: `(error, handle)`, or how the server closed.
+    pub fn read_simple_reply(&mut self) -> Result<(u32, u64), Closed> {
+        let mut h = [0u8; 16];
+        self.read_or_closed(&mut h)?;
+        assert_eq!(
+            be_u32(&h[..4]),
+            SIMPLE_REPLY_MAGIC,
+            "simple reply magic, header {h:02x?}"
+        );
+        Ok((be_u32(&h[4..8]), be_u64(&h[8..16])))
+    }
+
+    /// Simple READ (no structured replies negotiated): data or the error.
+    pub fn read_at(&mut self, handle: u64, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
+        self.send_simple(0, CMD_READ, handle, offset, len, &[])
+            .expect("send READ");
+        let (err, h) = self.read_simple_reply().expect("READ reply");
+        assert_eq!(h, handle, "reply handle");
+        if err != 0 {
+            return Err(err);
+        }
+        let mut data = vec![0; len as usize];
+        self.sock.read_exact(&mut data).expect("READ payload");
+        Ok(data)
+    }
+
+    /// Simple WRITE with `flags`; returns the reply's error (0 = success).
+    pub fn write_at(&mut self, handle: u64, offset: u64, data: &[u8], flags: u16) -> u32 {
+        self.send_simple(flags, CMD_WRITE, handle, offset, data.len() as u32, data)
+            .expect("send WRITE");
+        let (err, h) = self.read_simple_reply().expect("WRITE reply");
+        assert_eq!(h, handle, "reply handle");
+        err
+    }
+
+    /// Polite disconnect with a simple header.
+    pub fn disconnect(&mut self) {
+        let _ = self.send_simple(0, CMD_DISC, 0, 0, 0, &[]);
+    }
+
+    /// Wait up to `timeout` for the server to close; true if it did.
+    /// Anything the server sends first is discarded.
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.sock
+                .set_read_timeout(Some(left))
+                .expect("set read timeout");
+            match self.sock.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("read from NBD socket: {e}"),
+            }
+        }
+    }
+}
