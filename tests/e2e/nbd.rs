@@ -242,6 +242,8 @@ fn fio_parallel_randwrite_verify() {
             "--numjobs=4",
             "--iodepth=8",
             "--verify=crc32c",
+            // No verify state files in the working directory.
+            "--verify_state_save=0",
             "--group_reporting",
         ];
         let w = run("fio", &common, TOOL_TIMEOUT).success("fio write+verify");

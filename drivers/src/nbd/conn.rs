@@ -182,8 +182,12 @@ pub(crate) fn start(
     spawn_local(watchdog(Rc::downgrade(&conn)));
     spawn_local(async move {
         if let Err(e) = reader(&conn, leftover).await {
-            log::info!("nbd: connection to '{}' dropped: {e}", conn.export.name);
-            conn.shutdown_socket();
+            // No more requests are read; replies already owed still go out
+            // (the writer ends the connection after them), so a client
+            // never sees a reply cut in half. A client that does not read
+            // them is the watchdog's.
+            log::info!("nbd: connection to '{}' closing: {e}", conn.export.name);
+            let _ = nix::sys::socket::shutdown(conn.fd.raw(), nix::sys::socket::Shutdown::Read);
         }
         let mut st = conn.st.borrow_mut();
         st.closing = true;
