@@ -25,7 +25,7 @@ use std::time::Duration;
 use engine::block::BlockHandle;
 use engine::buf::{pool, Buf};
 use engine::iothread::spawn_local;
-use engine::op::{self, GatherList, SharedFd};
+use engine::op::{self, GatherList, Pipe, SharedFd};
 
 use super::proto::consts::NBD_MAX_PAYLOAD;
 use super::proto::{
@@ -62,10 +62,28 @@ pub(crate) struct Conn {
     st: RefCell<State>,
     /// Held for the connection's life (the server's connection slot).
     _guard: Box<dyn std::any::Any>,
+    /// For spliced read replies; created on first use, `Err` if pipes
+    /// cannot be had (then replies are copied).
+    pipe: std::cell::OnceCell<Option<Pipe>>,
+}
+
+/// What the writer sends next, in order.
+enum OutItem {
+    /// Replies gathered into one `sendmsg`.
+    List {
+        list: GatherList,
+        replies: usize,
+        data: usize,
+    },
+    /// The data of a read reply whose header ends the list before it,
+    /// spliced from the page cache.
+    Splice { offset: u64, len: usize },
 }
 
 #[derive(Default)]
 struct State {
+    /// Sealed items waiting for the writer, before `out`.
+    items: std::collections::VecDeque<OutItem>,
     out: GatherList,
     spare: GatherList,
     out_replies: usize,
@@ -129,6 +147,41 @@ impl Conn {
         }
     }
 
+    /// The connection's pipe, if splicing is possible at all.
+    pub(crate) fn pipe(&self) -> Option<&Pipe> {
+        self.pipe
+            .get_or_init(|| match Pipe::new() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    log::info!("nbd: no pipe for spliced reads ({e}); copying");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Queues a read reply whose data the writer splices from the node.
+    pub(crate) fn reply_splice(&self, fill: impl FnOnce(&mut Vec<u8>), offset: u64, len: usize) {
+        let mut st = self.st.borrow_mut();
+        if st.broken {
+            return;
+        }
+        st.out.push_with(fill);
+        st.out_replies += 1;
+        let list = std::mem::take(&mut st.out);
+        let replies = std::mem::take(&mut st.out_replies);
+        let data = std::mem::take(&mut st.out_data);
+        st.items.push_back(OutItem::List {
+            list,
+            replies,
+            data,
+        });
+        st.items.push_back(OutItem::Splice { offset, len });
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+    }
+
     pub(crate) fn reply_to(&self, h: &RequestHeader) -> ReplyTo {
         ReplyTo {
             mode: self.mode,
@@ -177,6 +230,7 @@ pub(crate) fn start(
         conn_id,
         st: RefCell::new(State::default()),
         _guard: guard,
+        pipe: std::cell::OnceCell::new(),
     });
     spawn_local(writer(conn.clone()));
     spawn_local(watchdog(Rc::downgrade(&conn)));
@@ -426,14 +480,21 @@ async fn watchdog(conn: std::rc::Weak<Conn>) {
 
 async fn writer(conn: Rc<Conn>) {
     loop {
-        let batch = poll_fn(|cx| {
+        let item = poll_fn(|cx| {
             let mut st = conn.st.borrow_mut();
+            if let Some(item) = st.items.pop_front() {
+                return Poll::Ready(Some(item));
+            }
             if st.out_replies > 0 {
                 let spare = std::mem::take(&mut st.spare);
                 let list = std::mem::replace(&mut st.out, spare);
-                let n = std::mem::take(&mut st.out_replies);
+                let replies = std::mem::take(&mut st.out_replies);
                 let data = std::mem::take(&mut st.out_data);
-                return Poll::Ready(Some((list, n, data)));
+                return Poll::Ready(Some(OutItem::List {
+                    list,
+                    replies,
+                    data,
+                }));
             }
             if st.broken || (st.closing && st.inflight == 0) {
                 return Poll::Ready(None);
@@ -442,16 +503,25 @@ async fn writer(conn: Rc<Conn>) {
             Poll::Pending
         })
         .await;
-        let Some((list, n, data)) = batch else { break };
+        let Some(item) = item else { break };
         conn.st.borrow_mut().sending = true;
-        let (r, mut list) = op::send_all(&conn.fd, list).await;
-        let ok = r.is_ok();
+        let (ok, replies, data) = match item {
+            OutItem::List {
+                list,
+                replies,
+                data,
+            } => {
+                let (r, mut list) = op::send_all(&conn.fd, list).await;
+                list.clear();
+                conn.st.borrow_mut().spare = list;
+                (r.is_ok(), replies, data)
+            }
+            OutItem::Splice { offset, len } => (splice_out(&conn, offset, len).await, 0, len),
+        };
         let mut st = conn.st.borrow_mut();
         st.sending = false;
         st.batches += 1;
-        list.clear();
-        st.spare = list;
-        st.inflight = st.inflight.saturating_sub(n);
+        st.inflight = st.inflight.saturating_sub(replies);
         st.inflight_bytes = st.inflight_bytes.saturating_sub(data);
         if !ok {
             st.broken = true;
@@ -469,4 +539,33 @@ async fn writer(conn: Rc<Conn>) {
             break;
         }
     }
+}
+
+/// Sends `len` bytes of the node at `offset` through the connection's pipe.
+/// The header already went out, so a failure here can only end the
+/// connection.
+async fn splice_out(conn: &Conn, offset: u64, len: usize) -> bool {
+    let Some(pipe) = conn.pipe() else {
+        return false;
+    };
+    let mut done = 0usize;
+    while done < len {
+        let n = match conn
+            .handle
+            .read_to_pipe(offset + done as u64, len - done, pipe)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("nbd: spliced read at {offset} failed after its header: {e}");
+                return false;
+            }
+        };
+        if let Err(e) = pipe.drain_to(&conn.fd, n).await {
+            log::debug!("nbd: splice to the client failed: {e}");
+            return false;
+        }
+        done += n;
+    }
+    true
 }

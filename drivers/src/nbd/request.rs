@@ -20,6 +20,9 @@ use super::proto::{
 /// replies without `DF`); shorter ones are sent as data, which costs the
 /// client nothing and saves a block-status lookup per small read.
 const SPARSE_READ_MIN: u64 = 64 * 1024;
+/// Reads at least this long (from a buffered file) are spliced from the
+/// page cache to the socket instead of copied through a buffer twice.
+const SPLICE_MIN: u64 = 128 * 1024;
 /// Extents per block-status reply at most (QEMU sends at most 2^20 / 8).
 const MAX_EXTENTS: usize = 1024;
 
@@ -91,6 +94,17 @@ async fn read(conn: &Conn, h: &RequestHeader) {
                 return sparse_read(conn, h).await;
             }
         }
+    }
+    if h.length >= SPLICE_MIN && conn.handle.can_splice(h.offset, h.length) && conn.pipe().is_some()
+    {
+        // The writer splices the page-cache pages to the socket: no copy.
+        return conn.reply_splice(
+            |v| {
+                let _ = read_data_header(v, &to, true, h.offset, len as u32);
+            },
+            h.offset,
+            len,
+        );
     }
     let (r, buf) = conn.handle.read(h.offset, pool::check_out(len)).await;
     match r {

@@ -20,7 +20,7 @@ use super::error::{BlockError, BlockResult};
 use super::node::{BlockNode, Kind};
 use super::status::{file_status, BlockStatus};
 use crate::buf::{pool, Buf};
-use crate::op::{self, SharedFd};
+use crate::op::{self, Pipe, SharedFd};
 
 /// Largest chunk written at once when emulating write-zeroes.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -198,6 +198,38 @@ impl BlockHandle {
                 }
                 (Ok(()), buf)
             }
+        }
+    }
+
+    /// True when [`Self::read_to_pipe`] can serve `offset..offset+len`
+    /// (a buffered file; `O_DIRECT` data never sits in the page cache).
+    pub fn can_splice(&self, offset: u64, len: u64) -> bool {
+        match &self.inner.leaf {
+            Leaf::File { buffered: None, .. } => {
+                offset
+                    .checked_add(len)
+                    .is_some_and(|end| end <= self.size())
+                    && self.inner.base + offset + len <= self.leaf_size()
+            }
+            _ => false,
+        }
+    }
+
+    /// Splices up to `len` bytes at `offset` into `pipe` (page references,
+    /// no copy); returns the count (short when the pipe is smaller).
+    pub async fn read_to_pipe(&self, offset: u64, len: usize, pipe: &Pipe) -> BlockResult<usize> {
+        self.check(offset, len as u64)?;
+        let Leaf::File { fd, .. } = &self.inner.leaf else {
+            return Err(BlockError::NotSupported);
+        };
+        match pipe.fill_from(fd, self.inner.base + offset, len).await {
+            Ok(0) => Err(BlockError::io(
+                "splice",
+                offset,
+                std::io::ErrorKind::UnexpectedEof.into(),
+            )),
+            Ok(n) => Ok(n),
+            Err(e) => Err(BlockError::io("splice", offset, e)),
         }
     }
 

@@ -22,6 +22,7 @@ mod poll;
 mod read;
 mod recv;
 mod sendmsg;
+mod splice;
 mod timeout;
 mod write;
 
@@ -43,6 +44,7 @@ pub use read::read_at;
 pub use recv::recv_into;
 pub use sendmsg::GatherList;
 pub use sendmsg::{send_all, sendmsg};
+pub use splice::Pipe;
 pub use timeout::{sleep, timeout, Elapsed};
 pub use write::write_at;
 
