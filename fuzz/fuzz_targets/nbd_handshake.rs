@@ -77,7 +77,11 @@ fuzz_target!(|data: &[u8]| {
         }
         pos += used;
         // Acknowledge part or all of the output, as a short write would.
-        let ack = if seed & 0x100 != 0 { out.len() / 2 } else { out.len() };
+        let ack = if seed & 0x100 != 0 {
+            out.len() / 2
+        } else {
+            out.len()
+        };
         let len_before = out.len();
         transcript.extend_from_slice(&out[..ack]);
         n.advance_output(ack);

@@ -13,8 +13,8 @@ use arbitrary::Arbitrary;
 use drivers::nbd::proto::consts::NBD_MAX_STRING_SIZE;
 use drivers::nbd::proto::{
     chunk_block_status, chunk_error, chunk_error_offset, chunk_none, chunk_offset_hole,
-    read_data_header, reply_error, reply_ok, simple_reply, Extent, NbdErrno, ReplyError,
-    ReplyMode, ReplyTo,
+    read_data_header, reply_error, reply_ok, simple_reply, Extent, NbdErrno, ReplyError, ReplyMode,
+    ReplyTo,
 };
 use libfuzzer_sys::fuzz_target;
 use ringstor_fuzz::decode::{decode_one, errno_from_wire, Body, Decoded};
@@ -58,14 +58,38 @@ impl Errno {
 
 #[derive(Debug, Clone, Arbitrary)]
 enum Kind {
-    Simple { error: Option<Errno>, read_len: u8 },
+    Simple {
+        error: Option<Errno>,
+        read_len: u8,
+    },
     Ok,
-    ReplyError { error: Errno, msg: String },
+    ReplyError {
+        error: Errno,
+        msg: String,
+    },
     None,
-    ReadData { done: bool, data_offset: u64, data_len: u32 },
-    Hole { done: bool, offset: u64, len: u32 },
-    BlockStatus { done: bool, context: u32, extents: Vec<(u64, u32)> },
-    Error { done: bool, error: Errno, msg: String, offset: Option<u64>, pad: u16 },
+    ReadData {
+        done: bool,
+        data_offset: u64,
+        data_len: u32,
+    },
+    Hole {
+        done: bool,
+        offset: u64,
+        len: u32,
+    },
+    BlockStatus {
+        done: bool,
+        context: u32,
+        extents: Vec<(u64, u32)>,
+    },
+    Error {
+        done: bool,
+        error: Errno,
+        msg: String,
+        offset: Option<u64>,
+        pad: u16,
+    },
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -104,7 +128,14 @@ fn expected(d: &Desc, to: &ReplyTo) -> Result<Decoded, ReplyError> {
     match &d.kind {
         Kind::Simple { error, read_len } => {
             let e = error.map(Errno::get);
-            Ok(simple(e, if e.is_some() { 0 } else { usize::from(*read_len) }))
+            Ok(simple(
+                e,
+                if e.is_some() {
+                    0
+                } else {
+                    usize::from(*read_len)
+                },
+            ))
         }
         Kind::Ok => match to.mode {
             ReplyMode::Simple => Ok(simple(None, 0)),
@@ -112,18 +143,45 @@ fn expected(d: &Desc, to: &ReplyTo) -> Result<Decoded, ReplyError> {
         },
         Kind::ReplyError { error, msg } => match to.mode {
             ReplyMode::Simple => Ok(simple(Some(error.get()), 0)),
-            _ => chunk(true, Body::Error { error: error.get().to_wire(), msg: trunc(msg), offset: None }),
+            _ => chunk(
+                true,
+                Body::Error {
+                    error: error.get().to_wire(),
+                    msg: trunc(msg),
+                    offset: None,
+                },
+            ),
         },
         Kind::None => chunk(true, Body::None),
-        Kind::ReadData { done, data_offset, data_len } => match to.mode {
+        Kind::ReadData {
+            done,
+            data_offset,
+            data_len,
+        } => match to.mode {
             ReplyMode::Simple => Ok(simple(None, *data_len as usize)),
             ReplyMode::Structured if u64::from(*data_len) + 8 > u64::from(u32::MAX) => {
                 Err(ReplyError::PayloadTooLong)
             }
-            _ => chunk(*done, Body::OffsetData { offset: *data_offset, data_len: u64::from(*data_len) }),
+            _ => chunk(
+                *done,
+                Body::OffsetData {
+                    offset: *data_offset,
+                    data_len: u64::from(*data_len),
+                },
+            ),
         },
-        Kind::Hole { done, offset, len } => chunk(*done, Body::OffsetHole { offset: *offset, len: *len }),
-        Kind::BlockStatus { done, context, extents } => {
+        Kind::Hole { done, offset, len } => chunk(
+            *done,
+            Body::OffsetHole {
+                offset: *offset,
+                len: *len,
+            },
+        ),
+        Kind::BlockStatus {
+            done,
+            context,
+            extents,
+        } => {
             // Both are caller misuse; the encoder reports NoExtents first.
             if extents.is_empty() {
                 return Err(ReplyError::NoExtents);
@@ -136,12 +194,32 @@ fn expected(d: &Desc, to: &ReplyTo) -> Result<Decoded, ReplyError> {
                 return Err(ReplyError::ExtentTooLong);
             }
             let extents = extents.iter().map(|&(l, f)| (l, u64::from(f))).collect();
-            chunk(*done, Body::BlockStatus { ext, context: *context, extents })
+            chunk(
+                *done,
+                Body::BlockStatus {
+                    ext,
+                    context: *context,
+                    extents,
+                },
+            )
         }
-        Kind::Error { done, error, msg, offset, pad } => {
+        Kind::Error {
+            done,
+            error,
+            msg,
+            offset,
+            pad,
+        } => {
             // Long messages exercise the 4096-byte truncation.
             let msg = long_msg(msg, *pad);
-            chunk(*done, Body::Error { error: error.get().to_wire(), msg: trunc(&msg), offset: *offset })
+            chunk(
+                *done,
+                Body::Error {
+                    error: error.get().to_wire(),
+                    msg: trunc(&msg),
+                    offset: *offset,
+                },
+            )
         }
     }
 }
@@ -172,15 +250,30 @@ fn encode(out: &mut Vec<u8>, d: &Desc, to: &ReplyTo) -> Result<(), ReplyError> {
             Ok(())
         }
         Kind::None => chunk_none(out, to),
-        Kind::ReadData { done, data_offset, data_len } => {
-            read_data_header(out, to, *done, *data_offset, *data_len)
-        }
+        Kind::ReadData {
+            done,
+            data_offset,
+            data_len,
+        } => read_data_header(out, to, *done, *data_offset, *data_len),
         Kind::Hole { done, offset, len } => chunk_offset_hole(out, to, *done, *offset, *len),
-        Kind::BlockStatus { done, context, extents } => {
-            let ex: Vec<Extent> = extents.iter().map(|&(length, flags)| Extent { length, flags }).collect();
+        Kind::BlockStatus {
+            done,
+            context,
+            extents,
+        } => {
+            let ex: Vec<Extent> = extents
+                .iter()
+                .map(|&(length, flags)| Extent { length, flags })
+                .collect();
             chunk_block_status(out, to, *done, *context, &ex)
         }
-        Kind::Error { done, error, msg, offset, pad } => {
+        Kind::Error {
+            done,
+            error,
+            msg,
+            offset,
+            pad,
+        } => {
             let msg = long_msg(msg, *pad);
             match offset {
                 Some(o) => chunk_error_offset(out, to, *done, error.get(), &msg, *o),
@@ -194,7 +287,10 @@ fn encode(out: &mut Vec<u8>, d: &Desc, to: &ReplyTo) -> Result<(), ReplyError> {
 /// the batch stays small; larger reads are checked header-only, last).
 fn data_len(d: &Desc) -> Option<usize> {
     match d.kind {
-        Kind::Simple { error: None, read_len } => Some(usize::from(read_len)),
+        Kind::Simple {
+            error: None,
+            read_len,
+        } => Some(usize::from(read_len)),
         Kind::ReadData { data_len, .. } => Some(data_len as usize),
         _ => None,
     }
@@ -209,7 +305,11 @@ fuzz_target!(|descs: Vec<Desc>| {
             Mode::Structured => ReplyMode::Structured,
             Mode::Extended => ReplyMode::Extended,
         };
-        let to = ReplyTo { mode, cookie: d.cookie, offset: d.offset };
+        let to = ReplyTo {
+            mode,
+            cookie: d.cookie,
+            offset: d.offset,
+        };
         let before = out.len();
         let res = encode(&mut out, d, &to);
         let exp = expected(d, &to);
@@ -236,17 +336,29 @@ fuzz_target!(|descs: Vec<Desc>| {
     for (i, (want, dlen)) in encoded.into_iter().enumerate() {
         let last = i + 1 == n;
         let simple_len = match want {
-            Decoded::Simple { data_len, .. } => data_len.min(if last { buf.len().saturating_sub(16) } else { data_len }),
+            Decoded::Simple { data_len, .. } => data_len.min(if last {
+                buf.len().saturating_sub(16)
+            } else {
+                data_len
+            }),
             _ => 0,
         };
         let (got, used) = decode_one(buf, simple_len, last)
             .unwrap_or_else(|e| panic!("decode #{i} failed: {e:?}; wanted {want:?}"));
         let want = match want {
-            Decoded::Simple { cookie, error, .. } => Decoded::Simple { cookie, error, data_len: simple_len },
+            Decoded::Simple { cookie, error, .. } => Decoded::Simple {
+                cookie,
+                error,
+                data_len: simple_len,
+            },
             w => w,
         };
         assert_eq!(got, want, "reply #{i} (data {dlen})");
-        if let Decoded::Chunk { body: Body::Error { error, msg, .. }, .. } = &got {
+        if let Decoded::Chunk {
+            body: Body::Error { error, msg, .. },
+            ..
+        } = &got
+        {
             assert!(errno_from_wire(*error).is_some());
             assert!(msg.len() <= NBD_MAX_STRING_SIZE);
         }

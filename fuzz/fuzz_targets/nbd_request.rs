@@ -66,12 +66,21 @@ fn check_one(h: &RequestHeader, s: &Session, payload: &[u8]) {
     assert_eq!(h.payload_len(s.extended), wire);
     match check_request(h, s) {
         Ok(Disposition::Disconnect) => assert_eq!(h.kind, Command::Disc),
-        Ok(Disposition::Reject { discard_len, error: _ }) => {
-            assert_eq!(discard_len, wire, "reject must skip exactly the wire payload");
+        Ok(Disposition::Reject {
+            discard_len,
+            error: _,
+        }) => {
+            assert_eq!(
+                discard_len, wire,
+                "reject must skip exactly the wire payload"
+            );
             assert_ne!(h.kind, Command::Disc);
         }
         Ok(Disposition::Execute { payload_len }) => {
-            assert_eq!(payload_len, wire, "execute must read exactly the wire payload");
+            assert_eq!(
+                payload_len, wire,
+                "execute must read exactly the wire payload"
+            );
             assert!(!matches!(h.kind, Command::Unknown(_) | Command::Disc));
             if s.extended {
                 assert!(payload_len <= u64::from(s.max_payload));
@@ -79,10 +88,17 @@ fn check_one(h: &RequestHeader, s: &Session, payload: &[u8]) {
             let tf = s.transmission_flags;
             let ro = tf & NBD_FLAG_READ_ONLY != 0;
             if ro {
-                assert!(!matches!(h.kind, Command::Write | Command::Trim | Command::WriteZeroes));
+                assert!(!matches!(
+                    h.kind,
+                    Command::Write | Command::Trim | Command::WriteZeroes
+                ));
             }
             if matches!(h.kind, Command::Read | Command::Write | Command::Cache) {
-                assert!(h.length <= u64::from(s.max_payload), "oversized {:?} executed", h.kind);
+                assert!(
+                    h.length <= u64::from(s.max_payload),
+                    "oversized {:?} executed",
+                    h.kind
+                );
             }
             if h.flags & NBD_CMD_FLAG_FUA != 0 {
                 assert!(tf & NBD_FLAG_SEND_FUA != 0);
@@ -93,13 +109,14 @@ fn check_one(h: &RequestHeader, s: &Session, payload: &[u8]) {
             if h.flags & NBD_CMD_FLAG_FAST_ZERO != 0 {
                 assert!(h.kind == Command::WriteZeroes && tf & NBD_FLAG_SEND_FAST_ZERO != 0);
             }
-            let bs_payload = h.kind == Command::BlockStatus && h.flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0;
+            let bs_payload =
+                h.kind == Command::BlockStatus && h.flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0;
             if h.kind == Command::BlockStatus {
                 assert!(s.structured && s.meta_contexts > 0);
             }
             if bs_payload {
                 assert!(s.extended && tf & NBD_FLAG_BLOCK_STATUS_PAYLOAD != 0);
-                assert!(payload_len >= 8 && payload_len % 4 == 0);
+                assert!(payload_len >= 8 && payload_len.is_multiple_of(4));
                 assert!(payload_len <= 8 + 4 * u64::from(s.meta_contexts));
                 if payload.len() as u64 == payload_len {
                     check_bs_payload(payload);
@@ -107,7 +124,10 @@ fn check_one(h: &RequestHeader, s: &Session, payload: &[u8]) {
             } else {
                 // In bounds of the export.
                 let end = h.offset.checked_add(h.length);
-                assert!(end.is_some_and(|e| e <= s.export_size), "out of bounds executed: {h:?} {s:?}");
+                assert!(
+                    end.is_some_and(|e| e <= s.export_size),
+                    "out of bounds executed: {h:?} {s:?}"
+                );
             }
         }
         Err(ProtoError::PayloadTooLarge { len, max }) => {
@@ -123,8 +143,11 @@ fn check_one(h: &RequestHeader, s: &Session, payload: &[u8]) {
 fn check_bs_payload(p: &[u8]) {
     match parse_block_status_payload(p) {
         Ok(bs) => {
-            assert!(p.len() >= 12 && p.len() % 4 == 0);
-            assert_eq!(bs.effect_length, u64::from_be_bytes(p[..8].try_into().unwrap()));
+            assert!(p.len() >= 12 && p.len().is_multiple_of(4));
+            assert_eq!(
+                bs.effect_length,
+                u64::from_be_bytes(p[..8].try_into().unwrap())
+            );
             assert_eq!(bs.len(), (p.len() - 8) / 4);
             assert!(!bs.is_empty());
             let ids: Vec<u32> = bs.ids().collect();
@@ -136,7 +159,7 @@ fn check_bs_payload(p: &[u8]) {
             }
         }
         Err(_) => {
-            let well_formed = p.len() >= 12 && p.len() % 4 == 0 && {
+            let well_formed = p.len() >= 12 && p.len().is_multiple_of(4) && {
                 let ids: Vec<&[u8]> = p[8..].chunks(4).collect();
                 (0..ids.len()).all(|i| !ids[i + 1..].contains(&ids[i]))
             };
@@ -164,7 +187,11 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..64 {
         match parse_request(buf, extended) {
             Ok(None) => {
-                let need = if extended { EXTENDED_REQUEST_LEN } else { REQUEST_LEN };
+                let need = if extended {
+                    EXTENDED_REQUEST_LEN
+                } else {
+                    REQUEST_LEN
+                };
                 assert!(buf.len() < need, "complete header reported incomplete");
                 break;
             }
@@ -175,7 +202,14 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(e) => panic!("unexpected parse error {e:?}"),
             Ok(Some((h, used))) => {
-                assert_eq!(used, if extended { EXTENDED_REQUEST_LEN } else { REQUEST_LEN });
+                assert_eq!(
+                    used,
+                    if extended {
+                        EXTENDED_REQUEST_LEN
+                    } else {
+                        REQUEST_LEN
+                    }
+                );
                 assert!(used <= buf.len());
                 assert_eq!(h.kind.to_wire(), u16::from_be_bytes([buf[6], buf[7]]));
                 assert_eq!(Command::from_wire(h.kind.to_wire()), h.kind);

@@ -11,7 +11,11 @@ use drivers::nbd::proto::NbdErrno;
 pub enum Decoded {
     /// Simple reply; `data` is the read payload that followed (length known
     /// only to the client, passed in as a hint).
-    Simple { cookie: u64, error: u32, data_len: usize },
+    Simple {
+        cookie: u64,
+        error: u32,
+        data_len: usize,
+    },
     Chunk {
         done: bool,
         cookie: u64,
@@ -25,11 +29,25 @@ pub enum Decoded {
 pub enum Body {
     None,
     /// OFFSET_DATA: offset and the number of data bytes that follow.
-    OffsetData { offset: u64, data_len: u64 },
-    OffsetHole { offset: u64, len: u32 },
+    OffsetData {
+        offset: u64,
+        data_len: u64,
+    },
+    OffsetHole {
+        offset: u64,
+        len: u32,
+    },
     /// BLOCK_STATUS (32-bit descriptors) or BLOCK_STATUS_EXT.
-    BlockStatus { ext: bool, context: u32, extents: Vec<(u64, u64)> },
-    Error { error: u32, msg: String, offset: Option<u64> },
+    BlockStatus {
+        ext: bool,
+        context: u32,
+        extents: Vec<(u64, u64)>,
+    },
+    Error {
+        error: u32,
+        msg: String,
+        offset: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +113,14 @@ pub fn decode_one(
         let cookie = r.u64()?;
         let data_len = if error == 0 { simple_data_len } else { 0 };
         r.take(data_len)?;
-        return Ok((Decoded::Simple { cookie, error, data_len }, r.pos));
+        return Ok((
+            Decoded::Simple {
+                cookie,
+                error,
+                data_len,
+            },
+            r.pos,
+        ));
     }
     let ext = match magic {
         NBD_STRUCTURED_REPLY_MAGIC => false,
@@ -143,7 +168,10 @@ pub fn decode_one(
                     done: flags & NBD_REPLY_FLAG_DONE != 0,
                     cookie,
                     offset,
-                    body: Body::OffsetData { offset: off, data_len },
+                    body: Body::OffsetData {
+                        offset: off,
+                        data_len,
+                    },
                 },
                 r.pos,
             ));
@@ -152,7 +180,10 @@ pub fn decode_one(
             if len != 12 {
                 return Err(DecodeError::Malformed("OFFSET_HOLE length"));
             }
-            Body::OffsetHole { offset: r.u64()?, len: r.u32()? }
+            Body::OffsetHole {
+                offset: r.u64()?,
+                len: r.u32()?,
+            }
         }
         NBD_REPLY_TYPE_BLOCK_STATUS | NBD_REPLY_TYPE_BLOCK_STATUS_EXT => {
             let bext = kind == NBD_REPLY_TYPE_BLOCK_STATUS_EXT;
@@ -177,7 +208,11 @@ pub fn decode_one(
             if extents.is_empty() {
                 return Err(DecodeError::Malformed("no extents"));
             }
-            Body::BlockStatus { ext: bext, context, extents }
+            Body::BlockStatus {
+                ext: bext,
+                context,
+                extents,
+            }
         }
         NBD_REPLY_TYPE_ERROR | NBD_REPLY_TYPE_ERROR_OFFSET => {
             let error = r.u32()?;
@@ -197,7 +232,11 @@ pub fn decode_one(
             if len != fixed + mlen as u64 {
                 return Err(DecodeError::Malformed("error chunk length"));
             }
-            Body::Error { error, msg, offset: eoff }
+            Body::Error {
+                error,
+                msg,
+                offset: eoff,
+            }
         }
         k => return Err(DecodeError::UnknownType(k)),
     };

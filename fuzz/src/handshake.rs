@@ -49,7 +49,10 @@ pub fn ro() -> ExportInfo {
 
 impl ExportCatalog for TestCatalog {
     fn list(&self) -> Vec<(String, String)> {
-        vec![("disk".into(), "fuzz disk".into()), ("ro".into(), String::new())]
+        vec![
+            ("disk".into(), "fuzz disk".into()),
+            ("ro".into(), String::new()),
+        ]
     }
     fn lookup(&self, name: &str) -> Option<ExportInfo> {
         match name {
@@ -81,11 +84,19 @@ pub fn client_options(stream: &[u8]) -> Vec<ClientOpt> {
         let len = u32::from_be_bytes(h[12..16].try_into().unwrap());
         pos += OPTION_HEADER_LEN;
         if code == NBD_OPT_ABORT {
-            opts.push(ClientOpt { code, len, complete: true });
+            opts.push(ClientOpt {
+                code,
+                len,
+                complete: true,
+            });
             break;
         }
         let complete = stream.len() - pos >= len as usize;
-        opts.push(ClientOpt { code, len, complete });
+        opts.push(ClientOpt {
+            code,
+            len,
+            complete,
+        });
         if !complete {
             break;
         }
@@ -124,7 +135,11 @@ pub fn parse_replies(mut b: &[u8]) -> Result<Vec<Rep>, String> {
             .ok_or_else(|| format!("reply length {len} runs past the output"))?
             .to_vec();
         b = &b[20 + len..];
-        out.push(Rep { option, kind, payload });
+        out.push(Rep {
+            option,
+            kind,
+            payload,
+        });
     }
     Ok(out)
 }
@@ -215,13 +230,21 @@ pub fn check_transcript(
     let by_export_name = matches!(outcome, Some(Outcome::Negotiated(_)))
         && opts.last().map(|o| o.code) == Some(NBD_OPT_EXPORT_NAME);
     if by_export_name {
-        let Some(Outcome::Negotiated(n)) = outcome else { unreachable!() };
-        let tail = if n.no_zeroes { 10 } else { 10 + EXPORT_NAME_PADDING };
+        let Some(Outcome::Negotiated(n)) = outcome else {
+            unreachable!()
+        };
+        let tail = if n.no_zeroes {
+            10
+        } else {
+            10 + EXPORT_NAME_PADDING
+        };
         if transcript.len() < tail {
             return Err("EXPORT_NAME reply too short".into());
         }
         let (head, t) = transcript.split_at(transcript.len() - tail);
-        if t[..8] != n.info.size.to_be_bytes() || t[8..10] != n.info.transmission_flags.to_be_bytes() {
+        if t[..8] != n.info.size.to_be_bytes()
+            || t[8..10] != n.info.transmission_flags.to_be_bytes()
+        {
             return Err("EXPORT_NAME reply does not match the outcome".into());
         }
         if t[10..].iter().any(|&b| b != 0) {
@@ -241,7 +264,10 @@ pub fn check_transcript(
         check_reply(r)?;
         if let Some(g) = group {
             if g != r.option {
-                return Err(format!("reply for option {} inside replies for {g}", r.option));
+                return Err(format!(
+                    "reply for option {} inside replies for {g}",
+                    r.option
+                ));
             }
         }
         if is_final(r.kind) {
@@ -255,7 +281,9 @@ pub fn check_transcript(
         return Err("non-final reply without a final one".into());
     }
     if finals != expected {
-        return Err(format!("final replies {finals:?} do not answer options {expected:?}"));
+        return Err(format!(
+            "final replies {finals:?} do not answer options {expected:?}"
+        ));
     }
     match outcome {
         Some(Outcome::Aborted) => {
@@ -279,7 +307,9 @@ pub fn check_transcript(
 }
 
 fn check_negotiated(n: &Negotiated, cat: &TestCatalog) -> Result<(), String> {
-    let base = cat.lookup(&n.export_name).ok_or("negotiated an unknown export")?;
+    let base = cat
+        .lookup(&n.export_name)
+        .ok_or("negotiated an unknown export")?;
     if base.name != n.info.name || base.size != n.info.size {
         return Err("negotiated info does not match the catalog".into());
     }
@@ -300,7 +330,10 @@ fn check_negotiated(n: &Negotiated, cat: &TestCatalog) -> Result<(), String> {
     if !(1 <= i.min_block && i.min_block <= i.preferred_block && i.preferred_block <= i.max_block)
         || i.max_block > NBD_MAX_PAYLOAD
     {
-        return Err(format!("inconsistent block sizes {} {} {}", i.min_block, i.preferred_block, i.max_block));
+        return Err(format!(
+            "inconsistent block sizes {} {} {}",
+            i.min_block, i.preferred_block, i.max_block
+        ));
     }
     let mut ids: Vec<u32> = n.meta_contexts.iter().map(|(id, _)| *id).collect();
     ids.sort_unstable();
