@@ -16,7 +16,8 @@
 //! (unknown options, options that take no data) are discarded and
 //! answered with `NBD_REP_ERR_UNSUP` / `NBD_REP_ERR_INVALID`. Like QEMU,
 //! an option length above [`NBD_MAX_PAYLOAD`] (32 MiB) drops the client,
-//! as does an `NBD_OPT_EXPORT_NAME` longer than [`NBD_MAX_STRING_SIZE`].
+//! as does an `NBD_OPT_EXPORT_NAME` longer than [`NBD_MAX_STRING_SIZE`] or
+//! `max_option_buffer` (it has no error reply).
 //! Unlike QEMU we also cap the number of options per connection
 //! (`max_options`, default 4096: enough for `nbdinfo --list` over
 //! hundreds of exports) so a client cannot keep a handshake alive forever.
@@ -291,7 +292,11 @@ impl Negotiator {
             Some(HandshakeError::OptionTooLong { option, len })
         } else if !self.fixed && option != NBD_OPT_EXPORT_NAME {
             Some(HandshakeError::NotFixedNewstyle(option))
-        } else if option == NBD_OPT_EXPORT_NAME && len as usize > NBD_MAX_STRING_SIZE {
+        } else if option == NBD_OPT_EXPORT_NAME
+            && (len as usize > NBD_MAX_STRING_SIZE || len > self.config.max_option_buffer)
+        {
+            // EXPORT_NAME has no error reply: an over-long one (also one over
+            // a small configured buffer) can only drop the client.
             Some(HandshakeError::ExportNameTooLong(len))
         } else {
             None
