@@ -37,7 +37,7 @@ async fn splice(
 ) -> std::io::Result<usize> {
     let out = fd_out.sqe_fd();
     let sqe = super::fd::with_fd!(fd_in, |f| opcode::Splice::new(f, off_in, out, -1, len)
-        .flags(libc::SPLICE_F_MOVE as u32)
+        .flags(libc::SPLICE_F_MOVE)
         .build());
     // SAFETY: the SQE carries no pointer; the op keeps both fds open.
     unsafe {
