@@ -100,8 +100,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let locations = item_locations(&argv);
-    match start(args, &locations) {
+    match start(args) {
         Ok(mut daemon) => {
             if child {
                 detach();
@@ -117,13 +116,12 @@ fn main() -> ExitCode {
 }
 
 /// Creates everything the command line asks for, in order.
-fn start(args: CliArgs, locations: &[String]) -> Result<Daemon, String> {
+fn start(args: CliArgs) -> Result<Daemon, String> {
     let mut d = Daemon::new().map_err(|e| e.desc())?;
     control::signals::spawn_waiter(d.internal_sender())
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     let mut chardevs = Vec::new();
-    for (i, item) in args.items.into_iter().enumerate() {
-        let at = locations.get(i).cloned().unwrap_or_default();
+    for (item, at) in args.items.into_iter().zip(args.locations) {
         let input = |o: cli::ParsedOption| {
             let syntax = if o.keyval {
                 Syntax::Keyval
@@ -185,68 +183,6 @@ fn start(args: CliArgs, locations: &[String]) -> Result<Daemon, String> {
         d.remove_at_exit(p);
     }
     Ok(d)
-}
-
-/// The option text (`--blockdev driver=...`) of each item the CLI parser
-/// returns, in order, for error messages.
-fn item_locations(argv: &[OsString]) -> Vec<String> {
-    const ITEMS: &[&str] = &[
-        "blockdev",
-        "object",
-        "nbd-server",
-        "export",
-        "chardev",
-        "monitor",
-    ];
-    const WITH_ARG: &[&str] = &[
-        "blockdev",
-        "object",
-        "nbd-server",
-        "export",
-        "chardev",
-        "monitor",
-        "pidfile",
-        "trace",
-    ];
-    let mut out = Vec::new();
-    let mut it = argv.iter().map(|a| a.to_string_lossy().into_owned());
-    while let Some(arg) = it.next() {
-        if arg == "-T" {
-            it.next();
-            continue;
-        }
-        let Some(body) = arg.strip_prefix("--") else {
-            continue;
-        };
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (body.to_string(), None),
-        };
-        // getopt_long takes unique prefixes.
-        let full = WITH_ARG
-            .iter()
-            .find(|o| **o == name)
-            .or_else(|| {
-                let m: Vec<_> = WITH_ARG.iter().filter(|o| o.starts_with(&name)).collect();
-                if m.len() == 1 {
-                    Some(m[0])
-                } else {
-                    None
-                }
-            })
-            .copied();
-        let Some(full) = full else {
-            continue;
-        };
-        let location = match inline {
-            Some(_) => arg.clone(),
-            None => format!("{arg} {}", it.next().unwrap_or_default()),
-        };
-        if ITEMS.contains(&full) {
-            out.push(location);
-        }
-    }
-    out
 }
 
 /// `--daemonize`, parent side: run a copy of ourselves and wait for it

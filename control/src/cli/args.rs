@@ -34,6 +34,9 @@ pub enum CliCommand {
 pub struct CliArgs {
     /// Objects, nodes, servers, exports and monitors in command-line order.
     pub items: Vec<CliItem>,
+    /// The option as typed (`--blockdev driver=...`) of each item, for
+    /// error messages: `locations[i]` belongs to `items[i]`.
+    pub locations: Vec<String>,
     pub pidfile: Option<PathBuf>,
     pub daemonize: bool,
     /// Lines to print to stderr as `ringstor: {line}` before starting
@@ -223,6 +226,7 @@ fn finish(raw: Vec<RawOpt>) -> Result<CliArgs, CliError> {
             Opt::Help | Opt::Version => continue,
         };
         out.items.push(item);
+        out.locations.push(location);
     }
     Ok(out)
 }

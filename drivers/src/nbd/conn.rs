@@ -101,6 +101,13 @@ struct State {
     batches: u64,
 }
 
+impl State {
+    fn push_data(&mut self, buf: Buf, len: usize) {
+        self.out.push_buf(buf, 0..len);
+        self.out_data += len;
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         self.export.disconnect(self.conn_id);
@@ -108,43 +115,41 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    /// Queues one reply built by `fill`, carrying `data` (sent without a copy).
-    pub(crate) fn reply(&self, fill: impl FnOnce(&mut Vec<u8>), data: Option<(Buf, usize)>) {
+    /// Runs `add` on the output state to queue one reply, and wakes the
+    /// writer. On a broken connection nothing is queued (the closure, and
+    /// any buffer it holds, is dropped).
+    fn enqueue(&self, add: impl FnOnce(&mut State)) {
         let mut st = self.st.borrow_mut();
         if st.broken {
-            if let Some((b, _)) = data {
-                pool::check_in(b);
-            }
             return;
         }
-        st.out.push_with(fill);
-        if let Some((b, len)) = data {
-            st.out.push_buf(b, 0..len);
-            st.out_data += len;
-        }
+        add(&mut st);
         st.out_replies += 1;
         if let Some(w) = st.writer.take() {
             w.wake();
         }
     }
 
-    /// Queues a reply that is only bytes (several chunks count as one reply).
-    pub(crate) fn reply_parts(&self, parts: Vec<ReplyPart>) {
-        let mut st = self.st.borrow_mut();
-        if st.broken {
-            return;
-        }
-        for (hdr, data) in parts {
-            st.out.push_bytes(&hdr);
+    /// Queues one reply built by `fill`, carrying `data` (sent without a copy).
+    pub(crate) fn reply(&self, fill: impl FnOnce(&mut Vec<u8>), data: Option<(Buf, usize)>) {
+        self.enqueue(|st| {
+            st.out.push_with(fill);
             if let Some((b, len)) = data {
-                st.out.push_buf(b, 0..len);
-                st.out_data += len;
+                st.push_data(b, len);
             }
-        }
-        st.out_replies += 1;
-        if let Some(w) = st.writer.take() {
-            w.wake();
-        }
+        });
+    }
+
+    /// Queues a reply made of several chunks (they count as one reply).
+    pub(crate) fn reply_parts(&self, parts: Vec<ReplyPart>) {
+        self.enqueue(|st| {
+            for (hdr, data) in parts {
+                st.out.push_bytes(&hdr);
+                if let Some((b, len)) = data {
+                    st.push_data(b, len);
+                }
+            }
+        });
     }
 
     /// The connection's pipe, if splicing is possible at all.
