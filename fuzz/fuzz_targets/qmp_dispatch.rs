@@ -22,6 +22,9 @@
 //! changed, so memory and threads stay bounded and inputs stay
 //! independent.
 //!
+//! `FUZZ_TRACE=1` prints every command and its result (e.g. when running
+//! an artifact).
+//!
 //! Invariants: no panic; unknown names get exactly QEMU's
 //! `CommandNotFound` and known ones never do; errors have a description;
 //! every return value prints with QEMU's writer; `query-*` return lists; a
@@ -55,12 +58,15 @@ struct Fixture {
     /// `query-named-block-nodes` / `query-iothreads` entries of the baseline.
     base_node: Value,
     base_iothread: Value,
+    /// `FUZZ_TRACE=1`: print each command and its result to stderr.
+    trace: bool,
 }
 
 fn fixture() -> &'static Mutex<Fixture> {
     static F: OnceLock<Mutex<Fixture>> = OnceLock::new();
     F.get_or_init(|| {
-        let tmp = std::env::temp_dir().join(format!("ringstor-fuzz-{}", std::process::id()));
+        remove_stale_temp_dirs();
+        let tmp = std::env::temp_dir().join(format!("{TMP_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&tmp).expect("temp dir");
         for (name, len) in [("disk0", 1u64 << 20), ("disk1", 64 << 10), ("empty", 0)] {
             let f = std::fs::File::create(tmp.join(name)).expect("temp file");
@@ -80,6 +86,7 @@ fn fixture() -> &'static Mutex<Fixture> {
             tmp,
             base_node: Value::Null,
             base_iothread: Value::Null,
+            trace: std::env::var_os("FUZZ_TRACE").is_some(),
         };
         create_baseline(&mut f.daemon);
         f.base_node = find(
@@ -96,6 +103,25 @@ fn fixture() -> &'static Mutex<Fixture> {
         .expect("baseline iothread");
         Mutex::new(f)
     })
+}
+
+const TMP_PREFIX: &str = "ringstor-fuzz-";
+
+/// libFuzzer exits without unwinding, so each process leaves its temp dir
+/// behind; the next one removes those whose process is gone.
+fn remove_stale_temp_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(TMP_PREFIX)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn create_baseline(d: &mut Daemon) {
@@ -571,6 +597,9 @@ fn run_op(f: &mut Fixture, op: Op) {
     let known = f.commands.contains(&op.command);
     let d = &mut f.daemon;
     let r = d.execute(&op.command, args.clone());
+    if f.trace {
+        eprintln!("{} {} -> {r:?}", op.command, Value::Object(args.clone()));
+    }
     match &r {
         Ok(v) => {
             let _ = to_qemu_json(v, false);
@@ -656,4 +685,7 @@ fuzz_target!(|data: &[u8]| {
         run_op(&mut f, op);
     }
     reset(&mut f);
+    if f.trace {
+        eprintln!("-- reset");
+    }
 });
