@@ -83,7 +83,13 @@ fn split(stream: &[u8], seed: u8) -> Vec<&[u8]> {
 
 fn check(messages: &[String], echoed: &[Map<String, Value>], pretty: bool) {
     let mut echoes = echoed.iter();
+    // Garbage input gets the same error reply many times; check each
+    // distinct text once (echoes, which must be matched in order, always).
+    let mut checked = std::collections::HashSet::new();
     for (i, text) in messages.iter().enumerate() {
+        if i > 0 && !text.contains("\"return\"") && !checked.insert(text.as_str()) {
+            continue;
+        }
         assert!(text.is_ascii(), "non-ASCII output: {text:?}");
         let body = text
             .strip_suffix("\r\n")
