@@ -48,6 +48,37 @@ pub fn parse_json_text(text: &str) -> Result<serde_json::Value, String> {
 
 pub use wire::{greeting, package_string, to_qemu_json, version_info, QEMU_VERSION};
 
+/// Fuzzing entry point: one monitor connection without a socket. Sends the
+/// greeting, feeds `chunks` as successive reads through the same framing,
+/// session and reply path `MonitorServer` uses, runs commands with `run`
+/// (standing in for the control thread), and returns every message the
+/// connection would write, as its wire text (`\r\n` line endings
+/// included, several lines each when `pretty`).
+#[doc(hidden)]
+pub fn fuzz_session<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    pretty: bool,
+    mut run: impl FnMut(
+        String,
+        serde_json::Map<String, serde_json::Value>,
+    ) -> Result<serde_json::Value, QmpError>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut encode = |v: &serde_json::Value| {
+        // QEMU's writer escapes everything outside printable ASCII.
+        out.push(String::from_utf8_lossy(&wire::encode_message(v, pretty)).into_owned());
+    };
+    encode(&greeting());
+    let mut input = server::SessionInput::new();
+    for chunk in chunks {
+        input.feed(chunk, &mut run, |_, response| {
+            encode(response);
+            true
+        });
+    }
+    out
+}
+
 use std::path::PathBuf;
 
 /// One command for the control thread. Reply exactly once on `reply` with

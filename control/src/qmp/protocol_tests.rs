@@ -203,3 +203,39 @@ fn session_checks_match_qsd() {
         }
     );
 }
+
+/// `fuzz_session` runs the connection's real input path: greeting, one
+/// reply per message in order, `{}` for a command returning nothing, ids
+/// echoed, and the same output however the input is split into reads.
+#[test]
+fn fuzz_session_is_the_connection_input_path() {
+    let input: &[u8] = b"{\"execute\":\"query-version\"}\
+        {\"execute\":\"qmp_capabilities\"}\
+        {\"execute\":\"nothing\",\"id\":1}\
+        {\"execute\":\"fail\",\"id\":\"x\"}  [1";
+    let run = |command: String, _args: serde_json::Map<String, Value>| match command.as_str() {
+        "nothing" => Ok(Value::Null),
+        other => Err(super::QmpError::unknown_command(other)),
+    };
+    let whole = super::fuzz_session([input], false, run);
+    assert_eq!(whole.len(), 5, "{whole:?}");
+    assert!(
+        whole[0].starts_with("{\"QMP\": {\"version\": "),
+        "{}",
+        whole[0]
+    );
+    assert_eq!(
+        whole[1],
+        "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \
+         \"Expecting capabilities negotiation with 'qmp_capabilities'\"}}\r\n"
+    );
+    assert_eq!(whole[2], "{\"return\": {}}\r\n");
+    assert_eq!(whole[3], "{\"return\": {}, \"id\": 1}\r\n");
+    assert_eq!(
+        whole[4],
+        "{\"id\": \"x\", \"error\": {\"class\": \"CommandNotFound\", \"desc\": \
+         \"The command fail has not been found\"}}\r\n"
+    );
+    let bytes: Vec<&[u8]> = input.chunks(1).collect();
+    assert_eq!(super::fuzz_session(bytes, false, run), whole);
+}

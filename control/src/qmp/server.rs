@@ -289,10 +289,8 @@ fn serve_session(reader: &mut Stream, conn: &MonitorConn, shared: &Shared) -> io
     if !conn.send(&greeting()) {
         return Ok(());
     }
-    let mut session = Session::new();
-    let mut framer = JsonStream::new();
+    let mut input = SessionInput::new();
     let mut buf = vec![0u8; 16 * 1024];
-    let mut messages = Vec::new();
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -300,23 +298,75 @@ fn serve_session(reader: &mut Stream, conn: &MonitorConn, shared: &Shared) -> io
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        framer.feed(&buf[..n], &mut messages);
-        for msg in messages.drain(..) {
-            let response = match session.handle(msg) {
+        let go_on = input.feed(
+            &buf[..n],
+            |command, arguments| run_command(&shared.requests, command, arguments),
+            |negotiated, response| {
+                if negotiated {
+                    conn.set_negotiated();
+                }
+                conn.send(response)
+            },
+        );
+        if !go_on {
+            return Ok(());
+        }
+    }
+}
+
+/// The input side of one connection, free of I/O: framing, the protocol
+/// state machine and the reply for each message. `serve_session` runs it
+/// on socket reads; `fuzz_session` on fuzzer input.
+pub(crate) struct SessionInput {
+    session: Session,
+    framer: JsonStream,
+    messages: Vec<super::lexer::Message>,
+}
+
+impl SessionInput {
+    pub(crate) fn new() -> Self {
+        SessionInput {
+            session: Session::new(),
+            framer: JsonStream::new(),
+            messages: Vec::new(),
+        }
+    }
+
+    /// Feeds one read's worth of bytes. Each complete message gets exactly
+    /// one response, handed to `send` with whether the session is
+    /// negotiated; commands are run by `run`. Returns false as soon as
+    /// `send` does (the connection is gone).
+    pub(crate) fn feed(
+        &mut self,
+        bytes: &[u8],
+        mut run: impl FnMut(String, serde_json::Map<String, Value>) -> Result<Value, QmpError>,
+        mut send: impl FnMut(bool, &Value) -> bool,
+    ) -> bool {
+        self.framer.feed(bytes, &mut self.messages);
+        for msg in self.messages.drain(..) {
+            let response = match self.session.handle(msg) {
                 Action::Reply(v) => v,
                 Action::Forward {
                     command,
                     arguments,
                     id,
-                } => run_command(&shared.requests, command, arguments, id.as_ref()),
+                } => command_response(run(command, arguments), id.as_ref()),
             };
-            if session.negotiated() {
-                conn.set_negotiated();
-            }
-            if !conn.send(&response) {
-                return Ok(());
+            if !send(self.session.negotiated(), &response) {
+                return false;
             }
         }
+        true
+    }
+}
+
+/// The reply to a command that ran: QEMU answers `{}` for commands that
+/// return nothing.
+fn command_response(result: Result<Value, QmpError>, id: Option<&Value>) -> Value {
+    match result {
+        Ok(Value::Null) => success_response(Value::Object(Default::default()), id),
+        Ok(v) => success_response(v, id),
+        Err(e) => error_response(&e, id),
     }
 }
 
@@ -326,24 +376,17 @@ fn run_command(
     requests: &Sender<QmpRequest>,
     command: String,
     arguments: serde_json::Map<String, Value>,
-    id: Option<&Value>,
-) -> Value {
+) -> Result<Value, QmpError> {
     let (reply, answer) = crossbeam_channel::bounded(1);
     let req = QmpRequest {
         command,
         arguments,
         reply,
     };
-    let result = match requests.send(req) {
+    match requests.send(req) {
         Ok(()) => answer
             .recv()
             .unwrap_or_else(|_| Err(QmpError::generic(CONTROL_GONE))),
         Err(_) => Err(QmpError::generic(CONTROL_GONE)),
-    };
-    match result {
-        // QEMU answers `{}` for commands that return nothing.
-        Ok(Value::Null) => success_response(Value::Object(Default::default()), id),
-        Ok(v) => success_response(v, id),
-        Err(e) => error_response(&e, id),
     }
 }
