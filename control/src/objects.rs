@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use engine::iothread::{IoThread, IoThreadConfig, IoThreadHandle, DEFAULT_RING_ENTRIES};
+use engine::iothread::{
+    IoThread, IoThreadConfig, IoThreadHandle, DEFAULT_POLL_MAX_NS, DEFAULT_RING_ENTRIES,
+};
 use serde_json::{json, Value};
 
 use crate::error::{ControlError, Result};
@@ -16,9 +18,6 @@ use crate::qapi::IothreadOptions;
 
 /// Name of the built-in iothread.
 pub const DEFAULT_IOTHREAD: &str = "ringstor-main";
-
-/// QEMU's defaults for `query-iothreads` (`IOTHREAD_POLL_MAX_NS_DEFAULT`).
-const POLL_MAX_NS_DEFAULT: i64 = 32768;
 
 struct IothreadEntry {
     thread: IoThread,
@@ -50,6 +49,7 @@ impl Objects {
             name: DEFAULT_IOTHREAD.to_string(),
             cpu: Some(cpu),
             ring_entries: DEFAULT_RING_ENTRIES,
+            poll_max_ns: DEFAULT_POLL_MAX_NS,
         })?;
         Ok(Objects {
             default,
@@ -85,6 +85,9 @@ impl Objects {
             name: options.id.clone(),
             cpu: Some(cpu),
             ring_entries: DEFAULT_RING_ENTRIES,
+            poll_max_ns: options
+                .poll_max_ns
+                .map_or(DEFAULT_POLL_MAX_NS, |n| n.max(0) as u64),
         })?;
         self.order.push(options.id.clone());
         self.iothreads
@@ -120,7 +123,7 @@ impl Objects {
                 json!({
                     "id": e.options.id,
                     "thread-id": h.thread_id(),
-                    "poll-max-ns": e.options.poll_max_ns.unwrap_or(POLL_MAX_NS_DEFAULT),
+                    "poll-max-ns": e.options.poll_max_ns.unwrap_or(DEFAULT_POLL_MAX_NS as i64),
                     "poll-grow": e.options.poll_grow.unwrap_or(0),
                     "poll-shrink": e.options.poll_shrink.unwrap_or(0),
                     "aio-max-batch": e.options.aio_max_batch.unwrap_or(0),

@@ -44,6 +44,7 @@ fn qemu_io_write_then_read_back() {
         name: "t-nbd".into(),
         cpu: None,
         ring_entries: 256,
+        poll_max_ns: 0,
     })
     .expect("iothread");
     let node = BlockNode::open(

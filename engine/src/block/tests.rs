@@ -11,6 +11,7 @@ fn iothread() -> IoThread {
         name: "t-block".into(),
         cpu: None,
         ring_entries: 64,
+        poll_max_ns: 0,
     })
     .expect("iothread")
 }

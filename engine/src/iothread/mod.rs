@@ -24,6 +24,9 @@ use crate::ring::{Ring, RingFeatures};
 use notify::Notify;
 use runtime::{Job, Runtime};
 
+/// QEMU's default `poll-max-ns` for iothreads.
+pub const DEFAULT_POLL_MAX_NS: u64 = 32768;
+
 /// Default submission queue size of an iothread's ring.
 pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 
@@ -38,6 +41,9 @@ pub struct IoThreadConfig {
     pub cpu: Option<usize>,
     /// Submission queue entries.
     pub ring_entries: u32,
+    /// Longest busy-poll before parking, in ns (QEMU's `poll-max-ns`;
+    /// 0 never polls).
+    pub poll_max_ns: u64,
 }
 
 struct Shared {
@@ -107,7 +113,11 @@ impl IoThread {
                 let features = ring.features;
                 let rt = Runtime::install(id, ring, notify);
                 let _ = ready_tx.send(Ok((tid, features)));
-                rt.run(&rx, &thread_shared.stop);
+                rt.run(
+                    &rx,
+                    &thread_shared.stop,
+                    std::time::Duration::from_nanos(cfg.poll_max_ns),
+                );
                 rt.shutdown();
             })
             .map_err(EngineError::Spawn)?;

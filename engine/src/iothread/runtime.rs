@@ -110,7 +110,12 @@ impl Runtime {
     }
 
     /// The loop; returns when `stop` is set.
-    pub(crate) fn run(&self, mailbox: &Receiver<Job>, stop: &AtomicBool) {
+    pub(crate) fn run(
+        &self,
+        mailbox: &Receiver<Job>,
+        stop: &AtomicBool,
+        poll: std::time::Duration,
+    ) {
         let mut idle_skips = 0u32;
         loop {
             while let Ok(job) = mailbox.try_recv() {
@@ -135,8 +140,32 @@ impl Runtime {
             if !mailbox.is_empty() || self.exec.has_ready() {
                 continue;
             }
+            if self.poll(mailbox, poll) {
+                continue;
+            }
             self.arm_wake();
             self.enter(true);
+        }
+    }
+
+    /// Busy-polls the ring for up to `limit` before parking (QEMU's
+    /// `poll-max-ns`): a client that answers within that time finds the
+    /// iothread awake, without a sleep and wake-up per round trip. Returns
+    /// true when work turned up.
+    fn poll(&self, mailbox: &Receiver<Job>, limit: std::time::Duration) -> bool {
+        if limit.is_zero() {
+            return false;
+        }
+        let start = std::time::Instant::now();
+        loop {
+            self.enter(false);
+            if self.exec.has_ready() || !mailbox.is_empty() {
+                return true;
+            }
+            if start.elapsed() >= limit {
+                return false;
+            }
+            std::hint::spin_loop();
         }
     }
 

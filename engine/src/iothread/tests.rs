@@ -9,6 +9,7 @@ fn spawn(name: &str) -> IoThread {
         name: name.into(),
         cpu: Some(0),
         ring_entries: 64,
+        poll_max_ns: 0,
     })
     .expect("spawn iothread")
 }
