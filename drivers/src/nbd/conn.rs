@@ -267,11 +267,7 @@ enum ReadEnd {
 async fn recv_more(conn: &Conn, rbuf: Buf) -> (Result<usize, ReadEnd>, Buf) {
     let room = rbuf.capacity() - rbuf.len();
     let (r, b) = op::recv_into(&conn.fd, rbuf, room).await;
-    match r {
-        Ok(0) => (Ok(0), b),
-        Ok(n) => (Ok(n), b),
-        Err(e) => (Err(e.into()), b),
-    }
+    (r.map_err(ReadEnd::from), b)
 }
 
 impl Conn {

@@ -91,7 +91,7 @@ async fn read(conn: &Conn, h: &RequestHeader) {
     if sparse {
         if let Ok((st, n)) = conn.handle.block_status(h.offset, h.length) {
             if n < h.length || st.zero {
-                return sparse_read(conn, h).await;
+                return sparse_read(conn, h, (st, n)).await;
             }
         }
     }
@@ -124,16 +124,21 @@ async fn read(conn: &Conn, h: &RequestHeader) {
 }
 
 /// A structured read as data and hole chunks, then a final NONE chunk.
-async fn sparse_read(conn: &Conn, h: &RequestHeader) {
+/// `first` is the status of the run at `h.offset`, already looked up.
+async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64)) {
     let to = conn.reply_to(h);
     let mut parts = Vec::new();
     let mut off = h.offset;
     let end = h.offset + h.length;
     let mut holes = 0usize;
+    let mut next = Some(first);
     while off < end {
-        let (st, n) = match conn.handle.block_status(off, end - off) {
-            Ok(v) => v,
-            Err(_) => (BlockStatus::DATA, end - off),
+        let (st, n) = match next.take() {
+            Some(v) => v,
+            None => conn
+                .handle
+                .block_status(off, end - off)
+                .unwrap_or((BlockStatus::DATA, end - off)),
         };
         let n = n.min(end - off);
         let mut hdr = Vec::with_capacity(32);

@@ -94,18 +94,16 @@ impl BlockHandle {
     }
 
     /// Chooses the descriptor: the `O_DIRECT` one when aligned, else the buffered one.
+    /// (Buffers are page-aligned `Buf`s, so only offset and length matter.)
     fn file_fd(
         fd: &SharedFd,
         buffered: &Option<SharedFd>,
         align: u64,
         off: u64,
         len: u64,
-        addr_ok: bool,
     ) -> SharedFd {
         match buffered {
-            Some(b) if !(off.is_multiple_of(align) && len.is_multiple_of(align) && addr_ok) => {
-                b.clone()
-            }
+            Some(b) if !(off.is_multiple_of(align) && len.is_multiple_of(align)) => b.clone(),
             _ => fd.clone(),
         }
     }
@@ -128,7 +126,7 @@ impl BlockHandle {
                 ..
             } => {
                 let at = self.inner.base + offset;
-                let fd = Self::file_fd(fd, buffered, *align, at, len, true);
+                let fd = Self::file_fd(fd, buffered, *align, at, len);
                 let mut done = 0usize;
                 while done < buf.len() {
                     let (r, b) = op::read_at(&fd, buf, done, at + done as u64).await;
@@ -171,7 +169,7 @@ impl BlockHandle {
                 no_flush,
             } => {
                 let at = self.inner.base + offset;
-                let fd = Self::file_fd(fd, buffered, *align, at, len, true);
+                let fd = Self::file_fd(fd, buffered, *align, at, len);
                 let flags = if fua && !no_flush { libc::RWF_DSYNC } else { 0 };
                 let mut buf = buf;
                 let mut done = 0usize;
@@ -238,13 +236,10 @@ impl BlockHandle {
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
             Leaf::File { no_flush: true, .. } => Ok(()),
-            Leaf::File { fd, buffered, .. } => {
-                // The buffered descriptor shares the inode: one fdatasync covers both.
-                let _ = buffered;
-                op::fdatasync(fd)
-                    .await
-                    .map_err(|e| BlockError::io("flush", 0, e))
-            }
+            // The buffered descriptor shares the inode: one fdatasync covers both.
+            Leaf::File { fd, .. } => op::fdatasync(fd)
+                .await
+                .map_err(|e| BlockError::io("flush", 0, e)),
         }
     }
 
