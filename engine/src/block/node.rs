@@ -12,6 +12,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::bitmap::BitmapSet;
 use super::error::{BlockError, BlockResult};
 use super::lock;
 use super::perm::{Perm, PermTable};
@@ -94,6 +95,8 @@ pub struct BlockNode {
     size: AtomicU64,
     read_only: bool,
     perms: PermTable,
+    /// Dirty bitmaps (`block-dirty-bitmap-*`).
+    bitmaps: Arc<BitmapSet>,
 }
 
 static NEXT_NODE_ID: AtomicU64 = AtomicU64::new(1);
@@ -151,6 +154,7 @@ impl BlockNode {
             size: AtomicU64::new(size),
             read_only,
             perms: PermTable::default(),
+            bitmaps: Arc::default(),
         }))
     }
 
@@ -194,6 +198,10 @@ impl BlockNode {
             Kind::Raw { child, .. } => child.direct(),
             Kind::Null { .. } => false,
         }
+    }
+    /// The node's dirty bitmaps.
+    pub fn bitmaps(&self) -> &Arc<BitmapSet> {
+        &self.bitmaps
     }
     /// Users attached with permissions (exports, parents).
     pub fn users(&self) -> usize {
