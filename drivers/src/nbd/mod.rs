@@ -14,7 +14,7 @@ mod request;
 mod server;
 
 pub use registry::NbdExport;
-pub use server::{NbdAddr, NbdError, NbdExportOptions, NbdServer, NbdServerConfig};
+pub use server::{NbdAddr, NbdBitmap, NbdError, NbdExportOptions, NbdServer, NbdServerConfig};
 
 #[cfg(test)]
 mod tests;

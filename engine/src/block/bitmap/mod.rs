@@ -17,6 +17,8 @@
 //! - `set`: [`BitmapSet`], a node's named bitmaps and what is published to
 //!   the data path; [`BusyGuard`] for exports.
 //! - `track`: the handle side, lock-free two-phase marking.
+//! - `format`: what the node's format decides (default granularity, whether
+//!   `persistent` bitmaps can be stored).
 //!
 //! Bitmaps here live in memory; storing `persistent` ones is the job of a
 //! format that can (qcow2), which will read and write them through the
@@ -24,11 +26,13 @@
 
 mod bits;
 mod error;
+mod format;
 mod set;
 mod track;
 
 pub use bits::{DirtyBitmap, DirtyExtent, Extents};
 pub use error::BitmapError;
+pub use format::{can_store_persistent, default_granularity};
 pub use set::{BitmapInfo, BitmapSet, BusyGuard, MAX_BITMAP_NAME};
 pub(crate) use track::DirtyTracker;
 

@@ -83,13 +83,13 @@ impl BitmapSet {
             .clone()
     }
 
-    /// Adds a clean bitmap of a node of `size` bytes (QEMU's checks, in
-    /// QEMU's order: the name is free, then not too long).
+    /// Adds `bitmap` as `name` (QEMU's checks, in QEMU's order: the name
+    /// is free, then not too long). The caller makes the bitmap, so a
+    /// transaction allocates before it changes anything.
     pub fn add(
         &self,
         name: &str,
-        size: u64,
-        granularity: u64,
+        bitmap: DirtyBitmap,
         enabled: bool,
         persistent: bool,
     ) -> Result<Arc<DirtyBitmap>, BitmapError> {
@@ -100,7 +100,7 @@ impl BitmapSet {
         if name.len() > MAX_BITMAP_NAME {
             return Err(BitmapError::NameTooLong(name.to_string()));
         }
-        let bitmap = Arc::new(DirtyBitmap::new(size, granularity)?);
+        let bitmap = Arc::new(bitmap);
         st.next_id += 1;
         let id = st.next_id;
         st.entries.push(Entry {

@@ -10,6 +10,10 @@ use crate::iothread::{IoThread, IoThreadConfig};
 
 const K64: u64 = 64 * 1024;
 
+fn bm(size: u64, granularity: u64) -> DirtyBitmap {
+    DirtyBitmap::new(size, granularity).expect("bitmap")
+}
+
 fn runs(b: &DirtyBitmap, from: u64, to: u64) -> Vec<(u64, u64, bool)> {
     b.extents(from, to)
         .map(|e| (e.offset, e.len, e.dirty))
@@ -144,15 +148,15 @@ fn resized_keeps_bits() {
 #[test]
 fn set_names_flags_and_busy() {
     let set = Arc::new(BitmapSet::default());
-    set.add("b0", 1 << 20, K64, true, false).expect("add");
-    set.add("b1", 1 << 20, 4096, false, false).expect("add");
+    set.add("b0", bm(1 << 20, K64), true, false).expect("add");
+    set.add("b1", bm(1 << 20, 4096), false, false).expect("add");
     assert_eq!(
-        set.add("b0", 1 << 20, K64, true, false).err(),
+        set.add("b0", bm(1 << 20, K64), true, false).err(),
         Some(BitmapError::Exists("b0".into()))
     );
     let long = "x".repeat(MAX_BITMAP_NAME + 1);
     assert_eq!(
-        set.add(&long, 1 << 20, K64, true, false).err(),
+        set.add(&long, bm(1 << 20, K64), true, false).err(),
         Some(BitmapError::NameTooLong(long.clone()))
     );
     let names: Vec<String> = set.list().into_iter().map(|i| i.name).collect();
@@ -204,11 +208,11 @@ fn handles_mark_every_node_of_the_chain_until_disabled() {
     .expect("raw");
     let on_raw = raw
         .bitmaps()
-        .add("r", raw.size(), 4096, true, false)
+        .add("r", bm(raw.size(), 4096), true, false)
         .expect("add");
     let on_leaf = leaf
         .bitmaps()
-        .add("l", leaf.size(), 4096, true, false)
+        .add("l", bm(leaf.size(), 4096), true, false)
         .expect("add");
     raw.bitmaps().publish();
     leaf.bitmaps().publish();
@@ -250,7 +254,7 @@ fn writes_from_several_iothreads_all_land() {
     let node = null_node("multi", 64 << 20);
     let b = node
         .bitmaps()
-        .add("b", node.size(), 4096, true, false)
+        .add("b", bm(node.size(), 4096), true, false)
         .expect("add");
     node.bitmaps().publish();
     let threads: Vec<IoThread> = (0..3).map(|i| iothread(&format!("t-bm{i}"))).collect();
