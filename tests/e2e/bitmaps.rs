@@ -353,3 +353,39 @@ fn transaction_is_all_or_nothing() {
         Value::Array(t)
     });
 }
+
+#[test]
+fn transaction_arguments_as_qsd() {
+    on_both(SIZE, |b| {
+        let bad = [
+            json!({}),
+            json!({"actions": {}}),
+            json!({"actions": [1]}),
+            json!({"actions": [{}]}),
+            json!({"actions": [{"type": "abort"}]}),
+            json!({"actions": [{"type": "abort", "data": {}, "x": 1}]}),
+            json!({"actions": [{"type": "abort", "data": {"x": 1}}]}),
+            json!({"actions": [{"type": "bogus", "data": {}}]}),
+            json!({"actions": [], "properties": {"completion-mode": "x"}}),
+            json!({"actions": [], "x": 1}),
+            json!({"actions": [action("block-dirty-bitmap-add", json!({"node": "disk0"}))]}),
+            json!({"actions": [action("block-dirty-bitmap-add",
+                json!({"node": "disk0", "name": "a", "granularity": "x"}))]}),
+            json!({"actions": [action("block-dirty-bitmap-merge",
+                json!({"node": "disk0", "target": "a", "bitmaps": [{"node": "x"}]}))]}),
+            json!({"actions": [action("abort", json!({}))],
+                   "properties": {"completion-mode": "grouped"}}),
+        ];
+        let t: Vec<Value> = bad
+            .into_iter()
+            .map(|args| {
+                let r = b.reply("transaction", args.clone());
+                assert!(r.get("error").is_some(), "{args} accepted: {r}");
+                r
+            })
+            .collect();
+        assert_eq!(t[3]["error"], "Parameter 'actions[0].type' is missing");
+        assert_eq!(tx(b, json!([])), json!({"return": {}}));
+        Value::Array(t)
+    });
+}
