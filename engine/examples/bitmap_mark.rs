@@ -26,7 +26,7 @@ enum Pattern {
 }
 
 fn marks(b: &DirtyBitmap, p: Pattern, thread: u64, threads: u64, n: u64) {
-    let mut x = 0x9E37_79B9 * (thread + 1) | 1;
+    let mut x = (0x9E37_79B9 * (thread + 1)) | 1;
     for k in 0..n {
         let off = match p {
             Pattern::Random => {
@@ -69,7 +69,7 @@ fn main() {
             &format!("shared atomic bitmap, {name}"),
             p,
             threads,
-            &[shared.clone()],
+            std::slice::from_ref(&shared),
         );
         run(
             &format!("shared atomic bitmap, {name}, again (dirty)"),

@@ -2,8 +2,9 @@
 //! without a lock.
 //!
 //! Bit `i` covers bytes `[i * granularity, (i + 1) * granularity)` of the
-//! node; the last granule may be partial. Bits live in `AtomicU64` words:
-//! marking is a load and, only when a bit is still clear, one `fetch_or`,
+//! node; the last granule may be partial. Bits live in `AtomicU64` words
+//! (`words.rs`: zeroed chunks, memory only where written, at most 2^38
+//! bits): marking is a load and, only when a bit is still clear, one `fetch_or`,
 //! so iothreads writing to the same region share the cache line instead of
 //! bouncing it. Clearing, merging and reading are for the control thread
 //! and the exports, and may run while writes mark.
@@ -26,6 +27,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::BitmapError;
+use super::words::Words;
 
 const SC: Ordering = Ordering::SeqCst;
 
@@ -35,7 +37,7 @@ pub struct DirtyBitmap {
     shift: u32,
     size: u64,
     nbits: u64,
-    words: Box<[AtomicU64]>,
+    words: Words,
 }
 
 /// A run of granules that are all dirty or all clean, in bytes, clipped to
@@ -72,17 +74,12 @@ impl DirtyBitmap {
         }
         let shift = granularity.trailing_zeros();
         let nbits = size.div_ceil(granularity);
-        let nwords = usize::try_from(nbits.div_ceil(64)).map_err(|_| BitmapError::TooLarge)?;
-        let mut words = Vec::new();
-        words
-            .try_reserve_exact(nwords)
-            .map_err(|_| BitmapError::TooLarge)?;
-        words.resize_with(nwords, || AtomicU64::new(0));
+        let words = Words::new(nbits)?;
         Ok(DirtyBitmap {
             shift,
             size,
             nbits,
-            words: words.into_boxed_slice(),
+            words,
         })
     }
 
@@ -118,7 +115,7 @@ impl DirtyBitmap {
             let w = bit / 64;
             let lo = bit % 64;
             let hi = (end - w * 64).min(64);
-            if let Some(word) = self.words.get(w as usize) {
+            if let Some(word) = self.words.get(w) {
                 f(word, mask(lo, hi));
             }
             bit = (w + 1) * 64;
@@ -168,7 +165,7 @@ impl DirtyBitmap {
 
     fn bit(&self, i: u64) -> bool {
         self.words
-            .get((i / 64) as usize)
+            .get(i / 64)
             .is_some_and(|w| w.load(SC) & (1 << (i % 64)) != 0)
     }
 
@@ -191,7 +188,7 @@ impl DirtyBitmap {
         let mut bit = from;
         while bit < end {
             let w = bit / 64;
-            let mut v = self.words.get(w as usize)?.load(SC);
+            let mut v = self.words.get(w)?.load(SC);
             if !dirty {
                 v = !v;
             }
@@ -279,7 +276,7 @@ impl DirtyBitmap {
             *b = if pos >= self.serialized_len() {
                 0
             } else {
-                let word = self.words.get((pos / 8) as usize).map_or(0, |w| w.load(SC));
+                let word = self.words.get(pos / 8).map_or(0, |w| w.load(SC));
                 word.to_le_bytes()[(pos % 8) as usize]
             };
         }
@@ -297,7 +294,7 @@ impl DirtyBitmap {
             let first_bit = pos * 8;
             let m = u64::from(b) << ((pos % 8) * 8);
             let valid = mask(0, (self.nbits - (first_bit - first_bit % 64)).min(64));
-            if let Some(w) = self.words.get((pos / 8) as usize) {
+            if let Some(w) = self.words.get(pos / 8) {
                 w.fetch_or(m & valid, SC);
             }
         }

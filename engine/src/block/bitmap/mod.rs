@@ -29,6 +29,7 @@ mod error;
 mod format;
 mod set;
 mod track;
+mod words;
 
 pub use bits::{DirtyBitmap, DirtyExtent, Extents};
 pub use error::BitmapError;

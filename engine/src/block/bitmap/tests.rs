@@ -35,6 +35,41 @@ fn granularity_bounds() {
     }
 }
 
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn huge_bitmaps_are_bounded_and_cost_only_what_is_written() {
+    assert_eq!(
+        DirtyBitmap::new(u64::MAX, 512).err(),
+        Some(BitmapError::TooLarge)
+    );
+    assert_eq!(
+        DirtyBitmap::new(1 << 62, K64).err(),
+        Some(BitmapError::TooLarge)
+    );
+    // 1 TiB at 512 B granules: 2^31 bits, 256 MiB of words if all touched.
+    let before = rss_kib();
+    let b = DirtyBitmap::new(1 << 40, 512).expect("1 TiB bitmap");
+    b.set((1 << 40) - 1, 1);
+    b.set(0, 1);
+    assert_eq!(b.dirty_bits(), 2);
+    assert_eq!(
+        runs(&b, (1 << 40) - 1024, 1 << 40),
+        vec![((1 << 40) - 1024, 512, false), ((1 << 40) - 512, 512, true)]
+    );
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "RSS grew {grown} KiB for two bits");
+}
+
 #[test]
 fn set_rounds_to_granules_and_counts_like_qemu() {
     // 4000256 bytes: the last 64 KiB granule is partial.
