@@ -354,3 +354,10 @@ pub fn query(node: &BlockNode) -> Option<serde_json::Value> {
             .collect(),
     ))
 }
+
+/// Whether node `name` has a bitmap an export holds.
+pub fn exported_from(graph: &BlockGraph, name: &str) -> bool {
+    graph
+        .get(name)
+        .is_some_and(|e| e.node.bitmaps().list().iter().any(|b| b.busy))
+}

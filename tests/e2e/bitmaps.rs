@@ -277,6 +277,25 @@ fn errors_as_qsd() {
             json!({"node": "disk0", "target": "big", "bitmaps": ["b0"]}),
         ));
         t.push(b.reply("blockdev-del", json!({"node-name": "disk0"})));
+        if !b.qsd {
+            // QSD 10.0 aborts on an assertion when the node of a bitmap an
+            // export of another node offers goes away; ringstor refuses.
+            b.ok(
+                "blockdev-add",
+                json!({"driver": "null-co", "node-name": "n2"}),
+            );
+            b.ok(
+                "block-dirty-bitmap-add",
+                json!({"node": "n2", "name": "x", "disabled": true}),
+            );
+            b.export("ext", false, json!([{"node": "n2", "name": "x"}]));
+            assert_eq!(
+                b.err("blockdev-del", json!({"node-name": "n2"})),
+                "Node n2 is in use"
+            );
+            b.del_export("ext");
+            b.ok("blockdev-del", json!({"node-name": "n2"}));
+        }
         Value::Array(t)
     });
 }
