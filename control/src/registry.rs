@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use drivers::export::{Export, ExportCommon, RemoveMode};
+use drivers::stats::ExportStats;
 use engine::block::{BlockNode, Perm, PermGuard};
 use engine::iothread::IoThreadHandle;
 use serde_json::{json, Value};
@@ -135,6 +136,7 @@ impl ExportRegistry {
                     // The control thread may be gone at exit; nothing to do then.
                     let _ = tx.send(Internal::ExportDrained(id.to_string()));
                 }),
+                stats: ExportStats::new(&base.id, node.name()),
             },
             perm: guard,
             iothreads,
