@@ -80,7 +80,11 @@ impl ExportStats {
     /// A recorder for a new connection or queue, on the current iothread.
     /// `queue` names it (an NBD connection number, a virtqueue index);
     /// `client` is the peer's address when there is one.
-    pub fn queue(self: &Arc<Self>, queue: impl Into<String>, client: Option<String>) -> QueueRecorder {
+    pub fn queue(
+        self: &Arc<Self>,
+        queue: impl Into<String>,
+        client: Option<String>,
+    ) -> QueueRecorder {
         QueueRecorder::new(self.clone(), queue.into(), client)
     }
 

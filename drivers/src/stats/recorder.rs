@@ -159,9 +159,7 @@ impl QueueRecorder {
         let mut l = self.cell.live.borrow_mut();
         l.in_flight = l.in_flight.saturating_sub(1);
         let end = t.offset.saturating_add(t.len);
-        l.totals
-            .counters
-            .record(t.op, end, t.len, ns, outcome);
+        l.totals.counters.record(t.op, end, t.len, ns, outcome);
         l.totals.counters.last_access = Some(now);
         l.totals.latency.record(t.op, ns);
     }

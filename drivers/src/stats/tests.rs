@@ -82,7 +82,10 @@ fn reset_starts_the_since_reset_view_only() {
     let since = export_of(&snap(View::SinceReset), &e).total();
     assert_eq!(since.counters.op(OpKind::Read).operations, 1);
     assert_eq!(since.counters.op(OpKind::Read).bytes, 100);
-    assert_eq!(since.latency.summary(OpKind::Read).map(|s| s.count), Some(1));
+    assert_eq!(
+        since.latency.summary(OpKind::Read).map(|s| s.count),
+        Some(1)
+    );
     let all = export_of(&snap(View::Cumulative), &e).total();
     assert_eq!(all.counters.op(OpKind::Read).operations, 3);
 }
@@ -105,7 +108,10 @@ fn percentiles_are_ordered_and_close() {
     let h = &l.op(OpKind::Read).expect("hist").hist;
     let b = cumulative_counts(h, &[1_000, 100_000, 10_000_000]);
     assert_eq!(b[2], 1000);
-    assert!(b[0] >= 1 && b[0] <= b[1] && (99..=101).contains(&b[1]), "{b:?}");
+    assert!(
+        b[0] >= 1 && b[0] <= b[1] && (99..=101).contains(&b[1]),
+        "{b:?}"
+    );
 }
 
 #[test]
@@ -140,7 +146,10 @@ fn block_errors_map_to_outcomes() {
         len: 1,
         size: 0,
     };
-    assert_eq!(Outcome::of_error(&oob), Outcome::Invalid(ErrorKind::Invalid));
+    assert_eq!(
+        Outcome::of_error(&oob),
+        Outcome::Invalid(ErrorKind::Invalid)
+    );
     let io = BlockError::Io {
         op: "read",
         offset: 0,
