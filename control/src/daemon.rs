@@ -32,6 +32,7 @@ use crate::objects::Objects;
 use crate::placement::Placement;
 use crate::qmp::{EventBus, MonitorAddr, MonitorServer, QmpError, QmpRequest};
 use crate::registry::ExportRegistry;
+use crate::stats::StatsHub;
 
 /// How long exports get to drain at `quit` or `nbd-server-stop` before
 /// they are dropped anyway.
@@ -57,6 +58,8 @@ pub struct Daemon {
     pub(crate) nbd: Option<NbdServer>,
     pub(crate) exports: ExportRegistry,
     pub(crate) events: EventBus,
+    /// Totals of removed exports (`query-blockstats`).
+    pub(crate) stats: StatsHub,
     /// Set by `quit` or a signal; the loop ends after the current message.
     pub(crate) quit: bool,
     monitors: Vec<MonitorServer>,
@@ -90,6 +93,7 @@ impl Daemon {
             nbd: None,
             exports: ExportRegistry::new(internal_tx.clone()),
             events: EventBus::new(),
+            stats: StatsHub::default(),
             quit: false,
             monitors: Vec::new(),
             requests_tx,
@@ -176,6 +180,11 @@ impl Daemon {
     }
 
     pub(crate) fn export_drained(&mut self, id: &str) {
+        if let Some(st) = self.exports.stats_of(id) {
+            // Its queues are gone; keep what they did for its node.
+            let threads = crate::stats::threads(self);
+            self.stats.retire(&threads, &st);
+        }
         if self.exports.drained(id) {
             self.events
                 .emit("BLOCK_EXPORT_DELETED", json!({ "id": id }));

@@ -64,6 +64,19 @@ impl Objects {
         self.default.handle()
     }
 
+    /// Every iothread, the default one first.
+    pub fn all_handles(&self) -> Vec<IoThreadHandle> {
+        std::iter::once(self.default.handle())
+            .chain(
+                self.order
+                    .iter()
+                    .filter_map(|id| self.iothreads.get(id))
+                    .map(|e| e.thread.handle()),
+            )
+            .cloned()
+            .collect()
+    }
+
     /// An iothread by object id (`None` for the default one).
     pub fn handle(&self, id: Option<&str>) -> Option<&IoThreadHandle> {
         match id {
