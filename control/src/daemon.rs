@@ -49,6 +49,8 @@ pub enum Internal {
     ExportDrained(String),
     /// SIGTERM, SIGINT or SIGHUP: quit cleanly.
     Signal(nix::sys::signal::Signal),
+    /// A metrics endpoint wants every export's numbers.
+    Metrics(Sender<Vec<crate::stats::ExportView>>),
 }
 
 /// All control-plane state; lives on the control thread.
@@ -171,12 +173,20 @@ impl Daemon {
     fn handle_internal(&mut self, m: Internal) {
         match m {
             Internal::ExportDrained(id) => self.export_drained(&id),
+            Internal::Metrics(tx) => self.answer_metrics(tx),
             Internal::Signal(sig) => {
                 log::info!("received {sig}, quitting");
                 self.quit = true;
                 self.remove_exports(None);
             }
         }
+    }
+
+    /// A scrape: the cumulative numbers of every live export.
+    fn answer_metrics(&mut self, tx: Sender<Vec<crate::stats::ExportView>>) {
+        let views = crate::stats::gather(self, drivers::stats::View::Cumulative, None, false);
+        // The scraper may have given up; nothing to do then.
+        let _ = tx.send(views);
     }
 
     pub(crate) fn export_drained(&mut self, id: &str) {
@@ -197,6 +207,7 @@ impl Daemon {
         while let Ok(m) = self.internal_rx.try_recv() {
             match m {
                 Internal::ExportDrained(id) => self.export_drained(&id),
+                Internal::Metrics(tx) => self.answer_metrics(tx),
                 other => self.pending.push_back(other),
             }
         }
@@ -239,6 +250,7 @@ impl Daemon {
             }
             match self.internal_rx.recv_timeout(deadline - now) {
                 Ok(Internal::ExportDrained(id)) => self.export_drained(&id),
+                Ok(Internal::Metrics(tx)) => self.answer_metrics(tx),
                 Ok(other) => self.pending.push_back(other),
                 Err(_) => {}
             }

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod logger;
+pub mod metrics;
 pub mod objects;
 pub mod placement;
 pub mod qapi;
