@@ -477,7 +477,7 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
         }
         let (r, b) = recv_more(conn, rbuf).await;
         rbuf = b;
-        received = conn.rec.now();
+        received = conn.rec.reaped();
         if r? == 0 {
             return Ok(());
         }
@@ -619,9 +619,9 @@ async fn writer(conn: Rc<Conn>) {
     }
 }
 
-/// Records the requests of a batch as finished, with one clock read.
+/// Records the requests of a batch as finished when its send completed.
 fn finish_all(conn: &Conn, done: impl IntoIterator<Item = Done>) {
-    let now = conn.rec.now();
+    let now = conn.rec.reaped();
     for (t, o) in done {
         conn.rec.finish_at(now, t, o);
     }

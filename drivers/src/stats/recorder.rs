@@ -14,10 +14,12 @@
 //! control thread asks; when a recorder is dropped its numbers are added
 //! to its export's closed total on that thread, so nothing is lost.
 //!
-//! Drivers that handle many requests at once may read the clock once per
-//! batch ([`QueueRecorder::now`], [`QueueRecorder::start_at`],
-//! [`QueueRecorder::finish_at`]). With recording off (`RINGSTOR_STATS=off`)
-//! every call returns at once and reads no clock.
+//! Drivers that handle many requests at once stamp a batch once
+//! ([`QueueRecorder::start_at`], [`QueueRecorder::finish_at`]); right
+//! after an awaited operation completes, [`QueueRecorder::reaped`] gives
+//! the time its completion was reaped without reading the clock at all
+//! (the iothread reads it once per reap). With recording off
+//! (`RINGSTOR_STATS=off`) every call returns at once and reads no clock.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -119,6 +121,14 @@ impl QueueRecorder {
     #[inline]
     pub fn now(&self) -> Stamp {
         Stamp(self.on.then(Instant::now))
+    }
+
+    /// When the iothread last reaped completions: for a task that has
+    /// just been woken by an operation (a receive, a send), the moment
+    /// that operation completed, without a clock read of its own.
+    #[inline]
+    pub fn reaped(&self) -> Stamp {
+        Stamp(self.on.then(engine::iothread::reap_time))
     }
 
     /// A request of `len` bytes at `offset` was received now.
