@@ -209,8 +209,7 @@ pub fn serve(listener: Listener, wake: UnixStream, scraper: &mut dyn Scraper) {
             step(c, ev, &mut buf, scraper);
         }
         let now = Instant::now();
-        clients
-            .retain(|c| c.deadline > now && !(c.out.as_ref().is_some_and(|o| c.sent >= o.len())));
+        clients.retain(|c| c.deadline > now && c.out.as_ref().is_none_or(|o| c.sent < o.len()));
         if listen_ev.contains(PollFlags::POLLIN) {
             accept_all(&listener, &mut clients, now);
         }

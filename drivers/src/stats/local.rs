@@ -68,10 +68,9 @@ pub(crate) fn retire(instance: u64, key: u64, live: Live) {
             return;
         };
         e.queues.remove(&key);
-        match &live.baseline {
-            Some(b) => e.closed_base.add(b),
-            // Never reset: all of it is since the last reset.
-            None => {}
+        // Without a baseline (never reset) all of it counts since the reset.
+        if let Some(b) = &live.baseline {
+            e.closed_base.add(b);
         }
         e.closed.add(&live.totals);
     });
