@@ -245,6 +245,7 @@ mod tests {
             args: vec!["--x".into()],
             ready_socket: "/t/s".into(),
             fio_args: vec![],
+            env: vec![],
         }
     }
 

@@ -10,6 +10,7 @@ mod control;
 mod export;
 mod nbd;
 mod object;
+mod stats;
 
 pub use block::blockdev_add;
 pub use export::block_export_add;
@@ -51,6 +52,8 @@ const COMMANDS: &[(&str, Handler)] = &[
     ("block-dirty-bitmap-remove", bitmap::remove),
     ("block-dirty-bitmap-add", bitmap::add),
     ("query-named-block-nodes", block::query_named_block_nodes),
+    ("query-blockstats", stats::query_blockstats),
+    ("x-query-export-stats", stats::x_query_export_stats),
 ];
 
 /// Runs command `name`.
