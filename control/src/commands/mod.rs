@@ -57,6 +57,11 @@ pub fn dispatch(
     }
 }
 
+/// Whether a command of that name exists (`qmp_capabilities` included).
+pub(crate) fn exists(name: &str) -> bool {
+    names().any(|n| n == name)
+}
+
 /// The names for `query-commands`.
 pub(crate) fn names() -> impl Iterator<Item = &'static str> {
     COMMANDS
