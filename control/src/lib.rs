@@ -20,6 +20,7 @@ pub mod qapi;
 pub mod qmp;
 pub mod registry;
 pub mod signals;
+pub mod sockets;
 
 /// The NBD server driver the control plane starts.
 pub(crate) use drivers::nbd;

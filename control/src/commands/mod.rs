@@ -7,6 +7,7 @@
 mod block;
 mod control;
 mod export;
+mod fd;
 mod nbd;
 mod object;
 
@@ -43,6 +44,8 @@ const COMMANDS: &[(&str, Handler)] = &[
     ("blockdev-del", block::blockdev_del),
     ("blockdev-add", block::blockdev_add_cmd),
     ("query-named-block-nodes", block::query_named_block_nodes),
+    ("getfd", fd::getfd),
+    ("closefd", fd::closefd),
 ];
 
 /// Runs command `name`.
