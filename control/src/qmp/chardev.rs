@@ -56,13 +56,14 @@ impl Socket {
     }
 }
 
-/// An opened `--chardev socket,server=on`. See the module docs.
+/// An opened `--chardev socket,server=on`. See the module docs. Dropped
+/// unused, it removes the socket file it created.
 pub struct Chardev {
-    pub(crate) socket: Socket,
+    socket: Option<Socket>,
     /// The socket file to remove at shutdown (one this daemon created).
-    pub(crate) created_path: Option<PathBuf>,
+    created_path: Option<PathBuf>,
     /// The client `wait=on` waited for.
-    pub(crate) first: Option<Stream>,
+    first: Option<Stream>,
     described: String,
 }
 
@@ -85,7 +86,7 @@ impl Chardev {
             Family::Inet => Socket::Tcp(TcpListener::from(fd)),
         };
         Chardev {
-            socket,
+            socket: Some(socket),
             created_path,
             first: None,
             described,
@@ -102,18 +103,21 @@ impl Chardev {
     /// serves first. Every 100 ms asks `give_up` (a quit signal), and
     /// returns `Ok(false)` if it says so.
     pub fn wait_for_client(&mut self, mut give_up: impl FnMut() -> bool) -> io::Result<bool> {
-        self.socket.set_nonblocking(true)?;
+        let Some(socket) = &self.socket else {
+            return Ok(false);
+        };
+        socket.set_nonblocking(true)?;
         loop {
             if give_up() {
                 return Ok(false);
             }
-            let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::from(WAIT_TICK_MS)) {
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                 Ok(_) => {}
                 Err(e) => return Err(e.into()),
             }
-            match self.socket.accept() {
+            match socket.accept() {
                 // accept(2) does not pass O_NONBLOCK on: the stream blocks.
                 Ok(stream) => {
                     self.first = Some(stream);
@@ -122,6 +126,21 @@ impl Chardev {
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The socket, the socket file it created (now the caller's to
+    /// remove) and the client `wait=on` waited for.
+    pub(crate) fn take(mut self) -> Option<(Socket, Option<PathBuf>, Option<Stream>)> {
+        let socket = self.socket.take()?;
+        Some((socket, self.created_path.take(), self.first.take()))
+    }
+}
+
+impl Drop for Chardev {
+    fn drop(&mut self) {
+        if let Some(p) = self.created_path.take() {
+            let _ = std::fs::remove_file(p);
         }
     }
 }

@@ -74,16 +74,17 @@ impl MonitorServer {
         requests: Sender<QmpRequest>,
         events: EventBus,
     ) -> Result<MonitorServer, MonitorError> {
-        let mut chardev = match addr {
+        let chardev = match addr {
             MonitorAddr::Unix(path) => Chardev::new(listen(ListenAddr::Unix(path))?),
             MonitorAddr::Tcp { host, port } => {
                 Chardev::new(listen(ListenAddr::Tcp { host, port })?)
             }
             MonitorAddr::Open(c) => c,
         };
-        let local_addr = chardev.socket.local_addr();
-        let socket_path = chardev.created_path.take();
-        let listener = chardev.socket;
+        let Some((listener, socket_path, first)) = chardev.take() else {
+            return Err(MonitorError::Io(io::Error::other("chardev already in use")));
+        };
+        let local_addr = listener.local_addr();
         // Non-blocking so a connection that vanishes between poll() and
         // accept() cannot wedge the accept thread.
         listener.set_nonblocking(true)?;
@@ -95,7 +96,7 @@ impl MonitorServer {
             events,
             conns: Mutex::new(Vec::new()),
         });
-        if let Some(first) = chardev.first {
+        if let Some(first) = first {
             spawn_connection(first, &shared);
         }
         let thread_shared = Arc::clone(&shared);

@@ -76,16 +76,7 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
 pub fn init(parent: Option<u32>) -> Vec<String> {
     let mut pids = vec![std::process::id()];
     pids.extend(parent);
-    let get = |k: &str| std::env::var(k).ok();
-    let names = parse_activation(
-        get("LISTEN_PID").as_deref(),
-        get("LISTEN_FDS").as_deref(),
-        get("LISTEN_FDNAMES").as_deref(),
-        &pids,
-    );
-    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        std::env::remove_var(k);
-    }
+    let names = take_activation_env(&pids);
     let mut entries: Vec<Entry> = scan_inherited()
         .into_iter()
         .map(|fd| Entry { fd, name: None })
@@ -102,6 +93,22 @@ pub fn init(parent: Option<u32>) -> Vec<String> {
         t.entries = entries;
         t.activation = !names.is_empty();
     });
+    names
+}
+
+/// Reads and clears the socket-activation variables (whoever they were
+/// meant for, as `sd_listen_fds(1)` does); the names if they are ours.
+fn take_activation_env(pids: &[u32]) -> Option<Vec<String>> {
+    let get = |k: &str| std::env::var(k).ok();
+    let names = parse_activation(
+        get("LISTEN_PID").as_deref(),
+        get("LISTEN_FDS").as_deref(),
+        get("LISTEN_FDNAMES").as_deref(),
+        pids,
+    );
+    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(k);
+    }
     names
 }
 
@@ -245,6 +252,26 @@ mod tests {
         assert_eq!(parse_activation(None, Some("1"), None, &[42]), None);
         assert_eq!(parse_activation(Some("42"), Some("x"), None, &[42]), None);
         assert_eq!(parse_activation(Some("42"), Some("0"), None, &[42]), None);
+    }
+
+    #[test]
+    fn activation_variables_are_cleared() {
+        // No other test in this crate reads these variables.
+        std::env::set_var("LISTEN_PID", "4242");
+        std::env::set_var("LISTEN_FDS", "2");
+        std::env::set_var("LISTEN_FDNAMES", "nbd:qmp");
+        assert_eq!(
+            take_activation_env(&[4242]),
+            Some(vec!["nbd".to_string(), "qmp".to_string()])
+        );
+        for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            assert!(std::env::var_os(k).is_none(), "{k} left set");
+        }
+        // Meant for another process: ignored, and cleared all the same.
+        std::env::set_var("LISTEN_PID", "1");
+        std::env::set_var("LISTEN_FDS", "1");
+        assert_eq!(take_activation_env(&[4242]), None);
+        assert!(std::env::var_os("LISTEN_FDS").is_none());
     }
 
     #[test]
