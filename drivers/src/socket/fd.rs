@@ -7,10 +7,14 @@
 //! type: an [`Unowned`] names such a number, and [`Unowned::adopt`]
 //! consumes it. Unowned values come from exactly two sources:
 //!
-//! - [`scan_inherited`]: the descriptors (3 and up) open when the process
-//!   started, before the daemon opened any of its own. It runs once per
-//!   process (a second call returns nothing), so each number gets at most
-//!   one `Unowned`, and an `Unowned` is neither `Clone` nor `Copy`.
+//! - [`scan_inherited`]: the descriptors (3 and up) the process inherited
+//!   through `exec`. It takes only descriptors without close-on-exec: one
+//!   that survived `exec` cannot have it, and everything this process
+//!   opens itself has it (Rust's standard library, and `nix` as the daemon
+//!   calls it, open close-on-exec); it is also called before the daemon
+//!   opens anything. It runs once per process (a second call returns
+//!   nothing), so each number gets at most one `Unowned`, and an `Unowned`
+//!   is neither `Clone` nor `Copy`.
 //! - [`recv_with_fds`]: descriptors the kernel has just installed for us by
 //!   `SCM_RIGHTS`; they are adopted before the function returns.
 //!
@@ -85,6 +89,17 @@ fn identify(raw: RawFd) -> Option<((u64, u64), bool)> {
     Some(((meta.dev(), meta.ino()), meta.file_type().is_socket()))
 }
 
+/// Whether `raw` is close-on-exec, from `/proc/self/fdinfo` (a path, so no
+/// borrowed descriptor is needed); `None` if it is not open.
+fn close_on_exec(raw: RawFd) -> Option<bool> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()?;
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| i64::from_str_radix(f.trim(), 8).ok())?;
+    Some(flags & i64::from(libc::O_CLOEXEC) != 0)
+}
+
 static SCANNED: AtomicBool = AtomicBool::new(false);
 
 /// The descriptors from 3 up that are open now, once per process. Call it
@@ -106,6 +121,7 @@ pub(crate) fn scan_inherited() -> Vec<Unowned> {
     // `identify` no longer finds it.
     let mut out: Vec<Unowned> = numbers
         .into_iter()
+        .filter(|&raw| !close_on_exec(raw).unwrap_or(true))
         .filter_map(|raw| {
             let (id, socket) = identify(raw)?;
             Some(Unowned {
@@ -155,4 +171,48 @@ pub fn recv_with_fds(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, 
         Err(e) => log::error!("recvmsg: control data truncated: {e}"),
     }
     Ok((msg.bytes, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_descriptors_without_close_on_exec_count_as_inherited() {
+        let f = tempfile::tempfile().expect("file");
+        assert_eq!(
+            close_on_exec(f.as_raw_fd()),
+            Some(true),
+            "std opens close-on-exec"
+        );
+        // dup(2) does not copy close-on-exec, as a descriptor kept across
+        // exec would not have it.
+        let d = nix::unistd::dup(&f).expect("dup");
+        assert_eq!(close_on_exec(d.as_raw_fd()), Some(false));
+        drop(d);
+        assert_eq!(close_on_exec(1 << 20), None);
+    }
+
+    #[test]
+    fn passed_descriptors_arrive_owned_and_close_on_exec() {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let f = tempfile::tempfile().expect("file");
+        let fds = [f.as_raw_fd(), f.as_raw_fd()];
+        sendmsg::<UnixAddr>(
+            a.as_raw_fd(),
+            &[std::io::IoSlice::new(b"x")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("sendmsg");
+        let mut buf = [0u8; 4];
+        let (n, got) = recv_with_fds(&b, &mut buf).expect("recv");
+        assert_eq!((n, got.len()), (1, 2));
+        for fd in &got {
+            assert_ne!(fd.as_raw_fd(), f.as_raw_fd());
+            assert_eq!(close_on_exec(fd.as_raw_fd()), Some(true));
+        }
+    }
 }
