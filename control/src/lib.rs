@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod logger;
+pub mod metrics;
 pub mod objects;
 pub mod placement;
 pub mod qapi;
@@ -21,6 +22,7 @@ pub mod qmp;
 pub mod registry;
 pub mod signals;
 pub mod sockets;
+pub mod stats;
 
 /// The NBD server driver the control plane starts.
 pub(crate) use drivers::nbd;

@@ -11,3 +11,4 @@
 pub mod export;
 pub mod nbd;
 pub mod socket;
+pub mod stats;

@@ -10,6 +10,7 @@ mod export;
 mod fd;
 mod nbd;
 mod object;
+mod stats;
 
 pub use block::blockdev_add;
 pub use export::block_export_add;
@@ -46,6 +47,8 @@ const COMMANDS: &[(&str, Handler)] = &[
     ("query-named-block-nodes", block::query_named_block_nodes),
     ("getfd", fd::getfd),
     ("closefd", fd::closefd),
+    ("query-blockstats", stats::query_blockstats),
+    ("x-query-export-stats", stats::x_query_export_stats),
 ];
 
 /// Runs command `name`.

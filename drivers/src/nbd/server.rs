@@ -22,6 +22,10 @@ use super::negotiate::{negotiate, HandshakeEnd};
 use super::registry::Registry;
 use crate::export::{Export, ExportCommon, ExportError};
 use crate::socket::Listener;
+use crate::stats::{peer_name, RateLimit};
+
+/// Handshake failures are a client's doing: their log lines are limited.
+static HANDSHAKE_LOG: RateLimit = RateLimit::new();
 
 /// `nbd-server-start` arguments.
 #[derive(Debug)]
@@ -200,14 +204,20 @@ async fn handshake(fd: SharedFd, shared: Arc<ServerShared>, slot: Slot) {
         Ok(Ok(v)) => v,
         Ok(Err(HandshakeEnd::Closed)) | Ok(Err(HandshakeEnd::Aborted)) => return,
         Ok(Err(e)) => {
-            log::info!("nbd: {e}");
+            let peer = peer_name(std::os::fd::AsFd::as_fd(&fd));
+            HANDSHAKE_LOG.info(format_args!(
+                "nbd: {}: {e}",
+                peer.as_deref().unwrap_or("client")
+            ));
             return;
         }
         Err(op::Elapsed) => {
-            log::info!(
-                "nbd: handshake not finished within {:?}; dropping the client",
+            let peer = peer_name(std::os::fd::AsFd::as_fd(&fd));
+            HANDSHAKE_LOG.info(format_args!(
+                "nbd: {} did not finish the handshake within {:?}; dropping it",
+                peer.as_deref().unwrap_or("client"),
                 shared.handshake_timeout
-            );
+            ));
             return;
         }
     };
