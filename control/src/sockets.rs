@@ -1,7 +1,7 @@
 //! Listening sockets from QAPI socket addresses, for every server the
 //! daemon runs: the NBD server (`--nbd-server`, `nbd-server-start`), QMP
-//! monitors (`--chardev socket`) and exports that listen (vhost-user-blk's
-//! `addr`). Each calls [`listen`] with its parsed [`SocketAddress`], so a
+//! monitors (`--chardev socket`), the `metrics` object and exports that
+//! listen (vhost-user-blk's `addr`). Each calls [`listen`] with its parsed [`SocketAddress`], so a
 //! unix path, a TCP address and an `fd` work the same for all of them.
 //!
 //! # Which descriptor an `fd` address names

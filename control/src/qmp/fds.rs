@@ -25,14 +25,4 @@ impl MonitorFds {
     pub fn take(&self, name: &str) -> Option<OwnedFd> {
         self.map().remove(name)
     }
-
-    /// How many are stored.
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
-
-    /// Whether none is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
