@@ -485,3 +485,34 @@ fn socket_activation_for_another_process_is_ignored() {
         ),
     }
 }
+
+#[test]
+fn metrics_object_listens_on_an_inherited_socket() {
+    if skip_on_qsd("metrics object") {
+        return;
+    }
+    let dir = scratch();
+    let path = dir.path().to_path_buf();
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = l.local_addr().expect("local addr").port();
+    let args = expand(
+        &path,
+        &[
+            "--object",
+            "metrics,id=m0,addr.type=fd,addr.str=3",
+            "--pidfile",
+            "{dir}/pid",
+        ],
+    );
+    let fds: Handed = &[(&l, 3)];
+    let _d = spawn_inheriting(&binary(), dir, args, fds, None, path.join("pid"))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("GET");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).expect("response");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.trim_end().ends_with("# EOF"), "{out}");
+}
