@@ -8,6 +8,7 @@ mod bitmap;
 mod block;
 mod control;
 mod export;
+mod fd;
 mod nbd;
 mod object;
 mod stats;
@@ -52,6 +53,8 @@ const COMMANDS: &[(&str, Handler)] = &[
     ("block-dirty-bitmap-remove", bitmap::remove),
     ("block-dirty-bitmap-add", bitmap::add),
     ("query-named-block-nodes", block::query_named_block_nodes),
+    ("getfd", fd::getfd),
+    ("closefd", fd::closefd),
     ("query-blockstats", stats::query_blockstats),
     ("x-query-export-stats", stats::x_query_export_stats),
 ];
@@ -66,6 +69,11 @@ pub fn dispatch(
         Some((_, handler)) => handler(d, args).map_err(QmpError::from),
         None => Err(QmpError::unknown_command(name)),
     }
+}
+
+/// Whether a command of that name exists (`qmp_capabilities` included).
+pub(crate) fn exists(name: &str) -> bool {
+    names().any(|n| n == name)
 }
 
 /// The names for `query-commands`.

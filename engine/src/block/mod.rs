@@ -25,7 +25,10 @@ mod status;
 pub use bitmap::{BitmapError, BitmapInfo, BitmapSet, BusyGuard, DirtyBitmap, DirtyExtent};
 pub use error::{BlockError, BlockResult};
 pub use handle::BlockHandle;
-pub use node::{BlockNode, FileOptions, NodeOptions, NullOptions, PermGuard, RawOptions};
+pub use node::{
+    round_to_sector, BlockNode, FileOptions, NodeOptions, NullOptions, PermGuard, RawOptions,
+    SECTOR_SIZE,
+};
 pub use perm::Perm;
 pub use status::BlockStatus;
 
