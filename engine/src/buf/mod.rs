@@ -14,9 +14,11 @@
 
 mod aligned;
 pub(crate) mod fixed;
+pub(crate) mod iovec;
 pub mod pool;
 
 pub use aligned::Buf;
+pub use iovec::IoVecBuf;
 
 /// The result of an operation that owned a buffer, with the buffer handed back.
 pub type BufResult<T, B> = (std::io::Result<T>, B);
