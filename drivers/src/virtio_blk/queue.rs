@@ -463,9 +463,10 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
             }
             Err(e) => self.fail(&format!("cannot write the used ring: {e}")),
         }
-        if !self.notify_pending.replace(true) {
-            self.completed.raise();
-        } else if self.in_flight.get() == 0 {
+        // The first completion of a batch wakes the queue task (which runs
+        // after the batch); the last one in flight wakes a draining stop.
+        let first = !self.notify_pending.replace(true);
+        if first || self.in_flight.get() == 0 {
             self.completed.raise();
         }
     }
