@@ -1,5 +1,7 @@
 //! End-to-end tests: one binary, one module per topic.
 
+#[path = "e2e/blkio_client.rs"]
+mod blkio_client;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/crash.rs"]
@@ -14,3 +16,5 @@ mod nbd_qmp;
 mod qmp;
 #[path = "e2e/reliability.rs"]
 mod reliability;
+#[path = "e2e/vhost_user_blk.rs"]
+mod vhost_user_blk;

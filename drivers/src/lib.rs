@@ -8,4 +8,5 @@
 
 pub mod export;
 pub mod nbd;
+pub mod vhost_user_blk;
 pub mod virtio_blk;

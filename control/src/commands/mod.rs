@@ -9,6 +9,7 @@ mod control;
 mod export;
 mod nbd;
 mod object;
+mod vhost_user_blk;
 
 pub use block::blockdev_add;
 pub use export::block_export_add;

@@ -19,6 +19,7 @@
 //! mmap'd regions, VDUSE's IOVA map). The only pointer handed to the
 //! kernel is built in [`iovec`], which keeps the map alive.
 
+pub mod chain;
 pub mod execute;
 pub mod iovec;
 pub mod queue;

@@ -41,11 +41,12 @@ use engine::op::{self, SharedFd};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic};
 
+use super::chain::walk;
 use super::execute::{execute, write_status, ExecContext, ExecParams, Outcome};
-use super::request::{parse, Rejected, Request};
+use super::request::{parse, parse_descriptors, Rejected, Request};
 
 /// Where a ring lives and where it stands, as the transport set it up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSetup {
     /// Queue index (for logs).
     pub index: u16,
@@ -63,6 +64,9 @@ pub struct QueueSetup {
     pub next_used: u16,
     /// `VIRTIO_RING_F_EVENT_IDX` negotiated.
     pub event_idx: bool,
+    /// Heads a previous backend took and never completed (inflight log),
+    /// served first, oldest first.
+    pub resubmit: Vec<u16>,
 }
 
 /// Where a stopped queue ended (`GET_VRING_BASE`).
@@ -79,6 +83,8 @@ pub struct QueueEnd {
 pub trait InflightLog: Send + Sync {
     /// A chain was taken from the avail ring.
     fn begin(&self, queue: u16, head: u16);
+    /// Its used entry is about to be written.
+    fn completing(&self, queue: u16, head: u16);
     /// Its used entry was written; `next_used` is the used index after it.
     fn end(&self, queue: u16, head: u16, next_used: u16);
 }
@@ -279,6 +285,7 @@ async fn run<M: GuestMemory + Send + Sync + 'static>(local: Rc<Local<M>>, kick: 
     if !local.queue.borrow().is_valid(&**local.mem.borrow()) {
         local.fail("rings outside guest memory");
     }
+    local.resubmit();
     // Requests queued before the kick fd arrived are served now.
     local.process();
     let mut pending = read_kick(&kick, pool::check_out(8));
@@ -357,6 +364,17 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                 r.head,
                 r.code
             );
+        }
+    }
+
+    /// Starts the chains an inflight log says were lost in a restart.
+    fn resubmit(self: &Rc<Self>) {
+        let mem = self.mem.borrow().clone();
+        let table = GuestAddress(self.setup.desc_table);
+        for &head in &self.setup.resubmit {
+            let descs = walk(&*mem, table, self.setup.size, head);
+            let p = parse_descriptors(head, &*mem, descs.into_iter());
+            self.start(p, &mem);
         }
     }
 
@@ -454,6 +472,9 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
             }
         }
         let len = out.written + u32::from(status.is_some());
+        if let Some(l) = &self.inflight {
+            l.completing(self.setup.index, head);
+        }
         let r = self.queue.borrow_mut().add_used(&*mem, head, len);
         match r {
             Ok(()) => {

@@ -11,6 +11,7 @@
 
 use std::ops::Deref;
 
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
@@ -117,13 +118,22 @@ where
     M::Target: GuestMemory,
 {
     let head = chain.head_index();
-    let mem = chain.memory();
+    // Walk a clone so `mem` stays borrowed from the original chain.
+    let walk = chain.clone();
+    parse_descriptors(head, chain.memory(), walk)
+}
+
+/// Parses the descriptors of the chain at `head`, however they were walked.
+pub fn parse_descriptors<M: GuestMemory + ?Sized>(
+    head: u16,
+    mem: &M,
+    descriptors: impl Iterator<Item = Descriptor>,
+) -> Result<Request, Rejected> {
     let mut readable: Vec<Segment> = Vec::new();
     let mut writable: Vec<Segment> = Vec::new();
     let mut order_broken = false;
     let mut bad_address = false;
-    // Walk with a clone so `mem` stays borrowed from the original chain.
-    for d in chain.clone() {
+    for d in descriptors {
         let seg = Segment {
             addr: d.addr(),
             len: d.len(),
