@@ -18,3 +18,5 @@ mod qmp;
 mod reliability;
 #[path = "e2e/vhost_user_blk.rs"]
 mod vhost_user_blk;
+#[path = "e2e/vhost_user_blk_qmp.rs"]
+mod vhost_user_blk_qmp;

@@ -80,7 +80,11 @@ impl Queue {
     fn wait(&mut self) -> i32 {
         let mut c = [MaybeUninit::<Completion>::uninit()];
         let mut t = Duration::from_secs(20);
-        let n = self.q.do_io(&mut c, 1, Some(&mut t), None).expect("do_io");
+        let n = match self.q.do_io(&mut c, 1, Some(&mut t), None) {
+            Ok(n) => n,
+            // The device went away (a removed export): the request failed.
+            Err(e) => return -(e.errno().raw_os_error().max(1)),
+        };
         assert_eq!(n, 1, "no completion within 20 s");
         // SAFETY: do_io initialised the first n completions.
         unsafe { c[0].assume_init_read() }.ret

@@ -8,8 +8,9 @@
 //! A ringstor extension, documented in the README.
 
 use serde::Deserialize;
+use serde_json::Value;
 
-use super::input::{Input, InputError};
+use super::input::{Input, InputError, Syntax};
 use super::nbd::SocketAddress;
 
 /// QEMU's `VIRTIO_BLK_SECTOR_SIZE`: the default and smallest block size.
@@ -23,6 +24,25 @@ struct Rest {
     #[serde(default, deserialize_with = "crate::cli::coerce::deserialize_opt_size")]
     logical_block_size: Option<u64>,
     num_queues: Option<u64>,
+}
+
+/// QEMU's JSON input visitor for unsigned members: any integer (a negative
+/// one wraps, "for backward compatibility"), else `expects uint64`.
+fn json_unsigned(input: &mut Input, name: &str) -> Result<Option<Value>, InputError> {
+    let Some(v) = input.take(name) else {
+        return Ok(None);
+    };
+    let n = match &v {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_i64().map(|i| i as u64)),
+        _ => None,
+    };
+    match n {
+        Some(n) => Ok(Some(Value::from(n))),
+        None => Err(InputError(format!(
+            "Parameter '{}' expects uint64",
+            input.path(name)
+        ))),
+    }
 }
 
 /// `BlockExportOptionsVhostUserBlk` as parsed; [`VhostUserBlkArgs::check`]
@@ -39,6 +59,13 @@ impl VhostUserBlkArgs {
     /// Parses the variant members left after the export base.
     pub fn parse(mut input: Input) -> Result<VhostUserBlkArgs, InputError> {
         let addr_value = input.take("addr");
+        if input.syntax == Syntax::Json {
+            for name in ["logical-block-size", "num-queues"] {
+                if let Some(v) = json_unsigned(&mut input, name)? {
+                    input.members.insert(name.to_string(), v);
+                }
+            }
+        }
         let rest: Rest = input.clone().parse()?;
         let addr = match addr_value {
             Some(v) => SocketAddress::parse(input.nested("addr", v)?)?,
