@@ -18,5 +18,7 @@ mod qmp;
 mod reliability;
 #[path = "e2e/vhost_user_blk.rs"]
 mod vhost_user_blk;
+#[path = "e2e/vhost_user_blk_hostile.rs"]
+mod vhost_user_blk_hostile;
 #[path = "e2e/vhost_user_blk_qmp.rs"]
 mod vhost_user_blk_qmp;
