@@ -16,6 +16,8 @@ mod nbd_qmp;
 mod qmp;
 #[path = "e2e/reliability.rs"]
 mod reliability;
+#[path = "e2e/stats.rs"]
+mod stats;
 #[path = "e2e/vhost_user_blk.rs"]
 mod vhost_user_blk;
 #[path = "e2e/vhost_user_blk_hostile.rs"]

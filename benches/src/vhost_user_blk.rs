@@ -35,14 +35,16 @@ impl Transport for VhostUserBlk {
         let sock = dir.join(format!("{}-vu.sock", server.id()));
         let s = sock.to_string_lossy().into_owned();
         let mut args = qsd::base_args(backend);
+        let ringstor = matches!(server, ServerKind::Ringstor | ServerKind::RingstorNoStats);
         let iothreads = match server {
-            ServerKind::Ringstor if self.queues > 1 => {
+            _ if ringstor && self.queues > 1 => {
                 args.push("--object".into());
                 args.push("iothread,id=io1".into());
                 format!("iothread.0={},iothread.1=io1", qsd::IOTHREAD)
             }
-            ServerKind::Ringstor | ServerKind::Qsd => format!("iothread={}", qsd::IOTHREAD),
-            ServerKind::Nbdkit | ServerKind::QemuNbd => return None,
+            _ if ringstor => format!("iothread={}", qsd::IOTHREAD),
+            ServerKind::Qsd => format!("iothread={}", qsd::IOTHREAD),
+            _ => return None,
         };
         args.push("--export".into());
         args.push(format!(
@@ -58,6 +60,10 @@ impl Transport for VhostUserBlk {
                 format!("--vu-socket={s}"),
                 format!("--vu-queues={}", self.queues),
             ],
+            env: match server {
+                ServerKind::RingstorNoStats => vec![("RINGSTOR_STATS".into(), "off".into())],
+                _ => Vec::new(),
+            },
         })
     }
 

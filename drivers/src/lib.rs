@@ -8,5 +8,6 @@
 
 pub mod export;
 pub mod nbd;
+pub mod stats;
 pub mod vhost_user_blk;
 pub mod virtio_blk;

@@ -24,11 +24,6 @@ pub struct Queue {
     len: usize,
 }
 
-// SAFETY (test code): `buf` points into the client's memory region, which
-// outlives every Queue (the Client owns both, and tests join their threads
-// before dropping it); each Queue uses only its own part.
-unsafe impl Send for Queue {}
-
 impl Client {
     /// Connects to `sock` asking for `num_queues` queues.
     pub fn connect(

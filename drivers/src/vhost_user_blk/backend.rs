@@ -182,6 +182,7 @@ impl Backend {
             writethrough: self.shared.writethrough.clone(),
             block_size: self.shared.block_size,
             id: self.shared.common.id.as_bytes().to_vec(),
+            stats: self.shared.common.stats.clone(),
         };
         let threads = &self.shared.common.iothreads;
         let Some(thread) = threads.get(index % threads.len().max(1)) else {

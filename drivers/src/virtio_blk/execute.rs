@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use engine::block::{BlockError, BlockHandle, BlockNode};
+
+use crate::stats::{self, ErrorKind, ExportStats, OpKind};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::iovec::GuestIoVecs;
@@ -31,6 +33,8 @@ pub struct ExecParams {
     pub block_size: u32,
     /// The GET_ID string (the export id, at most 20 bytes).
     pub id: Vec<u8>,
+    /// Where each queue's recorder goes (`query-blockstats` and friends).
+    pub stats: Arc<ExportStats>,
 }
 
 /// [`ExecParams`] with the node's handle on the current iothread.
@@ -67,11 +71,51 @@ pub struct Outcome {
     pub status: u8,
     /// Bytes written into the request's device-writable data buffers.
     pub written: u32,
+    /// How the statistics count it.
+    pub record: stats::Outcome,
 }
 
 impl Outcome {
-    fn status(status: u8) -> Outcome {
-        Outcome { status, written: 0 }
+    /// Success with nothing written into guest buffers.
+    fn ok() -> Outcome {
+        Outcome::done(0)
+    }
+
+    fn done(written: u32) -> Outcome {
+        Outcome {
+            status: S_OK,
+            written,
+            record: stats::Outcome::Ok,
+        }
+    }
+
+    /// A request refused before any I/O.
+    pub fn refused(status: u8, kind: ErrorKind) -> Outcome {
+        Outcome {
+            status,
+            written: 0,
+            record: stats::Outcome::Invalid(kind),
+        }
+    }
+
+    fn failed(e: &BlockError) -> Outcome {
+        Outcome {
+            status: status_of(e),
+            written: 0,
+            record: stats::Outcome::of_error(e),
+        }
+    }
+}
+
+/// The statistics kind of a request.
+pub fn op_kind(k: RequestKind) -> OpKind {
+    match k {
+        RequestKind::Read => OpKind::Read,
+        RequestKind::Write => OpKind::Write,
+        RequestKind::Flush => OpKind::Flush,
+        RequestKind::Discard => OpKind::Discard,
+        RequestKind::WriteZeroes => OpKind::WriteZeroes,
+        RequestKind::GetId => OpKind::Other,
     }
 }
 
@@ -106,28 +150,28 @@ pub async fn execute<M: GuestMemory + 'static>(
     match req.kind {
         RequestKind::Read => {
             if !range_ok(ctx, req.sector, req.data_len) {
-                return Outcome::status(S_IOERR);
+                return Outcome::refused(S_IOERR, ErrorKind::Invalid);
             }
             let Some(bufs) = GuestIoVecs::new(mem.clone(), &req.data, Permissions::Write) else {
-                return Outcome::status(S_IOERR);
+                return Outcome::refused(S_IOERR, ErrorKind::Invalid);
             };
             match ctx.handle.readv(req.sector << SECTOR_SHIFT, bufs).await {
-                (Ok(()), _) => Outcome {
-                    status: S_OK,
-                    written: req.data_len as u32,
-                },
+                (Ok(()), _) => Outcome::done(req.data_len as u32),
                 (Err(e), _) => {
                     log::debug!("virtio-blk: read at sector {}: {e}", req.sector);
-                    Outcome::status(status_of(&e))
+                    Outcome::failed(&e)
                 }
             }
         }
         RequestKind::Write => {
-            if !ctx.writable || !range_ok(ctx, req.sector, req.data_len) {
-                return Outcome::status(S_IOERR);
+            if !ctx.writable {
+                return Outcome::refused(S_IOERR, ErrorKind::Permission);
+            }
+            if !range_ok(ctx, req.sector, req.data_len) {
+                return Outcome::refused(S_IOERR, ErrorKind::Invalid);
             }
             let Some(bufs) = GuestIoVecs::new(mem.clone(), &req.data, Permissions::Read) else {
-                return Outcome::status(S_IOERR);
+                return Outcome::refused(S_IOERR, ErrorKind::Invalid);
             };
             let fua = ctx.writethrough.load(Ordering::Relaxed);
             match ctx
@@ -135,16 +179,16 @@ pub async fn execute<M: GuestMemory + 'static>(
                 .writev(req.sector << SECTOR_SHIFT, bufs, fua)
                 .await
             {
-                (Ok(()), _) => Outcome::status(S_OK),
+                (Ok(()), _) => Outcome::ok(),
                 (Err(e), _) => {
                     log::debug!("virtio-blk: write at sector {}: {e}", req.sector);
-                    Outcome::status(status_of(&e))
+                    Outcome::failed(&e)
                 }
             }
         }
         RequestKind::Flush => match ctx.handle.flush().await {
-            Ok(()) => Outcome::status(S_OK),
-            Err(e) => Outcome::status(status_of(&e)),
+            Ok(()) => Outcome::ok(),
+            Err(e) => Outcome::failed(&e),
         },
         RequestKind::GetId => {
             let mut id = [0u8; ID_BYTES];
@@ -152,11 +196,8 @@ pub async fn execute<M: GuestMemory + 'static>(
             id[..n].copy_from_slice(&ctx.id[..n]);
             let len = (req.data_len as usize).min(ID_BYTES);
             match scatter(&**mem, &req.data, &id[..len]) {
-                true => Outcome {
-                    status: S_OK,
-                    written: len as u32,
-                },
-                false => Outcome::status(S_IOERR),
+                true => Outcome::done(len as u32),
+                false => Outcome::refused(S_IOERR, ErrorKind::Invalid),
             }
         }
         RequestKind::Discard | RequestKind::WriteZeroes => discard_or_zero(ctx, &**mem, req).await,
@@ -171,18 +212,18 @@ async fn discard_or_zero<M: GuestMemory + ?Sized>(
 ) -> Outcome {
     let zeroes = req.kind == RequestKind::WriteZeroes;
     if !ctx.writable {
-        return Outcome::status(S_IOERR);
+        return Outcome::refused(S_IOERR, ErrorKind::Permission);
     }
     if req.data_len == 0 || !req.data_len.is_multiple_of(DWZ_SEGMENT_LEN as u64) {
-        return Outcome::status(S_IOERR);
+        return Outcome::refused(S_IOERR, ErrorKind::Invalid);
     }
     if req.data_len > DWZ_SEGMENT_LEN as u64 {
         // More segments than `max_discard_seg` / `max_write_zeroes_seg`.
-        return Outcome::status(S_UNSUPP);
+        return Outcome::refused(S_UNSUPP, ErrorKind::NotSupported);
     }
     let mut seg = [0u8; DWZ_SEGMENT_LEN];
     if !gather(mem, &req.data, &mut seg) {
-        return Outcome::status(S_IOERR);
+        return Outcome::refused(S_IOERR, ErrorKind::Invalid);
     }
     let sector = u64::from_le_bytes([
         seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7],
@@ -191,11 +232,11 @@ async fn discard_or_zero<M: GuestMemory + ?Sized>(
     let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
     let allowed = if zeroes { WZ_FLAG_UNMAP } else { 0 };
     if flags & !allowed != 0 {
-        return Outcome::status(S_UNSUPP);
+        return Outcome::refused(S_UNSUPP, ErrorKind::NotSupported);
     }
     let len = u64::from(sectors) << SECTOR_SHIFT;
     if sectors > MAX_DWZ_SECTORS || !range_ok(ctx, sector, len) {
-        return Outcome::status(S_IOERR);
+        return Outcome::refused(S_IOERR, ErrorKind::Invalid);
     }
     let offset = sector << SECTOR_SHIFT;
     let r = if zeroes {
@@ -206,10 +247,10 @@ async fn discard_or_zero<M: GuestMemory + ?Sized>(
         ctx.handle.discard(offset, len).await
     };
     match r {
-        Ok(()) => Outcome::status(S_OK),
+        Ok(()) => Outcome::ok(),
         Err(e) => {
             log::debug!("virtio-blk: discard/write-zeroes at sector {sector}: {e}");
-            Outcome::status(status_of(&e))
+            Outcome::failed(&e)
         }
     }
 }

@@ -42,8 +42,9 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic};
 
 use super::chain::walk;
-use super::execute::{execute, write_status, ExecContext, ExecParams, Outcome};
+use super::execute::{execute, op_kind, write_status, ExecContext, ExecParams, Outcome};
 use super::request::{parse, parse_descriptors, Rejected, Request};
+use crate::stats::{ErrorKind, QueueRecorder};
 
 /// Where a ring lives and where it stands, as the transport set it up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +196,7 @@ struct Local<M: GuestMemory> {
     mem: RefCell<Arc<M>>,
     source: GuestMemoryAtomic<M>,
     ctx: ExecContext,
+    rec: QueueRecorder,
     control: Arc<QueueControl>,
     inflight: Option<Arc<dyn InflightLog>>,
     in_flight: Cell<usize>,
@@ -251,11 +253,13 @@ pub fn spawn_queue<M: GuestMemory + Send + Sync + 'static>(
     q.set_event_idx(setup.event_idx);
     q.set_ready(true);
     let mem = memory.memory().into_inner();
+    let rec = params.stats.queue(setup.index.to_string(), None);
     let local = Rc::new(Local {
         setup,
         queue: RefCell::new(q),
         mem: RefCell::new(mem),
         source: memory,
+        rec,
         ctx: ExecContext::open(params),
         control,
         inflight,
@@ -443,21 +447,25 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         match p {
             Err(r) => {
                 self.warn_once(&r);
+                self.rec.protocol_error(&r.reason);
                 self.complete(
                     head,
                     r.status,
-                    Outcome {
-                        status: r.code,
-                        written: 0,
-                    },
+                    Outcome::refused(r.code, ErrorKind::Protocol),
                 );
             }
             Ok(req) => {
                 let me = self.clone();
                 let mem = mem.clone();
+                let t = self.rec.start(
+                    op_kind(req.kind),
+                    req.sector.saturating_mul(512),
+                    req.data_len,
+                );
                 spawn_local(async move {
                     let out = execute(&me.ctx, &mem, &req).await;
                     me.complete(req.head, Some(req.status), out);
+                    me.rec.finish(t, out.record);
                 });
             }
         }
