@@ -201,6 +201,19 @@ impl Backend {
         Ok(())
     }
 
+    /// A frontend may not size the inflight region beyond our queues.
+    fn check_inflight(&self, msg: &VhostUserInflight) -> VuResult<()> {
+        let ok = msg.num_queues > 0
+            && msg.num_queues <= self.shared.num_queues
+            && msg.queue_size > 0
+            && u32::from(msg.queue_size) <= MAX_QUEUE_SIZE;
+        if ok {
+            Ok(())
+        } else {
+            Err(VuError::InvalidParam)
+        }
+    }
+
     fn restart_if_running(&mut self, index: usize) -> VuResult<()> {
         let was = self.vrings.get(index).is_some_and(|v| v.running.is_some());
         if was {
@@ -399,6 +412,7 @@ impl VhostUserBackendReqHandlerMut for Backend {
     }
 
     fn get_inflight_fd(&mut self, msg: &VhostUserInflight) -> VuResult<(VhostUserInflight, File)> {
+        self.check_inflight(msg)?;
         let (region, file, len) =
             InflightRegion::create(msg.num_queues, msg.queue_size).map_err(|e| {
                 log::warn!("vhost-user-blk: GET_INFLIGHT_FD: {e}");
@@ -412,6 +426,7 @@ impl VhostUserBackendReqHandlerMut for Backend {
     }
 
     fn set_inflight_fd(&mut self, msg: &VhostUserInflight, file: File) -> VuResult<()> {
+        self.check_inflight(msg)?;
         let region = InflightRegion::map(
             file,
             msg.mmap_offset,
