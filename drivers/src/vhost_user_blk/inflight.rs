@@ -194,3 +194,32 @@ impl InflightLog for InflightRegion {
             .write_obj(next_used, GuestAddress(self.base(queue) + 14));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resubmits_what_was_left_in_flight_oldest_first() {
+        let (r, file, len) = InflightRegion::create(2, 16).expect("create");
+        assert_eq!(len, 2 * queue_region_len(16));
+        // Queue 1: heads 5, 3, 9 taken in that order; 3 completed (used idx 1).
+        for h in [5, 3, 9] {
+            r.begin(1, h);
+        }
+        r.completing(1, 3);
+        r.end(1, 3, 1);
+        // A new backend maps the same fd and sees 5 then 9 to resubmit.
+        let again = InflightRegion::map(file, 0, len, 2, 16).expect("map");
+        assert_eq!(again.take_resubmits(1, 1), vec![5, 9]);
+        assert!(again.take_resubmits(0, 0).is_empty());
+        // Cut between the used entry and the log: the ring shows used idx 2
+        // after head 9 completed, the log still says 1 with 9 in flight.
+        again.completing(1, 9);
+        assert_eq!(again.take_resubmits(1, 2), vec![5]);
+        // Out-of-range queues and heads are ignored, never a panic.
+        again.begin(7, 1);
+        again.end(1, 999, 0);
+        assert!(again.take_resubmits(9, 0).is_empty());
+    }
+}
