@@ -244,3 +244,34 @@ fn blkio_child_client() {
     println!("CONNECTED");
     std::thread::sleep(Duration::from_secs(60));
 }
+
+#[test]
+fn vhost_user_blk_requests_are_counted_per_queue() {
+    if skip_on_qsd("x-query-export-stats") {
+        return;
+    }
+    let (d, _img, sock) = vhost_daemon(4 * MIB, ",writable=on,num-queues=2");
+    let mut c = Client::connect(&sock, 2, false).expect("blkio connects");
+    for i in 0..5u64 {
+        c.queues[0].write(i * 4096, &pattern(4096, i)).expect("write");
+    }
+    for i in 0..3u64 {
+        c.queues[1].read(i * 8192, 8192).expect("read");
+    }
+    c.queues[0].discard(MIB, 64 * 1024).expect("discard");
+    assert!(c.queues[1].read(4 * MIB, 4096).is_err(), "past the end");
+    let mut q = d.qmp();
+    let r = q.ok("x-query-export-stats", json!({}));
+    let e = r
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"] == "vu0"))
+        .unwrap_or_else(|| panic!("no vu0 in {r}"));
+    assert_eq!(e["type"], "vhost-user-blk");
+    let st = &e["stats"];
+    assert_eq!(st["write"]["operations"], 5, "{st}");
+    assert_eq!(st["write"]["bytes"], 5 * 4096, "{st}");
+    assert_eq!(st["read"]["operations"], 3, "{st}");
+    assert_eq!(st["read"]["bytes"], 3 * 8192, "{st}");
+    assert_eq!(st["discard"]["operations"], 1, "{st}");
+    assert_eq!(st["read"]["invalid"], 1, "{st}");
+}
