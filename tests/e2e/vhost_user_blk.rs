@@ -253,7 +253,9 @@ fn vhost_user_blk_requests_are_counted_per_queue() {
     let (d, _img, sock) = vhost_daemon(4 * MIB, ",writable=on,num-queues=2");
     let mut c = Client::connect(&sock, 2, false).expect("blkio connects");
     for i in 0..5u64 {
-        c.queues[0].write(i * 4096, &pattern(4096, i)).expect("write");
+        c.queues[0]
+            .write(i * 4096, &pattern(4096, i))
+            .expect("write");
     }
     for i in 0..3u64 {
         c.queues[1].read(i * 8192, 8192).expect("read");
