@@ -246,3 +246,37 @@ fn vhost_user_blk_cli_errors_match_qsd() {
         );
     }
 }
+
+#[test]
+fn vhost_user_blk_on_a_socket_handed_with_getfd() {
+    if skip_on_qsd("getfd") {
+        return;
+    }
+    let d = daemon_on(&binary());
+    let mut q = d.qmp();
+    let path = d.path("handed.sock");
+    let handed = ringstor_tests::inherit::unix_listener(&path);
+    let r = q.send_with_fds(
+        &json!({"execute": "getfd", "arguments": {"fdname": "vu"}}),
+        &[std::os::fd::AsRawFd::as_raw_fd(&handed)],
+    );
+    assert_eq!(r["return"], json!({}), "{r}");
+    drop(handed);
+    q.ok(
+        "block-export-add",
+        vu(
+            "v0",
+            json!({"addr": {"type": "fd", "str": "vu"}, "writable": true}),
+        ),
+    );
+    let mut c = Client::connect(&path, 1, false).expect("served on the handed socket");
+    c.queues[0].write(0, &pattern(4096, 6)).expect("write");
+    assert_eq!(c.queues[0].read(0, 4096).expect("read"), pattern(4096, 6));
+    drop(c);
+    // An fd name nobody handed over is refused.
+    let e = q.err(
+        "block-export-add",
+        vu("v1", json!({"addr": {"type": "fd", "str": "nope"}})),
+    );
+    assert_eq!(e.class, "GenericError");
+}

@@ -77,7 +77,7 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
             d.exports.insert(prepared, export);
         }
         ExportKind::VhostUserBlk(args) => {
-            let export = super::vhost_user_blk::create(&prepared, &args)?;
+            let export = super::vhost_user_blk::create(d, &prepared, &args)?;
             d.exports.insert(prepared, export);
         }
     }

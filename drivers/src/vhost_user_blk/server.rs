@@ -1,7 +1,7 @@
 //! The listening socket and the protocol thread.
 //!
-//! [`listen`] is the one place a vhost-user-blk address becomes a
-//! listening socket (a unix path now; an fd passed in plugs in here). The
+//! The listening socket comes from the daemon's shared listener code
+//! (unix paths and `fd` addresses alike, see [`VhostUserAddr`]). The
 //! protocol thread then accepts one frontend at a time, as QEMU's
 //! vhost-user server does (others wait in the backlog), and feeds its
 //! messages to vhost's `BackendReqHandler`. It only blocks in `poll(2)` on
@@ -23,35 +23,35 @@ use super::export::ExportShared;
 use super::status::{intercept, Intercepted};
 use crate::export::ExportError;
 
-/// Where a vhost-user-blk export listens.
+/// Where a vhost-user-blk export listens: a unix socket already listening
+/// (made by the shared `crate::socket::listen` from any address type the
+/// daemon knows), and the socket file to remove when the export goes.
 #[derive(Debug)]
-pub enum VhostUserAddr {
-    /// A unix socket path (created; removed when the export goes).
-    Unix(PathBuf),
-    /// An already listening unix socket passed in.
-    Fd(OwnedFd),
+pub struct VhostUserAddr {
+    /// The listening socket.
+    pub fd: OwnedFd,
+    /// The path it created, if any (unlinked with the export, as QEMU does).
+    pub created_path: Option<PathBuf>,
 }
 
-/// Creates the listening socket for `addr`; returns it and the path to
-/// unlink at the end (for a path address).
-pub fn listen(addr: VhostUserAddr) -> Result<(UnixListener, Option<PathBuf>), ExportError> {
-    match addr {
-        VhostUserAddr::Unix(path) => {
-            // QEMU replaces a stale socket; never delete anything else.
-            if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-            let l = UnixListener::bind(&path).map_err(|e| {
-                // The control plane strips Rust's "(os error N)", as QEMU
-                // prints strerror() alone.
-                ExportError::Failed(format!("Failed to bind socket to {}: {e}", path.display()))
-            })?;
-            Ok((l, Some(path)))
+impl VhostUserAddr {
+    /// Takes a listening socket from the shared listener code; only unix
+    /// sockets carry vhost-user (QEMU: "Passed fds must be UNIX domain
+    /// sockets").
+    pub fn from_listener(l: crate::socket::Listener) -> Result<VhostUserAddr, ExportError> {
+        if l.family() != crate::socket::Family::Unix {
+            return Err(ExportError::Failed(
+                "Only socket address types 'unix' and 'fd' are supported".into(),
+            ));
         }
-        VhostUserAddr::Fd(fd) => Ok((UnixListener::from(fd), None)),
+        let (fd, created_path) = l.into_parts();
+        Ok(VhostUserAddr { fd, created_path })
     }
+}
+
+/// The listening socket and the path to unlink at the end.
+pub fn listen(addr: VhostUserAddr) -> Result<(UnixListener, Option<PathBuf>), ExportError> {
+    Ok((UnixListener::from(addr.fd), addr.created_path))
 }
 
 /// What woke the protocol thread.
