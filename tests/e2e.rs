@@ -4,6 +4,8 @@
 mod bitmap_backup;
 #[path = "e2e/bitmaps.rs"]
 mod bitmaps;
+#[path = "e2e/blkio_client.rs"]
+mod blkio_client;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/crash.rs"]
@@ -24,3 +26,9 @@ mod qmp;
 mod reliability;
 #[path = "e2e/stats.rs"]
 mod stats;
+#[path = "e2e/vhost_user_blk.rs"]
+mod vhost_user_blk;
+#[path = "e2e/vhost_user_blk_hostile.rs"]
+mod vhost_user_blk_hostile;
+#[path = "e2e/vhost_user_blk_qmp.rs"]
+mod vhost_user_blk_qmp;

@@ -187,10 +187,82 @@ fn judge(target: &Target, ratio: Option<f64>) -> Status {
     }
 }
 
-/// Judge every target against the run's comparisons and rows.
+/// The vhost-user-blk targets (issue 9), against QSD on the same file.
+pub fn vhost_targets(transport: &'static str) -> Vec<Target> {
+    let t = |text, job, metric, at_least, threshold| Target {
+        text,
+        scenario: "page-cache",
+        job,
+        metric,
+        at_least,
+        threshold,
+        baseline: None,
+    };
+    let mut v = vec![
+        t(
+            "vhost-user-blk 4k randread qd32 IOPS",
+            "randread-4k-qd32",
+            Metric::Throughput,
+            true,
+            1.3,
+        ),
+        t(
+            "vhost-user-blk server CPU per read, qd32",
+            "randread-4k-qd32",
+            Metric::CpuPerIo,
+            false,
+            0.5,
+        ),
+    ];
+    for job in [
+        "randwrite-4k-qd32",
+        "randread-4k-qd1",
+        "randwrite-4k-qd1",
+        "seqread-1m-qd8",
+    ] {
+        v.push(t(
+            "vhost-user-blk no row below QSD",
+            job,
+            Metric::Throughput,
+            true,
+            1.0,
+        ));
+    }
+    if transport.ends_with("2q") {
+        for x in &mut v {
+            x.text = match x.metric {
+                Metric::CpuPerIo => "vhost-user-blk 2 queues: server CPU per read, qd32",
+                _ if x.job == "randread-4k-qd32" => {
+                    "vhost-user-blk 2 queues: 4k randread qd32 IOPS"
+                }
+                _ => "vhost-user-blk 2 queues: no row below QSD",
+            };
+        }
+    }
+    v
+}
+
+/// Judge the targets of `transport` against the run's comparisons and rows.
+pub fn evaluate_for(
+    transport: &'static str,
+    comparisons: &[Comparison],
+    rows: &[Row],
+) -> Vec<Outcome> {
+    let list = match transport {
+        "nbd" => targets(),
+        other => vhost_targets(other),
+    };
+    evaluate_list(list, comparisons, rows)
+}
+
+/// Judge every NBD target against the run's comparisons and rows.
+#[cfg(test)]
 pub fn evaluate(comparisons: &[Comparison], rows: &[Row]) -> Vec<Outcome> {
-    targets()
-        .into_iter()
+    evaluate_list(targets(), comparisons, rows)
+}
+
+fn evaluate_list(list: Vec<Target>, comparisons: &[Comparison], rows: &[Row]) -> Vec<Outcome> {
+    list.into_iter()
         .map(|target| {
             if let Some(baseline) = target.baseline {
                 let ratio = self_ratio(rows, ServerKind::Ringstor, &target, baseline);

@@ -48,4 +48,10 @@ pub trait Transport {
     /// The launch of `server` exporting `backend`, with sockets in `dir`;
     /// `None` when that server cannot serve that backend over this transport.
     fn launch(&self, server: ServerKind, backend: &Backend, dir: &Path) -> Option<LaunchSpec>;
+
+    /// The client run instead of fio (it takes fio's options and writes
+    /// fio's JSON); `None` runs fio.
+    fn client(&self) -> Option<PathBuf> {
+        None
+    }
 }

@@ -8,6 +8,7 @@ mod export;
 mod input;
 mod nbd;
 mod object;
+mod vhost_user_blk;
 
 #[cfg(test)]
 mod tests;
@@ -24,3 +25,4 @@ pub use export::{
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
 pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};
+pub use vhost_user_blk::VhostUserBlkArgs;

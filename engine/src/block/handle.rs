@@ -23,6 +23,8 @@ use super::status::{file_status, BlockStatus};
 use crate::buf::{pool, Buf};
 use crate::op::{self, Pipe, SharedFd};
 
+mod vectored;
+
 /// Largest chunk written at once when emulating write-zeroes.
 const ZERO_CHUNK: usize = 1 << 20;
 
