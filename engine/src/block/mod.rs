@@ -9,7 +9,8 @@
 //!
 //! Drivers: `file` and `host_device` (io_uring reads and writes, `O_DIRECT`
 //! with `cache.direct`, QEMU-compatible OFD locking), `raw` (a window of its
-//! child), `null-co` / `null-aio`. The block layer does not parse wire
+//! child), `null-co` / `null-aio`, `qcow2` (see [`qcow2`]: the one format
+//! whose requests fan out to several operations). The block layer does not parse wire
 //! input; callers pass offsets and lengths, which it bounds-checks again.
 
 mod error;
@@ -17,12 +18,15 @@ mod handle;
 mod lock;
 mod node;
 mod perm;
+pub mod qcow2;
+mod range_io;
 mod status;
 
 pub use error::{BlockError, BlockResult};
 pub use handle::BlockHandle;
 pub use node::{BlockNode, FileOptions, NodeOptions, NullOptions, PermGuard, RawOptions};
 pub use perm::Perm;
+pub use qcow2::Qcow2Options;
 pub use status::BlockStatus;
 
 #[cfg(test)]
