@@ -177,17 +177,29 @@ impl Qcow2Handle {
                     fresh: false,
                 });
             }
-            if needed > 0 {
-                let (start, fresh_from) = match meta.alloc(&self.file, needed).await {
-                    Ok(v) => v,
-                    Err(e) => return (Err(e), buf),
-                };
-                let mut next = start;
-                for s in slots.iter_mut().filter(|s| s.new) {
-                    s.host = next;
-                    s.fresh = next >= fresh_from;
-                    next += cs;
+            let mut chunk = (0u64, 0u64, 0u64);
+            for k in 0..slots.len() {
+                if !slots[k].new {
+                    continue;
                 }
+                if chunk.1 == 0 {
+                    chunk = match meta.alloc(&self.file, needed).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            // Clusters already handed out go back after a flush.
+                            for s in slots[..k].iter().filter(|s| s.new) {
+                                meta.free_later(s.host, cs);
+                            }
+                            return (Err(e), buf);
+                        }
+                    };
+                }
+                let (host, _, fresh_from) = chunk;
+                slots[k].host = host;
+                slots[k].fresh = host >= fresh_from;
+                chunk.0 += cs;
+                chunk.1 -= 1;
+                needed -= 1;
             }
             for s in &slots {
                 meta.inflight.insert(s.guest / cs);
@@ -422,7 +434,7 @@ impl Qcow2Handle {
             }
             None => {
                 // A new L2 table.
-                let (host, _) = meta.alloc(&self.file, 1).await?;
+                let (host, _, _) = meta.alloc(&self.file, 1).await?;
                 let mut raw = vec![0u64; entries];
                 for u in updates {
                     raw[geo.l2_index(u.0)] = u.1;

@@ -167,29 +167,35 @@ impl Meta {
         Ok(())
     }
 
-    /// Finds `n` free contiguous clusters from the hint, creating refcount
-    /// blocks on the way; returns the first.
-    async fn find_free(&mut self, io: &BlockHandle, n: u64) -> BlockResult<u64> {
-        let mut start = self.hint.max(1);
-        let mut c = start;
-        while c - start < n {
-            let (r, _) = self.locate(c);
+    /// Finds the first free cluster from the hint and the free clusters
+    /// that follow it, `want` at most; returns (first, count ≥ 1). Refcount
+    /// blocks missing on the way are created in the first cluster they
+    /// cover, which ends a run.
+    async fn find_free(&mut self, io: &BlockHandle, want: u64) -> BlockResult<(u64, u64)> {
+        let mut c = self.hint.max(1);
+        let mut run = 0u64;
+        loop {
+            let (r, _) = self.locate(c + run);
             if self.reftable.get(r).is_none_or(|&o| o == 0) {
-                // No block yet: this whole stretch is free; the block lives
-                // in its own first free cluster.
+                if run > 0 {
+                    return Ok((c, run));
+                }
                 self.create_block(io, r, c).await?;
                 c += 1;
-                start = c;
                 continue;
             }
-            if self.refcount(io, c).await? != 0 {
+            if self.refcount(io, c + run).await? != 0 {
+                if run > 0 {
+                    return Ok((c, run));
+                }
                 c += 1;
-                start = c;
                 continue;
             }
-            c += 1;
+            run += 1;
+            if run == want {
+                return Ok((c, run));
+            }
         }
-        Ok(start)
     }
 
     /// Adds `delta` to the refcounts of clusters `first..first + n` (in
@@ -230,29 +236,25 @@ impl Meta {
         Ok(())
     }
 
-    /// Hands out `n` contiguous clusters; returns the host offset of the
-    /// first, and from which host offset on they were never written.
-    pub(crate) async fn alloc(&mut self, io: &BlockHandle, n: u64) -> BlockResult<(u64, u64)> {
+    /// Hands out up to `n` contiguous clusters (at least one); returns the
+    /// host offset of the first, how many, and from which host offset on
+    /// they were never written.
+    pub(crate) async fn alloc(&mut self, io: &BlockHandle, n: u64) -> BlockResult<(u64, u64, u64)> {
         let cs = self.geo.cluster_size;
-        if self.reserved.end - self.reserved.start < n {
-            let left = self.reserved.clone();
-            if !left.is_empty() {
-                // Unused rest of the last batch: nothing references it.
-                self.update(io, left.start, left.end - left.start, -1)
-                    .await?;
-            }
+        if self.reserved.is_empty() {
             let batch = n.max(RESERVE_BYTES / cs);
-            let first = self.find_free(io, batch).await?;
-            self.update(io, first, batch, 1).await?;
+            let (first, count) = self.find_free(io, batch).await?;
+            self.update(io, first, count, 1).await?;
             io.flush().await?;
-            self.reserved = first..first + batch;
-            self.hint = first + batch;
+            self.reserved = first..first + count;
+            self.hint = first + count;
         }
         let first = self.reserved.start;
-        self.reserved.start += n;
+        let count = n.min(self.reserved.end - first);
+        self.reserved.start += count;
         let fresh_from = self.written_end;
-        self.written_end = self.written_end.max((first + n) * cs);
-        Ok((first * cs, fresh_from))
+        self.written_end = self.written_end.max((first + count) * cs);
+        Ok((first * cs, count, fresh_from))
     }
 
     /// Queues the unreference of a range some entry pointed to.
