@@ -7,6 +7,7 @@ mod export;
 mod input;
 mod nbd;
 mod object;
+mod qcow2;
 
 #[cfg(test)]
 mod tests;
@@ -22,3 +23,4 @@ pub use export::{
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
 pub use object::{is_identifier, IothreadOptions, ObjectOptions};
+pub use qcow2::{BackingChoice, Qcow2DriverOptions};
