@@ -10,6 +10,8 @@ mod hostile;
 mod nbd;
 #[path = "e2e/nbd_qmp.rs"]
 mod nbd_qmp;
+#[path = "e2e/qcow2.rs"]
+mod qcow2;
 #[path = "e2e/qmp.rs"]
 mod qmp;
 #[path = "e2e/reliability.rs"]

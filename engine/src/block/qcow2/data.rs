@@ -293,7 +293,15 @@ impl Qcow2Handle {
                 };
                 let bsize = b.size();
                 if offset >= bsize {
-                    return Ok((unallocated, n));
+                    // Past a shorter backing file's end: zeroes, which QEMU
+                    // counts as provided by the backing layer.
+                    return Ok((
+                        BlockStatus {
+                            depth: 2,
+                            ..unallocated
+                        },
+                        n,
+                    ));
                 }
                 let (st, bn) = b.block_status(offset, n.min(bsize - offset))?;
                 let depth = if st.depth == 0 { 0 } else { st.depth + 1 };

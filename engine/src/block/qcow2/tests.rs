@@ -251,7 +251,8 @@ fn copy_on_write_from_backing() {
         })
         .expect("block_on");
     t.stop();
-    assert_eq!(depth, (1, 2, 0));
+    // Past the shorter backing file, QEMU counts the zeroes as the backing's.
+    assert_eq!(depth, (1, 2, 2));
     drop(node);
     check_clean(&top);
     assert!(to_raw(&top) == model, "qemu-img sees other data");
