@@ -4,6 +4,7 @@
 //! scenario, evicted for the O_DIRECT one.
 
 use crate::error::{Context, Result};
+use crate::jobs::Qcow2Layout;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -55,6 +56,33 @@ pub fn evict(path: &Path) -> Result<()> {
         Command::new("dd").args([ifile.as_str(), "iflag=nocache", "count=0", "status=none"]),
         "dd iflag=nocache",
     )
+}
+
+/// A qcow2 image of `size` bytes at `path` (64 KiB clusters), replacing
+/// any: with every cluster mapped for [`Qcow2Layout::Metadata`], empty for
+/// [`Qcow2Layout::Sparse`]. Its page cache is then warm (metadata is all
+/// there is).
+pub fn create_qcow2(path: &Path, size: u64, layout: Qcow2Layout) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let prealloc = match layout {
+        Qcow2Layout::Metadata => "preallocation=metadata",
+        Qcow2Layout::Sparse => "preallocation=off",
+    };
+    let p = path.to_string_lossy().into_owned();
+    run(
+        Command::new("qemu-img").args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            prealloc,
+            &p,
+            &size.to_string(),
+        ]),
+        "qemu-img create",
+    )?;
+    warm(path)
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
