@@ -59,9 +59,11 @@ pub fn evict(path: &Path) -> Result<()> {
 }
 
 /// A qcow2 image of `size` bytes at `path` (64 KiB clusters), replacing
-/// any: with every cluster mapped for [`Qcow2Layout::Metadata`], empty for
-/// [`Qcow2Layout::Sparse`]. Its page cache is then warm (metadata is all
-/// there is).
+/// any, its page cache warm. [`Qcow2Layout::Metadata`]: every cluster
+/// mapped (`preallocation=metadata`), then written once with `qemu-io`, so
+/// reads move real data (of never-written clusters QSD sends hole chunks
+/// found by `SEEK_DATA`, which measures hole detection, not the format)
+/// and writes overwrite in place. [`Qcow2Layout::Sparse`]: empty.
 pub fn create_qcow2(path: &Path, size: u64, layout: Qcow2Layout) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let prealloc = match layout {
@@ -82,6 +84,17 @@ pub fn create_qcow2(path: &Path, size: u64, layout: Qcow2Layout) -> Result<()> {
         ]),
         "qemu-img create",
     )?;
+    if layout == Qcow2Layout::Metadata {
+        let fill = format!("write -P 0xa5 0 {size}");
+        run(
+            Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", &fill, &p])
+                .stdout(std::process::Stdio::null()),
+            "qemu-io fill",
+        )?;
+        // Written back before the run, so writes do not wait on writeback.
+        run(Command::new("sync").arg(path), "sync")?;
+    }
     warm(path)
 }
 

@@ -126,7 +126,10 @@ impl BlockHandle {
                 (Ok(()), buf)
             }
             Leaf::Qcow2(q) => {
-                Box::pin(q.read_into(self.inner.base + offset, buf, 0, len as usize)).await
+                // Unboxed: `read_into` boxes the recursion into child and backing
+                // handles, so the common request allocates nothing here.
+                q.read_into(self.inner.base + offset, buf, 0, len as usize)
+                    .await
             }
             Leaf::File {
                 fd,
@@ -173,7 +176,8 @@ impl BlockHandle {
             Leaf::Null { .. } => (Ok(()), buf),
             Leaf::Qcow2(q) => {
                 let len = len as usize;
-                Box::pin(q.write_from(self.inner.base + offset, buf, 0, len, fua)).await
+                q.write_from(self.inner.base + offset, buf, 0, len, fua)
+                    .await
             }
             Leaf::File {
                 fd,
