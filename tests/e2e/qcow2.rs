@@ -491,3 +491,108 @@ fn qcow2_kill9_during_allocation_keeps_image_consistent() {
         all.len()
     );
 }
+
+/// `blockdev-add` of qcow2 nodes that cannot open: the same error class
+/// and text as QSD (the encrypted image included), and a working open
+/// with `backing: null` and with an inline backing node.
+#[test]
+fn qcow2_blockdev_add_errors_match_qsd() {
+    let conversation = [
+        json!({"driver": "qcow2", "node-name": "q0"}),
+        json!({"driver": "qcow2", "node-name": "q0", "file": "nosuch"}),
+        json!({"driver": "qcow2", "node-name": "q0", "file": {"driver": "file", "filename": "plain.img"}}),
+        json!({"driver": "qcow2", "node-name": "q0", "file": {"driver": "file", "filename": "enc.qcow2"}}),
+        json!({"driver": "qcow2", "node-name": "q0", "file": {"driver": "file", "filename": "orphan.qcow2"}}),
+        json!({"driver": "qcow2", "node-name": "q0", "file": {"driver": "file", "filename": "top.qcow2"}, "backing": "nosuch"}),
+        json!({"driver": "qcow2", "node-name": "q0", "file": {"driver": "file", "filename": "top.qcow2"}, "bogus": 1}),
+        json!({"driver": "qcow2", "node-name": "q1", "file": {"driver": "file", "filename": "top.qcow2"}, "backing": null}),
+        json!({"driver": "qcow2", "node-name": "q2", "read-only": true,
+               "file": {"driver": "file", "filename": "top2.qcow2", "read-only": true},
+               "backing": {"driver": "qcow2", "file": {"driver": "file", "filename": "base.qcow2"}}}),
+    ];
+    let run_on = |bin: &Path| -> Vec<Value> {
+        let dir = scratch();
+        let p = |n: &str| s(&dir.path().join(n));
+        std::fs::write(dir.path().join("plain.img"), vec![7u8; 65536]).expect("plain");
+        tool(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "--object",
+                "secret,id=s0,data=x",
+                "-o",
+                "encrypt.format=luks,encrypt.key-secret=s0",
+                &p("enc.qcow2"),
+                "1M",
+            ],
+        );
+        tool(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-u",
+                "-b",
+                "gone.qcow2",
+                "-F",
+                "qcow2",
+                &p("orphan.qcow2"),
+                "1M",
+            ],
+        );
+        tool(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "1M"],
+        );
+        tool(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.qcow2",
+                "-F",
+                "qcow2",
+                &p("top.qcow2"),
+            ],
+        );
+        std::fs::copy(dir.path().join("top.qcow2"), dir.path().join("top2.qcow2")).expect("top2");
+        let d = Daemon::start_bin(bin, dir, &[]);
+        let mut q = d.qmp();
+        conversation
+            .iter()
+            .map(|m| q.send(&json!({"execute": "blockdev-add", "arguments": m})))
+            .collect()
+    };
+    let ours = run_on(&binary());
+    assert!(ours[7].get("return").is_some(), "backing null: {}", ours[7]);
+    assert!(
+        ours[8].get("return").is_some(),
+        "inline backing: {}",
+        ours[8]
+    );
+    assert_eq!(
+        ours[3]["error"]["desc"],
+        "Parameter 'encrypt.key-secret' is required for cipher"
+    );
+    if skip_unless_comparing("qcow2 blockdev-add errors against QSD") {
+        return;
+    }
+    let qsd = run_on(Path::new(QSD_BIN));
+    for ((m, o), r) in conversation.iter().zip(&ours).zip(&qsd) {
+        assert_eq!(
+            o.get("return").is_some(),
+            r.get("return").is_some(),
+            "{m}: ours {o}, QSD {r}"
+        );
+        assert_eq!(o["error"]["class"], r["error"]["class"], "{m}");
+        assert_eq!(o["error"]["desc"], r["error"]["desc"], "{m}");
+    }
+}
