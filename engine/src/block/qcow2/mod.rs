@@ -101,5 +101,40 @@ pub(crate) fn open(name: &str, o: Qcow2Options) -> BlockResult<(Arc<Image>, u64,
     Ok((Arc::new(img), size, ro))
 }
 
+/// Entry decoders for the `qcow2_header` fuzz target (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::entry::{refcount_get, refcount_max, refcount_set, Mapping};
+
+    /// Decodes L2 entry `raw` of an image with `cluster_bits`; returns the
+    /// host bytes it references, `(0, 0)` for none, `None` when refused.
+    pub fn l2_host_range(raw: u64, cluster_bits: u32) -> Option<(u64, u64)> {
+        let m = Mapping::decode(raw, cluster_bits).ok()?;
+        Some(m.host_range(1 << cluster_bits).unwrap_or((0, 0)))
+    }
+
+    /// Sets refcount `index` of `block` to `value` (masked to the width)
+    /// and reads it back; true when it reads back and no other entry moved.
+    pub fn refcount_roundtrip(block: &mut [u8], order: u32, index: usize, value: u64) -> bool {
+        let order = order % 7;
+        let entries = block.len() * 8 >> order;
+        if entries == 0 {
+            return true;
+        }
+        let index = index % entries;
+        let value = value & refcount_max(order);
+        let before: Vec<u64> = (0..entries).map(|i| refcount_get(block, order, i)).collect();
+        refcount_set(block, order, index, value);
+        (0..entries).all(|i| {
+            let v = refcount_get(block, order, i);
+            if i == index {
+                v == value
+            } else {
+                v == before[i]
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests;
