@@ -617,11 +617,13 @@ impl Qcow2Handle {
             return Ok(());
         }
         let freed = meta.apply_pending(&self.file, generation).await?;
-        drop(meta);
         for (h, l) in freed {
-            // Give the space back to the file system; advisory.
+            // Give the space back to the file system (advisory), still under
+            // the lock: once it is released, the cluster may be handed out
+            // and written, and a late punch would lose that data.
             let _ = self.file.discard(h, l).await;
         }
+        drop(meta);
         Ok(())
     }
 }

@@ -316,16 +316,17 @@ impl Meta {
                 if off == 0 {
                     continue;
                 }
-                if !self.blocks.contains_key(&r) {
-                    let mut b = vec![0u8; cs as usize];
-                    sync_read(&img.file, off, &mut b)?;
-                    self.blocks.insert(r, b.into_boxed_slice());
-                }
-                if let Some(b) = self.blocks.get_mut(&r) {
-                    let v = refcount_get(b, order, i);
-                    refcount_set(b, order, i, v.saturating_sub(1));
-                    dirty.insert(r);
-                }
+                let b = match self.blocks.entry(r) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let mut b = vec![0u8; cs as usize];
+                        sync_read(&img.file, off, &mut b)?;
+                        e.insert(b.into_boxed_slice())
+                    }
+                };
+                let v = refcount_get(b, order, i);
+                refcount_set(b, order, i, v.saturating_sub(1));
+                dirty.insert(r);
             }
         }
         for r in dirty {

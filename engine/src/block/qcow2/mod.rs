@@ -117,13 +117,15 @@ pub mod fuzzing {
     /// and reads it back; true when it reads back and no other entry moved.
     pub fn refcount_roundtrip(block: &mut [u8], order: u32, index: usize, value: u64) -> bool {
         let order = order % 7;
-        let entries = block.len() * 8 >> order;
+        let entries = (block.len() * 8) >> order;
         if entries == 0 {
             return true;
         }
         let index = index % entries;
         let value = value & refcount_max(order);
-        let before: Vec<u64> = (0..entries).map(|i| refcount_get(block, order, i)).collect();
+        let before: Vec<u64> = (0..entries)
+            .map(|i| refcount_get(block, order, i))
+            .collect();
         refcount_set(block, order, index, value);
         (0..entries).all(|i| {
             let v = refcount_get(block, order, i);
