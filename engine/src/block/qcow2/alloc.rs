@@ -13,7 +13,7 @@
 //! writer on another iothread that then writes in place (and acknowledges,
 //! with FUA) never depends on an L2 update still in flight.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::data::{eio, Qcow2Handle};
 use super::entry::{Mapping, COPIED, OFFSET_MASK, ZERO};
@@ -37,10 +37,21 @@ struct Slot {
 }
 
 impl Qcow2Handle {
-    fn writable_in_place(&self, m: Mapping) -> Option<u64> {
+    /// The host cluster a write to `guest` (mapped as `m`) may go to in
+    /// place: data only this image's active table references.
+    fn writable_in_place(&self, guest: u64, m: Mapping) -> Option<u64> {
+        let own_table = self
+            .img
+            .l1
+            .get(self.img.geo.l1_index(guest))
+            .is_some_and(|e| e.load(Ordering::Acquire) & COPIED != 0);
         match m {
             // Cluster 0 holds the header: an entry pointing there is corrupt.
-            Mapping::Data { host, copied: true } if host >= self.img.geo.cluster_size => Some(host),
+            Mapping::Data { host, copied: true }
+                if own_table && host >= self.img.geo.cluster_size =>
+            {
+                Some(host)
+            }
             _ => None,
         }
     }
@@ -65,7 +76,7 @@ impl Qcow2Handle {
             };
             let first = (self.img.geo.cluster_size - self.img.geo.in_cluster(guest)).min(len - pos);
             let at = from + pos as usize;
-            let (r, b, n) = match self.writable_in_place(m) {
+            let (r, b, n) = match self.writable_in_place(guest, m) {
                 Some(host) => {
                     let start = host + self.img.geo.in_cluster(guest);
                     let cs = self.img.geo.cluster_size;
@@ -73,7 +84,7 @@ impl Qcow2Handle {
                     while n < len - pos {
                         match self
                             .mapping_now(guest + n)
-                            .and_then(|m| self.writable_in_place(m))
+                            .and_then(|m| self.writable_in_place(guest + n, m))
                         {
                             Some(h) if h == start + n => n += cs.min(len - pos - n),
                             _ => break,
@@ -87,7 +98,7 @@ impl Qcow2Handle {
                     let mut n = first;
                     while n < len - pos {
                         match self.mapping_now(guest + n) {
-                            Some(m) if self.writable_in_place(m).is_none() => {
+                            Some(m) if self.writable_in_place(guest + n, m).is_none() => {
                                 n += cs.min(len - pos - n)
                             }
                             _ => break,
@@ -411,6 +422,9 @@ impl Qcow2Handle {
         };
         match self.table(l1).await? {
             Some(table) => {
+                if self.img.l1[l1].load(Ordering::Acquire) & COPIED == 0 {
+                    self.cow_table(meta, l1, table).await?;
+                }
                 let page = (cs.min(4096) / 8) as usize;
                 let lo = updates.iter().map(|u| geo.l2_index(u.0)).min().unwrap_or(0) / page * page;
                 let hi = (updates.iter().map(|u| geo.l2_index(u.0)).max().unwrap_or(0) + 1)
@@ -443,19 +457,7 @@ impl Qcow2Handle {
                 write_bytes(&self.file, host, &bytes).await?;
                 self.file.flush().await?;
                 let l1_entry = host | COPIED;
-                let page = (cs.min(4096) / 8) as usize;
-                let lo = l1 / page * page;
-                let hi = (l1 + 1).next_multiple_of(page).min(self.img.l1.len());
-                let mut l1_bytes = Vec::with_capacity((hi - lo) * 8);
-                for k in lo..hi {
-                    let v = if k == l1 {
-                        l1_entry
-                    } else {
-                        self.img.l1[k].load(Ordering::Acquire)
-                    };
-                    l1_bytes.extend_from_slice(&v.to_be_bytes());
-                }
-                write_bytes(&self.file, self.img.l1_offset + lo as u64 * 8, &l1_bytes).await?;
+                self.write_l1(l1, l1_entry).await?;
                 let table = self.img.install_table(l1, &bytes);
                 if table.is_none() {
                     return Err(eio("qcow2 allocate", first_guest, "L1 index out of range"));
@@ -464,6 +466,45 @@ impl Qcow2Handle {
                 Ok(())
             }
         }
+    }
+
+    /// Gives L1 entry `l1` a table of its own when it shares one with an
+    /// internal snapshot (the entry lacks `COPIED`), as QEMU does: the copy
+    /// is written and synced, the L1 entry points to it, and the shared
+    /// table loses the active reference after the next flush. Data
+    /// refcounts do not change: they count L1 tables, not L2 tables, and
+    /// the copy keeps the entries' `COPIED` bits (clear where shared).
+    async fn cow_table(&self, meta: &mut Meta, l1: usize, table: &[AtomicU64]) -> BlockResult<()> {
+        let cs = self.img.geo.cluster_size;
+        let old = self.img.l1_table(l1);
+        let (host, _, _) = meta.alloc(&self.file, 1).await?;
+        let bytes: Vec<u8> = table
+            .iter()
+            .flat_map(|e| e.load(Ordering::Acquire).to_be_bytes())
+            .collect();
+        write_bytes(&self.file, host, &bytes).await?;
+        self.file.flush().await?;
+        self.write_l1(l1, host | COPIED).await?;
+        self.img.l1[l1].store(host | COPIED, Ordering::Release);
+        meta.free_later(old, cs);
+        Ok(())
+    }
+
+    /// Writes L1 entry `l1` as `value` (the page around it, from memory).
+    async fn write_l1(&self, l1: usize, value: u64) -> BlockResult<()> {
+        let page = (self.img.geo.cluster_size.min(4096) / 8) as usize;
+        let lo = l1 / page * page;
+        let hi = (l1 + 1).next_multiple_of(page).min(self.img.l1.len());
+        let mut bytes = Vec::with_capacity((hi - lo) * 8);
+        for k in lo..hi {
+            let v = if k == l1 {
+                value
+            } else {
+                self.img.l1[k].load(Ordering::Acquire)
+            };
+            bytes.extend_from_slice(&v.to_be_bytes());
+        }
+        write_bytes(&self.file, self.img.l1_offset + lo as u64 * 8, &bytes).await
     }
 
     /// Unmaps the whole clusters in `offset..offset + len` (the backing

@@ -193,12 +193,6 @@ impl Image {
                     "qcow2: Image was not closed cleanly (lazy refcounts); repair it with 'qemu-img check -r all' before opening it read/write with ringstor".into(),
                 ));
             }
-            if header.nb_snapshots > 0 {
-                return Err(BlockError::Invalid(format!(
-                    "qcow2: Image has {} internal snapshot(s); ringstor opens such images read-only only (read-only=on)",
-                    header.nb_snapshots
-                )));
-            }
         }
         let geo = Geometry {
             cluster_bits: header.cluster_bits,

@@ -42,11 +42,13 @@
 //!
 //! # What is not done
 //!
-//! Writes into images with internal snapshots (they open read-only only:
-//! keeping snapshots consistent needs L2-table copy-on-write and refcount
-//! changes on shared tables, not implemented), encryption (refused with
-//! QEMU's error when no key is given), external data files, extended L2
-//! entries, zstd compression, writing compressed clusters, growing the
+//! Internal snapshots are kept consistent, not created: a write into a
+//! cluster or an L2 table shared with a snapshot (no `COPIED` bit) copies
+//! it first and drops the active reference to the shared one, as QEMU does
+//! (`alloc::cow_table`); data refcounts count L1 tables, so copying an L2
+//! table changes only the tables' refcounts. Not done: encryption (refused
+//! with QEMU's error when no key is given), external data files, extended
+//! L2 entries, zstd compression, writing compressed clusters, growing the
 //! refcount table, resizing. Lazy refcounts are not used: refcounts are
 //! always kept exact, which the lazy-refcounts bit allows; an image left
 //! dirty by QEMU's lazy refcounts must be repaired before a read-write open.

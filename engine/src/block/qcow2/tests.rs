@@ -330,3 +330,48 @@ fn compressed_clusters_read_and_rewrite() {
     check_clean(&img);
     assert!(to_raw(&img) == model, "qemu-img sees other data");
 }
+
+#[test]
+fn internal_snapshots_stay_intact() {
+    let (_d, p) = tmp();
+    let ps = p.to_string_lossy().into_owned();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", &ps, "4M"]);
+    run("qemu-io", &["-c", "write -P 0x61 0 3M", &ps]);
+    let before = to_raw(&p);
+    run("qemu-img", &["snapshot", "-c", "s1", &ps]);
+    let node = qcow2_node(&p, None);
+    let n = node.clone();
+    let t = iothread();
+    let got = t
+        .handle()
+        .block_on(move || async move {
+            let h = BlockHandle::open(&n);
+            // Shared data clusters and a shared L2 table: copied first.
+            let (r, _) = h.write(1000, buf_of(&pattern(70_000, 3)), false).await;
+            r.expect("write");
+            let (r, _) = h.write(3 << 20, buf_of(&pattern(4096, 4)), false).await;
+            r.expect("write");
+            h.discard(1 << 20, 3 * 65536).await.expect("discard");
+            h.write_zeroes(2 << 20, 65536, false, false)
+                .await
+                .expect("zero");
+            h.flush().await.expect("flush");
+            let (r, b) = h.read(0, Buf::zeroed(4 << 20)).await;
+            r.expect("read");
+            b.as_slice().to_vec()
+        })
+        .expect("block_on");
+    t.stop();
+    let mut model = before.clone();
+    model[1000..71_000].copy_from_slice(&pattern(70_000, 3));
+    model[3 << 20..(3 << 20) + 4096].copy_from_slice(&pattern(4096, 4));
+    model[1 << 20..(1 << 20) + 3 * 65536].fill(0);
+    model[2 << 20..(2 << 20) + 65536].fill(0);
+    assert!(got == model, "read back differs");
+    drop(node);
+    check_clean(&p);
+    assert!(to_raw(&p) == model, "qemu-img sees other data");
+    run("qemu-img", &["snapshot", "-a", "s1", &ps]);
+    check_clean(&p);
+    assert!(to_raw(&p) == before, "the snapshot changed");
+}
