@@ -12,6 +12,8 @@ mod nbd;
 mod nbd_qmp;
 #[path = "e2e/qcow2.rs"]
 mod qcow2;
+#[path = "e2e/qcow2_crash.rs"]
+mod qcow2_crash;
 #[path = "e2e/qmp.rs"]
 mod qmp;
 #[path = "e2e/reliability.rs"]

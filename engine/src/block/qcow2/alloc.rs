@@ -1,5 +1,6 @@
-//! The write side of [`Qcow2Handle`]: in-place writes, allocating writes
-//! with copy-on-write, discard, write-zeroes and flush.
+//! The write path of [`Qcow2Handle`]: in-place writes, and allocating
+//! writes with copy-on-write (entry updates are in [`super::table`],
+//! discard, write-zeroes and flush in [`super::unmap`]).
 //!
 //! # Allocating writes
 //!
@@ -13,13 +14,13 @@
 //! writer on another iothread that then writes in place (and acknowledges,
 //! with FUA) never depends on an L2 update still in flight.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use super::data::{eio, Qcow2Handle};
-use super::entry::{Mapping, COPIED, OFFSET_MASK, ZERO};
-use super::meta::{write_bytes, Meta, MAX_PENDING};
+use super::data::Qcow2Handle;
+use super::entry::{Mapping, COPIED};
+use super::meta::Meta;
 use super::sync::MetaGuard;
-use crate::block::error::{BlockError, BlockResult};
+use crate::block::error::BlockResult;
 use crate::buf::{pool, Buf};
 
 /// One guest cluster of an allocating write.
@@ -126,7 +127,7 @@ impl Qcow2Handle {
     }
 
     /// Locks the metadata once none of `clusters` (guest offsets) is in flight.
-    async fn lock_clusters(
+    pub(super) async fn lock_clusters(
         &self,
         clusters: impl Iterator<Item = u64> + Clone,
     ) -> MetaGuard<'_, Meta> {
@@ -385,286 +386,6 @@ impl Qcow2Handle {
                 meta.free_later(h, l);
             }
         }
-        Ok(())
-    }
-
-    /// Sets L2 entries `(guest, raw)`, table by table, on disk then in memory.
-    pub(crate) async fn set_entries(
-        &self,
-        meta: &mut Meta,
-        updates: &[(u64, u64)],
-    ) -> BlockResult<()> {
-        let geo = self.img.geo;
-        let mut i = 0;
-        while i < updates.len() {
-            let l1 = geo.l1_index(updates[i].0);
-            let mut j = i;
-            while j < updates.len() && geo.l1_index(updates[j].0) == l1 {
-                j += 1;
-            }
-            self.set_in_table(meta, l1, &updates[i..j]).await?;
-            i = j;
-        }
-        Ok(())
-    }
-
-    async fn set_in_table(
-        &self,
-        meta: &mut Meta,
-        l1: usize,
-        updates: &[(u64, u64)],
-    ) -> BlockResult<()> {
-        let geo = self.img.geo;
-        let cs = geo.cluster_size;
-        let entries = 1usize << geo.l2_bits;
-        let Some(&(first_guest, _)) = updates.first() else {
-            return Ok(());
-        };
-        match self.table(l1).await? {
-            Some(table) => {
-                if self.img.l1[l1].load(Ordering::Acquire) & COPIED == 0 {
-                    self.cow_table(meta, l1, table).await?;
-                }
-                let page = (cs.min(4096) / 8) as usize;
-                let lo = updates.iter().map(|u| geo.l2_index(u.0)).min().unwrap_or(0) / page * page;
-                let hi = (updates.iter().map(|u| geo.l2_index(u.0)).max().unwrap_or(0) + 1)
-                    .next_multiple_of(page)
-                    .min(entries);
-                let mut new: Vec<Option<u64>> = vec![None; hi - lo];
-                for u in updates {
-                    new[geo.l2_index(u.0) - lo] = Some(u.1);
-                }
-                let mut bytes = Vec::with_capacity((hi - lo) * 8);
-                for (k, v) in new.iter().enumerate() {
-                    let v = v.unwrap_or_else(|| table[lo + k].load(Ordering::Acquire));
-                    bytes.extend_from_slice(&v.to_be_bytes());
-                }
-                let off = self.img.l1_table(l1);
-                write_bytes(&self.file, off + lo as u64 * 8, &bytes).await?;
-                for u in updates {
-                    table[geo.l2_index(u.0)].store(u.1, Ordering::Release);
-                }
-                Ok(())
-            }
-            None => {
-                // A new L2 table.
-                let (host, _, _) = meta.alloc(&self.file, 1).await?;
-                let mut raw = vec![0u64; entries];
-                for u in updates {
-                    raw[geo.l2_index(u.0)] = u.1;
-                }
-                let bytes: Vec<u8> = raw.iter().flat_map(|e| e.to_be_bytes()).collect();
-                write_bytes(&self.file, host, &bytes).await?;
-                self.file.flush().await?;
-                let l1_entry = host | COPIED;
-                self.write_l1(l1, l1_entry).await?;
-                let table = self.img.install_table(l1, &bytes);
-                if table.is_none() {
-                    return Err(eio("qcow2 allocate", first_guest, "L1 index out of range"));
-                }
-                self.img.l1[l1].store(l1_entry, Ordering::Release);
-                Ok(())
-            }
-        }
-    }
-
-    /// Gives L1 entry `l1` a table of its own when it shares one with an
-    /// internal snapshot (the entry lacks `COPIED`), as QEMU does: the copy
-    /// is written and synced, the L1 entry points to it, and the shared
-    /// table loses the active reference after the next flush. Data
-    /// refcounts do not change: they count L1 tables, not L2 tables, and
-    /// the copy keeps the entries' `COPIED` bits (clear where shared).
-    async fn cow_table(&self, meta: &mut Meta, l1: usize, table: &[AtomicU64]) -> BlockResult<()> {
-        let cs = self.img.geo.cluster_size;
-        let old = self.img.l1_table(l1);
-        let (host, _, _) = meta.alloc(&self.file, 1).await?;
-        let bytes: Vec<u8> = table
-            .iter()
-            .flat_map(|e| e.load(Ordering::Acquire).to_be_bytes())
-            .collect();
-        write_bytes(&self.file, host, &bytes).await?;
-        self.file.flush().await?;
-        self.write_l1(l1, host | COPIED).await?;
-        self.img.l1[l1].store(host | COPIED, Ordering::Release);
-        meta.free_later(old, cs);
-        Ok(())
-    }
-
-    /// Writes L1 entry `l1` as `value` (the page around it, from memory).
-    async fn write_l1(&self, l1: usize, value: u64) -> BlockResult<()> {
-        let page = (self.img.geo.cluster_size.min(4096) / 8) as usize;
-        let lo = l1 / page * page;
-        let hi = (l1 + 1).next_multiple_of(page).min(self.img.l1.len());
-        let mut bytes = Vec::with_capacity((hi - lo) * 8);
-        for k in lo..hi {
-            let v = if k == l1 {
-                value
-            } else {
-                self.img.l1[k].load(Ordering::Acquire)
-            };
-            bytes.extend_from_slice(&v.to_be_bytes());
-        }
-        write_bytes(&self.file, self.img.l1_offset + lo as u64 * 8, &bytes).await
-    }
-
-    /// Unmaps the whole clusters in `offset..offset + len` (the backing
-    /// file shows through only where there is none: version 3 images with
-    /// a backing file get zero clusters, as in QEMU).
-    pub(crate) async fn discard(&self, offset: u64, len: u64) -> BlockResult<()> {
-        let cs = self.img.geo.cluster_size;
-        let lo = offset.next_multiple_of(cs);
-        let hi = ((offset + len) / cs * cs).max(lo);
-        if self.img.read_only {
-            return Err(BlockError::ReadOnly);
-        }
-        let new = if self.backing.is_some() && self.img.geo.version >= 3 {
-            ZERO
-        } else {
-            0
-        };
-        self.rewrite_clusters(lo, hi, |_| new).await
-    }
-
-    /// Zero clusters for the whole clusters of the range; the partial ends
-    /// are written as zeroes unless they already read as zeroes.
-    pub(crate) async fn write_zeroes(
-        &self,
-        offset: u64,
-        len: u64,
-        may_unmap: bool,
-        fast: bool,
-    ) -> BlockResult<()> {
-        let cs = self.img.geo.cluster_size;
-        let end = offset + len;
-        let lo = offset.next_multiple_of(cs).min(end);
-        let hi = (end / cs * cs).max(lo);
-        let v3 = self.img.geo.version >= 3;
-        if !v3 && self.backing.is_some() {
-            if fast {
-                return Err(BlockError::NotSupported);
-            }
-            return self.write_zero_data(offset, len).await;
-        }
-        for (a, b) in [(offset, lo), (hi.max(offset), end)] {
-            if a < b && !self.reads_zero(a).await? {
-                if fast {
-                    return Err(BlockError::NotSupported);
-                }
-                self.write_zero_data(a, b - a).await?;
-            }
-        }
-        if lo < hi {
-            self.rewrite_clusters(lo, hi, |old| match old {
-                _ if !v3 => 0,
-                Mapping::Data { host, copied: true }
-                | Mapping::Zero {
-                    host: Some(host),
-                    copied: true,
-                } if !may_unmap => host | COPIED | ZERO,
-                _ => ZERO,
-            })
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn reads_zero(&self, guest: u64) -> BlockResult<bool> {
-        Ok(match self.mapping(guest).await? {
-            Mapping::Zero { .. } => true,
-            Mapping::Unallocated => self.backing.is_none(),
-            _ => false,
-        })
-    }
-
-    async fn write_zero_data(&self, mut offset: u64, len: u64) -> BlockResult<()> {
-        let end = offset + len;
-        while offset < end {
-            let n = (end - offset).min(1 << 20) as usize;
-            let mut b = pool::check_out(n);
-            b.as_mut_slice().fill(0);
-            let (r, b) = self.write_from(offset, b, 0, n, false).await;
-            pool::check_in(b);
-            r?;
-            offset += n as u64;
-        }
-        Ok(())
-    }
-
-    /// Rewrites the entries of the clusters in `lo..hi` (cluster aligned)
-    /// with `new(old)`, freeing what they no longer reference.
-    async fn rewrite_clusters(
-        &self,
-        lo: u64,
-        hi: u64,
-        new: impl Fn(Mapping) -> u64,
-    ) -> BlockResult<()> {
-        let cs = self.img.geo.cluster_size;
-        // One L2 table's worth at a time, to bound the metadata lock's hold.
-        let span = cs << self.img.geo.l2_bits;
-        let mut at = lo;
-        while at < hi {
-            let stop = ((at / span + 1) * span).min(hi);
-            let clusters = (at..stop).step_by(cs as usize);
-            let mut meta = self.lock_clusters(clusters.clone()).await;
-            let mut updates = Vec::new();
-            let mut frees = Vec::new();
-            for g in clusters {
-                let old = self.mapping(g).await?;
-                let raw = new(old);
-                let unchanged = match old {
-                    Mapping::Unallocated => raw == 0,
-                    Mapping::Zero { host: None, .. } => raw == ZERO,
-                    _ => false,
-                };
-                if unchanged {
-                    continue;
-                }
-                if let Some((h, l)) = old.host_range(cs) {
-                    if raw & OFFSET_MASK != h {
-                        frees.push((h, l));
-                    }
-                }
-                updates.push((g, raw));
-            }
-            self.set_entries(&mut meta, &updates).await?;
-            for (h, l) in frees {
-                meta.free_later(h, l);
-            }
-            let too_many = meta.pending_len() > MAX_PENDING;
-            drop(meta);
-            if too_many {
-                self.flush().await?;
-            }
-            at = stop;
-        }
-        Ok(())
-    }
-
-    /// Makes every completed write durable (data and metadata: metadata is
-    /// written before a write completes), then returns the clusters freed
-    /// before the sync to the allocator.
-    pub(crate) async fn flush(&self) -> BlockResult<()> {
-        let generation = {
-            let mut meta = self.img.meta.lock().await;
-            meta.flush_gen += 1;
-            meta.flush_gen
-        };
-        self.file.flush().await?;
-        if self.img.read_only {
-            return Ok(());
-        }
-        let mut meta = self.img.meta.lock().await;
-        if meta.pending_len() == 0 {
-            return Ok(());
-        }
-        let freed = meta.apply_pending(&self.file, generation).await?;
-        for (h, l) in freed {
-            // Give the space back to the file system (advisory), still under
-            // the lock: once it is released, the cluster may be handed out
-            // and written, and a late punch would lose that data.
-            let _ = self.file.discard(h, l).await;
-        }
-        drop(meta);
         Ok(())
     }
 }

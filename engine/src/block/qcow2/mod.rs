@@ -24,10 +24,11 @@
 //! Everything that changes metadata (allocation, copy-on-write, discard,
 //! write-zeroes, freeing after a flush) takes the node's [`sync::MetaLock`],
 //! an async lock that parks the task and never the thread, and does its
-//! metadata I/O on the ring of whichever iothread holds it ([`alloc`]). The
-//! lock is held while deciding and allocating, and again while writing L2
-//! entries; data and copy-on-write I/O run outside it, with the guest
-//! clusters marked in flight so overlapping allocations wait.
+//! metadata I/O on the ring of whichever iothread holds it ([`alloc`],
+//! [`table`], [`unmap`]). The lock is held while deciding and allocating,
+//! and again while writing L2 entries; data and copy-on-write I/O run
+//! outside it, with the guest clusters marked in flight so overlapping
+//! allocations wait.
 //!
 //! Why not an owner iothread the others forward to: forwarding moves every
 //! allocating write's buffer and completion through two mailboxes, ties the
@@ -45,7 +46,7 @@
 //! Internal snapshots are kept consistent, not created: a write into a
 //! cluster or an L2 table shared with a snapshot (no `COPIED` bit) copies
 //! it first and drops the active reference to the shared one, as QEMU does
-//! (`alloc::cow_table`); data refcounts count L1 tables, so copying an L2
+//! (`table::cow_table`); data refcounts count L1 tables, so copying an L2
 //! table changes only the tables' refcounts. Not done: encryption (refused
 //! with QEMU's error when no key is given), external data files, extended
 //! L2 entries, zstd compression, writing compressed clusters, growing the
@@ -61,6 +62,8 @@ mod header;
 mod image;
 mod meta;
 mod sync;
+mod table;
+mod unmap;
 
 pub use header::{Header, HeaderError};
 pub use image::Qcow2Info;
