@@ -18,3 +18,5 @@ mod qcow2_crash;
 mod qmp;
 #[path = "e2e/reliability.rs"]
 mod reliability;
+#[path = "e2e/stats.rs"]
+mod stats;

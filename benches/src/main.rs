@@ -13,6 +13,7 @@ mod jobs;
 mod machine;
 mod nbd;
 mod qsd;
+mod recording;
 mod report;
 mod results;
 mod runner;
@@ -180,6 +181,7 @@ fn real_main() -> Result<()> {
 
     let comparisons = results::comparisons(&rows);
     let targets = targets::evaluate(&comparisons);
+    let recording = recording::costs(&rows);
     let report = RunReport {
         name: name.clone(),
         started_utc,
@@ -194,6 +196,7 @@ fn real_main() -> Result<()> {
         rows,
         comparisons,
         targets,
+        recording,
     };
     write_outputs(&report, &out)?;
     Ok(())
@@ -216,6 +219,15 @@ fn write_outputs(report: &RunReport, out: &Path) -> Result<()> {
     println!("\n{md}");
     for t in &report.targets {
         println!("{}", t.line());
+    }
+    if report
+        .rows
+        .iter()
+        .any(|r| r.server == ServerKind::RingstorNoStats)
+    {
+        for l in recording::lines(&report.recording) {
+            println!("{l}");
+        }
     }
     println!("\nresults: {}", md_path.display());
     Ok(())
