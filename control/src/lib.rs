@@ -21,6 +21,7 @@ pub mod qapi;
 pub mod qmp;
 pub mod registry;
 pub mod signals;
+pub mod sockets;
 pub mod stats;
 
 /// The NBD server driver the control plane starts.
