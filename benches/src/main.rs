@@ -4,6 +4,7 @@
 //! results, with PASS/FAIL lines for the project's targets.
 //! See `benches/README.md`.
 
+mod bitmap;
 mod cli;
 mod cpu;
 mod error;
@@ -59,7 +60,7 @@ fn real_main() -> Result<()> {
     if let Some(f) = &opts.scenarios {
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
     } else if opts.mode == jobs::Mode::Short {
-        scenarios.retain(|s| s.in_short);
+        scenarios.retain(|s| s.in_short && bitmap::in_default_short(s.id));
     }
     if let Some(f) = &opts.jobs {
         for s in &mut scenarios {
@@ -180,7 +181,7 @@ fn real_main() -> Result<()> {
     skipped.extend(more_skipped);
 
     let comparisons = results::comparisons(&rows);
-    let targets = targets::evaluate(&comparisons);
+    let targets = targets::evaluate(&comparisons, &rows);
     let recording = recording::costs(&rows);
     let report = RunReport {
         name: name.clone(),

@@ -322,6 +322,9 @@ impl BlockGraph {
         if let Some(b) = backing_file {
             info["backing_file"] = json!(b);
         }
+        if let Some(b) = crate::bitmaps::query(node) {
+            info["dirty-bitmaps"] = b;
+        }
         info
     }
 }

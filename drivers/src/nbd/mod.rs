@@ -16,7 +16,7 @@ mod request;
 mod server;
 
 pub use registry::NbdExport;
-pub use server::{NbdError, NbdExportOptions, NbdServer, NbdServerConfig};
+pub use server::{NbdBitmap, NbdError, NbdExportOptions, NbdServer, NbdServerConfig};
 
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
+use super::bitmap::DirtyTracker;
 use super::error::{BlockError, BlockResult};
 use super::node::{BlockNode, Kind};
 use super::qcow2::Qcow2Handle;
@@ -48,6 +49,8 @@ struct Inner {
     leaf: Leaf,
     /// Added to every offset on the way to the leaf (`raw` `offset`).
     base: u64,
+    /// Marks the dirty bitmaps of every node of the chain.
+    dirty: DirtyTracker,
 }
 
 /// A node's data path on the current iothread. See the module docs.
@@ -72,6 +75,7 @@ impl BlockHandle {
             node: node.clone(),
             leaf,
             base,
+            dirty: DirtyTracker::new(node),
         });
         HANDLES.with(|h| {
             let mut h = h.borrow_mut();
@@ -176,6 +180,7 @@ impl BlockHandle {
         if let Err(e) = self.check(offset, len) {
             return (Err(e), buf);
         }
+        let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => (Ok(()), buf),
             Leaf::Qcow2(q) => {
@@ -354,6 +359,7 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
+        let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
             Leaf::Qcow2(q) => Box::pin(q.discard(self.inner.base + offset, len)).await,
@@ -382,6 +388,7 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
+        let _dirty = self.inner.dirty.guard(offset, len);
         if let Leaf::Qcow2(q) = &self.inner.leaf {
             let at = self.inner.base + offset;
             return Box::pin(q.write_zeroes(at, len, may_unmap, fast)).await;
@@ -486,6 +493,7 @@ impl BlockHandle {
                 nix::unistd::ftruncate(fd, size as i64)
                     .map_err(|e| BlockError::io("truncate", size, e.into()))?;
                 node.set_size(size);
+                node.bitmaps().resize(size);
                 Ok(())
             }
             _ => Err(BlockError::NotSupported),

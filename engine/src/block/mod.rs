@@ -10,9 +10,12 @@
 //! Drivers: `file` and `host_device` (io_uring reads and writes, `O_DIRECT`
 //! with `cache.direct`, QEMU-compatible OFD locking), `raw` (a window of its
 //! child), `null-co` / `null-aio`, `qcow2` (see [`qcow2`]: the one format
-//! whose requests fan out to several operations). The block layer does not parse wire
+//! whose requests fan out to several operations). Every node has a set of
+//! dirty bitmaps ([`bitmap`]) that handles mark on every write,
+//! write-zeroes and discard, without a lock. The block layer does not parse wire
 //! input; callers pass offsets and lengths, which it bounds-checks again.
 
+pub mod bitmap;
 mod error;
 mod handle;
 mod lock;
@@ -22,6 +25,7 @@ pub mod qcow2;
 mod range_io;
 mod status;
 
+pub use bitmap::{BitmapError, BitmapInfo, BitmapSet, BusyGuard, DirtyBitmap, DirtyExtent};
 pub use error::{BlockError, BlockResult};
 pub use handle::BlockHandle;
 pub use node::{

@@ -20,6 +20,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::bitmap::BitmapSet;
 use super::error::{BlockError, BlockResult};
 use super::lock;
 use super::perm::{Perm, PermTable};
@@ -109,6 +110,8 @@ pub struct BlockNode {
     size: AtomicU64,
     read_only: bool,
     perms: PermTable,
+    /// Dirty bitmaps (`block-dirty-bitmap-*`).
+    bitmaps: Arc<BitmapSet>,
 }
 
 static NEXT_NODE_ID: AtomicU64 = AtomicU64::new(1);
@@ -187,6 +190,7 @@ impl BlockNode {
             size: AtomicU64::new(round_to_sector(size)),
             read_only,
             perms: PermTable::default(),
+            bitmaps: Arc::default(),
         }))
     }
 
@@ -258,6 +262,10 @@ impl BlockNode {
             Kind::Qcow2(img) => img.file.direct(),
             Kind::Null { .. } => false,
         }
+    }
+    /// The node's dirty bitmaps.
+    pub fn bitmaps(&self) -> &Arc<BitmapSet> {
+        &self.bitmaps
     }
     /// Users attached with permissions (exports, parents).
     pub fn users(&self) -> usize {
