@@ -55,6 +55,7 @@
 //! dirty by QEMU's lazy refcounts must be repaired before a read-write open.
 
 mod alloc;
+mod bitmaps;
 mod compress;
 mod data;
 mod entry;
@@ -73,6 +74,7 @@ pub(crate) use image::Image;
 
 use std::sync::Arc;
 
+use super::bitmap::BitmapSet;
 use super::error::BlockResult;
 use super::node::BlockNode;
 
@@ -100,10 +102,23 @@ pub fn is_qcow2(file: &BlockNode) -> bool {
     image::sync_read(file, 0, &mut magic).is_ok() && u32::from_be_bytes(magic) == header::MAGIC
 }
 
-pub(crate) fn open(name: &str, o: Qcow2Options) -> BlockResult<(Arc<Image>, u64, bool)> {
-    let img = Image::open(name, o.file, o.backing, o.read_only)?;
+pub(crate) fn open(
+    name: &str,
+    o: Qcow2Options,
+    bitmaps: Arc<BitmapSet>,
+) -> BlockResult<(Arc<Image>, u64, bool)> {
+    let img = Image::open(name, o.file, o.backing, o.read_only, bitmaps)?;
     let (size, ro) = (img.geo.size, img.read_only);
     Ok((Arc::new(img), size, ro))
+}
+
+/// Removes persistent bitmap `name` from the image of a qcow2 node (no-op
+/// for other nodes, and for bitmaps the image does not hold).
+pub fn remove_stored_bitmap(node: &BlockNode, name: &str) -> BlockResult<()> {
+    match &node.kind {
+        super::node::Kind::Qcow2(img) => img.remove_stored_bitmap(name),
+        _ => Ok(()),
+    }
 }
 
 /// Entry decoders for the `qcow2_header` fuzz target (not an API).
