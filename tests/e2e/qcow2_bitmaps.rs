@@ -348,3 +348,57 @@ fn qcow2_persistent_bitmap_errors_match_qsd() {
     );
     assert_eq!(ours, transcript(&qsd(), "qsd"));
 }
+
+#[test]
+fn qcow2_bitmaps_stored_at_blockdev_del_and_sigterm() {
+    if skip_on_qsd("ringstor's close paths") {
+        return;
+    }
+    let keep = scratch();
+    let img = keep.path().join("c.qcow2");
+    create(&img, &[]);
+    // blockdev-del of the qcow2 node stores its bitmaps, the daemon lives on.
+    let d = Daemon::start_bin(&binary(), scratch(), &[]);
+    let mut q = d.qmp();
+    q.ok(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "d",
+               "file": {"driver": "file", "filename": s(&img)}}),
+    );
+    q.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "d", "name": "kept", "persistent": true, "disabled": true}),
+    );
+    q.ok(
+        "block-dirty-bitmap-add",
+        json!({"node": "d", "name": "gone", "persistent": true}),
+    );
+    q.ok(
+        "block-dirty-bitmap-remove",
+        json!({"node": "d", "name": "gone"}),
+    );
+    assert_eq!(info_bitmaps(&img), vec![], "nothing stored before close");
+    q.ok("blockdev-del", json!({"node-name": "d"}));
+    assert_eq!(info_bitmaps(&img), vec![bm("kept", 65536, &[])]);
+    check_clean(&img, "after blockdev-del");
+    drop(q);
+    drop(d);
+
+    // SIGTERM is a clean quit: the bitmap is stored, not left in use.
+    let mut n = Node::open(&binary(), &img);
+    n.q.ok(
+        "block-dirty-bitmap-enable",
+        json!({"node": "d", "name": "kept"}),
+    );
+    qemu_io(&n.uri("d"), &["write 5M 64k"]);
+    tool("kill", &["-TERM", &n.d.pid().to_string()]);
+    assert!(n.d.wait_exit(Duration::from_secs(20)).is_some());
+    assert_eq!(info_bitmaps(&img), vec![bm("kept", 65536, &["auto"])]);
+    check_clean(&img, "after SIGTERM");
+    let mut q = Node::open(&qsd(), &img);
+    assert_eq!(
+        q.maps(&["kept"]),
+        vec![expected_runs(SIZE, 65536, &[(5 * MIB, 65536)])]
+    );
+    q.quit();
+}

@@ -373,6 +373,10 @@ impl Image {
 impl Drop for Image {
     fn drop(&mut self) {
         if self.read_only {
+            // Stores nothing; says so if a persistent bitmap is lost.
+            if let Some(mut meta) = self.meta.take_now() {
+                let _ = self.store_bitmaps(&mut meta);
+            }
             return;
         }
         // Nothing runs on the rings any more: every handle holds the node.

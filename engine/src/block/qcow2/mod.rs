@@ -124,7 +124,40 @@ pub fn remove_stored_bitmap(node: &BlockNode, name: &str) -> BlockResult<()> {
 /// Entry decoders for the `qcow2_header` fuzz target (not an API).
 #[doc(hidden)]
 pub mod fuzzing {
+    use super::bitmaps::directory;
     use super::entry::{refcount_get, refcount_max, refcount_set, Mapping};
+
+    /// Parses `dir` as a bitmap directory of `nb` entries of an image with
+    /// `cluster_bits` and `image_len` bytes; when accepted, checks that its
+    /// serialised form parses back to the same entries. Returns whether it
+    /// was accepted; panics if the round trip differs.
+    pub fn bitmap_directory_roundtrip(
+        dir: &[u8],
+        nb: u32,
+        cluster_bits: u32,
+        image_len: u64,
+    ) -> bool {
+        let cs = 1u64 << cluster_bits.clamp(9, 21);
+        let Ok(entries) = directory::parse(dir, nb, cs, image_len) else {
+            return false;
+        };
+        for e in &entries {
+            assert!(e.table_offset.is_multiple_of(cs) && e.table_offset != 0);
+            assert!(e.name.len() <= 1023);
+        }
+        let bytes =
+            directory::serialise(&entries, cs, image_len).expect("accepted entries serialise");
+        assert_eq!(
+            directory::parse(&bytes, nb, cs, image_len).ok(),
+            Some(entries)
+        );
+        true
+    }
+
+    /// Checks the bitmaps extension data as an open does; true if accepted.
+    pub fn bitmaps_ext(data: &[u8], cluster_bits: u32) -> bool {
+        directory::BitmapsExt::parse(data, 1u64 << cluster_bits.clamp(9, 21)).is_ok()
+    }
 
     /// Decodes L2 entry `raw` of an image with `cluster_bits`; returns the
     /// host bytes it references, `(0, 0)` for none, `None` when refused.

@@ -32,7 +32,7 @@
 //! are not stored at flush, as in QEMU: only at close (`blockdev-del`,
 //! `quit`, SIGTERM).
 
-mod directory;
+pub(super) mod directory;
 mod ext;
 mod load;
 mod store;

@@ -35,10 +35,22 @@ impl Image {
     /// inconsistent ones as they are.
     pub(crate) fn store_bitmaps(&self, meta: &mut Meta) -> BlockResult<()> {
         let mut st = self.stored.lock().unwrap_or_else(|p| p.into_inner());
-        if !st.loaded || self.read_only {
+        if !st.loaded {
             return Ok(());
         }
         let list = self.bitmaps.list();
+        if self.read_only {
+            if list
+                .iter()
+                .any(|b| b.persistent && !b.readonly && !b.inconsistent)
+            {
+                log::warn!(
+                    "Lost persistent bitmaps during inactivation of node '{}': No write access",
+                    self.name
+                );
+            }
+            return Ok(());
+        }
         let find = |e: &DirEntry| list.iter().find(|b| b.persistent && b.name == e.name_str());
         let mut dropped = Vec::new();
         // (entry, the bitmap to write into it), disk order first, then the
