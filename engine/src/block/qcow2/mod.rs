@@ -41,6 +41,9 @@
 //! `fdatasync` of the file, then the release of clusters freed before it.
 //! The order of metadata writes is in [`meta`].
 //!
+//! Persistent dirty bitmaps (the bitmaps extension) are loaded at open and
+//! stored at close, outside the rings, in [`bitmaps`].
+//!
 //! # What is not done
 //!
 //! Internal snapshots are kept consistent, not created: a write into a
