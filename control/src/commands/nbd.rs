@@ -55,6 +55,7 @@ pub fn nbd_server_start(d: &mut Daemon, input: Input, legacy: bool) -> Result<Va
                 0 => None,
                 n => Some(Duration::from_secs(u64::from(n))),
             },
+            tls: None,
         },
         d.objects.default_handle().clone(),
     )?;
