@@ -1,4 +1,6 @@
-//! QOM objects: iothreads by id, and the built-in default iothread.
+//! QOM objects: iothreads by id, the built-in default iothread, TLS
+//! credentials and authorization objects (see `crate::tls`). All share one
+//! id namespace, as in QEMU.
 //!
 //! The default iothread (`ringstor-main`) runs every export that names no
 //! iothread, so the control thread never does I/O. Like QEMU's main loop
@@ -6,6 +8,7 @@
 //! be deleted.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use engine::iothread::{
     IoThread, IoThreadConfig, IoThreadHandle, DEFAULT_POLL_MAX_NS, DEFAULT_RING_ENTRIES,
@@ -14,7 +17,8 @@ use serde_json::{json, Value};
 
 use crate::error::{ControlError, Result};
 use crate::placement::Placement;
-use crate::qapi::IothreadOptions;
+use crate::qapi::{IothreadOptions, TlsCredsX509Options};
+use crate::tls::{Authz, AuthzTable, X509Creds};
 
 /// Name of the built-in iothread.
 pub const DEFAULT_IOTHREAD: &str = "ringstor-main";
@@ -31,6 +35,10 @@ pub struct Objects {
     /// Creation order, for QEMU's listing order.
     order: Vec<String>,
     placement: Placement,
+    tls: BTreeMap<String, Arc<X509Creds>>,
+    /// Shared with the NBD server's client verifier, which looks its
+    /// `tls-authz` object up for every client.
+    authz: AuthzTable,
 }
 
 impl std::fmt::Debug for Objects {
@@ -56,6 +64,8 @@ impl Objects {
             iothreads: BTreeMap::new(),
             order: Vec::new(),
             placement,
+            tls: BTreeMap::new(),
+            authz: AuthzTable::default(),
         })
     }
 
@@ -72,14 +82,18 @@ impl Objects {
         }
     }
 
-    /// `object-add qom-type=iothread`.
-    pub fn add_iothread(&mut self, options: IothreadOptions) -> Result<()> {
-        if self.iothreads.contains_key(&options.id) {
+    fn check_new_id(&self, id: &str) -> Result<()> {
+        if self.contains(id) {
             return Err(ControlError::failed(format!(
-                "attempt to add duplicate property '{}' to object (type 'container')",
-                options.id
+                "attempt to add duplicate property '{id}' to object (type 'container')"
             )));
         }
+        Ok(())
+    }
+
+    /// `object-add qom-type=iothread`.
+    pub fn add_iothread(&mut self, options: IothreadOptions) -> Result<()> {
+        self.check_new_id(&options.id)?;
         let cpu = self.placement.place(options.cpu)?;
         let thread = IoThread::spawn(IoThreadConfig {
             name: options.id.clone(),
@@ -95,21 +109,52 @@ impl Objects {
         Ok(())
     }
 
+    /// `object-add qom-type=tls-creds-x509`: loads and checks the files.
+    pub fn add_tls_creds_x509(&mut self, options: TlsCredsX509Options) -> Result<()> {
+        self.check_new_id(&options.id)?;
+        let creds = X509Creds::load(&options).map_err(ControlError::Failed)?;
+        self.tls.insert(options.id, Arc::new(creds));
+        Ok(())
+    }
+
+    /// `object-add` of an `authz-*` object.
+    pub fn add_authz(&mut self, id: String, authz: Authz) -> Result<()> {
+        self.check_new_id(&id)?;
+        self.authz.insert(id, authz);
+        Ok(())
+    }
+
+    /// x509 credentials by id.
+    pub fn tls_creds(&self, id: &str) -> Option<Arc<X509Creds>> {
+        self.tls.get(id).cloned()
+    }
+
+    /// The authorization objects, as the TLS verifier sees them.
+    pub fn authz_table(&self) -> AuthzTable {
+        self.authz.clone()
+    }
+
     /// Whether an object with this id exists.
     pub fn contains(&self, id: &str) -> bool {
+        self.iothreads.contains_key(id) || self.tls.contains_key(id) || self.authz.get(id).is_some()
+    }
+
+    /// Whether `id` is an iothread.
+    pub fn is_iothread(&self, id: &str) -> bool {
         self.iothreads.contains_key(id)
     }
 
-    /// `object-del`; the caller has checked the iothread is unused.
+    /// `object-del`; the caller has checked the object is unused.
     pub fn del(&mut self, id: &str) -> Result<()> {
-        match self.iothreads.remove(id) {
-            Some(e) => {
-                self.order.retain(|i| i != id);
-                e.thread.stop();
-                Ok(())
-            }
-            None => Err(ControlError::failed(format!("object '{id}' not found"))),
+        if let Some(e) = self.iothreads.remove(id) {
+            self.order.retain(|i| i != id);
+            e.thread.stop();
+            return Ok(());
         }
+        if self.tls.remove(id).is_some() || self.authz.remove(id) {
+            return Ok(());
+        }
+        Err(ControlError::failed(format!("object '{id}' not found")))
     }
 
     /// `query-iothreads`.

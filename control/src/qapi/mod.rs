@@ -7,6 +7,7 @@ mod export;
 mod input;
 mod nbd;
 mod object;
+mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -22,3 +23,7 @@ pub use export::{
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
 pub use object::{is_identifier, IothreadOptions, ObjectOptions};
+pub use tls::{
+    AuthzFormat, AuthzListFileOptions, AuthzListOptions, AuthzListRules, AuthzPolicy, AuthzRule,
+    AuthzSimpleOptions, TlsCredsPskOptions, TlsCredsX509Options, TlsEndpoint,
+};
