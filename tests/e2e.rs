@@ -14,3 +14,5 @@ mod nbd_qmp;
 mod qmp;
 #[path = "e2e/reliability.rs"]
 mod reliability;
+#[path = "e2e/tls.rs"]
+mod tls;
