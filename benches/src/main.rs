@@ -20,16 +20,17 @@ mod servers;
 mod stats;
 mod svg;
 mod targets;
+mod tcp;
 mod transport;
 mod workdir;
 
 use error::{Context, Error, Result};
-use jobs::{estimate_seconds, BackendKind};
+use jobs::{estimate_seconds, BackendKind, TransportKind};
 use report::{RunReport, ServerInfo};
 use servers::ServerKind;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use transport::Transport;
+use transport::{Transport, Transports};
 
 fn main() {
     if let Err(e) = real_main() {
@@ -56,6 +57,8 @@ fn real_main() -> Result<()> {
 
     let mut scenarios = jobs::scenarios(opts.mode);
     if let Some(f) = &opts.scenarios {
+        // The TCP and TLS scenarios run only when asked for by name.
+        scenarios.extend(jobs::transport_scenarios());
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
     }
     if let Some(f) = &opts.jobs {
@@ -109,13 +112,19 @@ fn real_main() -> Result<()> {
         return Err(Error::msg("no server binary found"));
     }
 
-    let transport = nbd::Nbd;
+    let mut used: Vec<&str> = Vec::new();
+    for s in &scenarios {
+        if !used.contains(&s.transport.id()) {
+            used.push(s.transport.id());
+        }
+    }
+    let transport_ids = used.join(", ");
     let cells: usize = scenarios.iter().map(|s| s.jobs.len() * present.len()).sum();
     let estimate = estimate_seconds(&timing, cells, scenarios.len() * present.len());
     println!(
         "ringstor-bench: {:?} mode, transport {}, {} scenarios, {} servers ({}), {} (server, job) cells x {} repeats of {} s: about {:.0} min",
         opts.mode,
-        transport.id(),
+        transport_ids,
         scenarios.len(),
         present.len(),
         present.iter().map(|(k, _)| k.id()).collect::<Vec<_>>().join(", "),
@@ -172,7 +181,23 @@ fn real_main() -> Result<()> {
         work: work.path().to_path_buf(),
         out: out.clone(),
     };
-    let (rows, more_skipped) = runner::run(&plan, &transport, &dirs);
+    let unix = nbd::Nbd;
+    let tcp = tcp::NbdTcp::plain();
+    let tls = if plan
+        .scenarios
+        .iter()
+        .any(|s| s.transport == TransportKind::Tls)
+    {
+        Some(tcp::NbdTcp::tls()?)
+    } else {
+        None
+    };
+    let transports = Transports {
+        unix: &unix,
+        tcp: &tcp,
+        tls: tls.as_ref().map(|t| t as &dyn Transport),
+    };
+    let (rows, more_skipped) = runner::run(&plan, &transports, &dirs);
     drop(work);
     skipped.extend(more_skipped);
 
@@ -183,7 +208,7 @@ fn real_main() -> Result<()> {
         started_utc,
         duration_s: started.elapsed().as_secs_f64(),
         mode: opts.mode,
-        transport: transport.id().to_string(),
+        transport: transport_ids,
         timing,
         placement,
         machine,

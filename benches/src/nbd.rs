@@ -93,6 +93,8 @@ impl Transport for Nbd {
                 format!("--uri=nbd+unix:///{EXPORT}?socket={s}"),
             ],
             ready_socket: sock,
+            ready_tcp: None,
+            fio_prefix: Vec::new(),
         })
     }
 }

@@ -1,5 +1,7 @@
 //! The project's performance targets, judged on the page-cache NBD run
-//! against the best of QSD/nbdkit/qemu-nbd, as PASS/FAIL/SKIP lines.
+//! against the best of QSD/nbdkit/qemu-nbd, as PASS/FAIL/SKIP lines. The
+//! TLS targets (issue 11) are judged on the `tls` scenario, where QSD is
+//! the only other server; they SKIP unless `--scenarios tls` ran.
 
 use crate::results::Comparison;
 use serde::Serialize;
@@ -43,6 +45,15 @@ pub fn targets() -> Vec<Target> {
         at_least,
         threshold,
     };
+    // With TLS: at least QSD's throughput at no more CPU per I/O.
+    let tls = |text, job, metric, at_least| Target {
+        text,
+        scenario: "tls",
+        job,
+        metric,
+        at_least,
+        threshold: 1.0,
+    };
     vec![
         t(
             "NBD 4k randread qd32 IOPS, 1 conn",
@@ -78,6 +89,30 @@ pub fn targets() -> Vec<Target> {
             Metric::P50,
             false,
             1.0,
+        ),
+        tls(
+            "NBD over TLS 4k randread qd32 IOPS vs QSD",
+            "randread-4k-qd32",
+            Metric::Throughput,
+            true,
+        ),
+        tls(
+            "NBD over TLS server CPU per 4k read vs QSD",
+            "randread-4k-qd32",
+            Metric::CpuPerIo,
+            false,
+        ),
+        tls(
+            "NBD over TLS 1 MiB seqread qd8 bandwidth vs QSD",
+            "seqread-1m-qd8",
+            Metric::Throughput,
+            true,
+        ),
+        tls(
+            "NBD over TLS server CPU per 1 MiB read vs QSD",
+            "seqread-1m-qd8",
+            Metric::CpuPerIo,
+            false,
         ),
     ]
 }
@@ -206,7 +241,10 @@ mod tests {
         let o = evaluate(&c);
         let st: Vec<Status> = o.iter().map(|o| o.status).collect();
         use Status::*;
-        assert_eq!(st, vec![Pass, Fail, Pass, Skip, Pass]);
+        assert_eq!(
+            st,
+            vec![Pass, Fail, Pass, Skip, Pass, Skip, Skip, Skip, Skip]
+        );
         assert!(o[4].line().contains("p99 ratio 1.20x"));
         assert!(o[0]
             .line()
