@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
 use crate::qapi::{AuthzFormat, AuthzListRules, AuthzPolicy, AuthzRule, Syntax};
 
@@ -107,9 +106,9 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 /// `authz-listfile`: rules read from `filename` at creation and, with
-/// `refresh`, again whenever the file changes (checked when a client
-/// connects). A reload that fails denies everyone until the file is
-/// fixed, as QEMU does.
+/// `refresh`, again whenever the file's contents change (checked when a
+/// client connects: the file is small and read at handshake time only). A
+/// reload that fails denies everyone until the file is fixed, as QEMU does.
 #[derive(Debug)]
 pub struct ListFile {
     filename: PathBuf,
@@ -119,31 +118,29 @@ pub struct ListFile {
 
 #[derive(Debug)]
 struct FileState {
-    stamp: Option<Stamp>,
+    /// The contents the rules came from (`None`: unreadable).
+    text: Option<String>,
     list: Option<RuleList>,
 }
 
-/// What tells a changed file: modification time, size, inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Option<SystemTime>, u64, u64);
-
-fn stamp(path: &std::path::Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp(m.modified().ok(), m.len(), m.ino()))
+fn read_text(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        let e = crate::error::describe(&e);
+        format!("Unable to read '{}': {e}", path.display())
+    })
 }
 
 impl ListFile {
     /// Loads the file; its errors are `object-add`'s.
     pub fn open(filename: &str, refresh: bool) -> Result<ListFile, String> {
         let path = PathBuf::from(filename);
-        let st = stamp(&path);
-        let list = load_rules(&path)?;
+        let text = read_text(&path)?;
+        let list = parse_rules(&text)?;
         Ok(ListFile {
             filename: path,
             refresh,
             state: Mutex::new(FileState {
-                stamp: st,
+                text: Some(text),
                 list: Some(list),
             }),
         })
@@ -152,10 +149,11 @@ impl ListFile {
     fn is_allowed(&self, identity: &str) -> Result<bool, String> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if self.refresh {
-            let now = stamp(&self.filename);
-            if now != st.stamp {
-                st.stamp = now;
-                match load_rules(&self.filename) {
+            let now = read_text(&self.filename);
+            if now.as_ref().ok() != st.text.as_ref() {
+                let parsed = now.clone().and_then(|t| parse_rules(&t));
+                st.text = now.ok();
+                match parsed {
                     Ok(l) => st.list = Some(l),
                     Err(e) => {
                         st.list = None;
@@ -174,14 +172,9 @@ impl ListFile {
     }
 }
 
-/// Reads an `authz-list` in JSON (`{"policy": ..., "rules": [...]}`).
-fn load_rules(path: &std::path::Path) -> Result<RuleList, String> {
-    let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let e = crate::error::describe(&e);
-        format!("Unable to read '{shown}': {e}")
-    })?;
-    let value = crate::qmp::parse_json_text(&text)?;
+/// Parses an `authz-list` in JSON (`{"policy": ..., "rules": [...]}`).
+fn parse_rules(text: &str) -> Result<RuleList, String> {
+    let value = crate::qmp::parse_json_text(text)?;
     let serde_json::Value::Object(members) = value else {
         return Err("Invalid parameter type for 'obj', expected: dict".into());
     };
