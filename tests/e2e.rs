@@ -14,5 +14,7 @@ mod nbd_qmp;
 mod qmp;
 #[path = "e2e/reliability.rs"]
 mod reliability;
+#[path = "e2e/stats.rs"]
+mod stats;
 #[path = "e2e/tls.rs"]
 mod tls;

@@ -159,7 +159,10 @@ impl Transport for NbdTcp {
     }
 
     fn launch(&self, server: ServerKind, backend: &Backend, dir: &Path) -> Option<LaunchSpec> {
-        if !matches!(server, ServerKind::Ringstor | ServerKind::Qsd) {
+        if !matches!(
+            server,
+            ServerKind::Ringstor | ServerKind::RingstorNoStats | ServerKind::Qsd
+        ) {
             return None;
         }
         let port = free_port()?;
@@ -208,6 +211,10 @@ impl Transport for NbdTcp {
                 format!("--uri={scheme}://127.0.0.1:{port}/{EXPORT}"),
             ],
             fio_prefix,
+            env: match server {
+                ServerKind::RingstorNoStats => vec![("RINGSTOR_STATS".into(), "off".into())],
+                _ => Vec::new(),
+            },
         })
     }
 }

@@ -42,6 +42,8 @@ pub struct LaunchSpec {
     pub fio_args: Vec<String>,
     /// Command fio runs under (e.g. another user and `HOME`), if any.
     pub fio_prefix: Vec<String>,
+    /// Environment of the server process, besides the harness's own.
+    pub env: Vec<(String, String)>,
 }
 
 /// One way of exporting a backend and driving it with fio.

@@ -15,12 +15,14 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod logger;
+pub mod metrics;
 pub mod objects;
 pub mod placement;
 pub mod qapi;
 pub mod qmp;
 pub mod registry;
 pub mod signals;
+pub mod stats;
 pub mod tls;
 
 /// The NBD server driver the control plane starts.

@@ -1,6 +1,6 @@
-//! QOM objects: iothreads by id, the built-in default iothread, TLS
-//! credentials and authorization objects (see `crate::tls`). All share one
-//! id namespace, as in QEMU.
+//! QOM objects: iothreads by id, the built-in default iothread, metrics
+//! endpoints, TLS credentials and authorization objects (see
+//! `crate::tls`). All share one id namespace, as in QEMU.
 //!
 //! The default iothread (`ringstor-main`) runs every export that names no
 //! iothread, so the control thread never does I/O. Like QEMU's main loop
@@ -16,8 +16,9 @@ use engine::iothread::{
 use serde_json::{json, Value};
 
 use crate::error::{ControlError, Result};
+use crate::metrics::MetricsServer;
 use crate::placement::Placement;
-use crate::qapi::{IothreadOptions, TlsCredsX509Options};
+use crate::qapi::{IothreadOptions, MetricsOptions, TlsCredsX509Options};
 use crate::tls::{Authz, AuthzTable, X509Creds};
 
 /// Name of the built-in iothread.
@@ -34,6 +35,8 @@ pub struct Objects {
     iothreads: BTreeMap<String, IothreadEntry>,
     /// Creation order, for QEMU's listing order.
     order: Vec<String>,
+    /// `metrics` objects (OpenMetrics endpoints).
+    metrics: BTreeMap<String, MetricsServer>,
     placement: Placement,
     tls: BTreeMap<String, Arc<X509Creds>>,
     /// Shared with the NBD server's client verifier, which looks its
@@ -63,6 +66,7 @@ impl Objects {
             default,
             iothreads: BTreeMap::new(),
             order: Vec::new(),
+            metrics: BTreeMap::new(),
             placement,
             tls: BTreeMap::new(),
             authz: AuthzTable::default(),
@@ -74,6 +78,19 @@ impl Objects {
         self.default.handle()
     }
 
+    /// Every iothread, the default one first.
+    pub fn all_handles(&self) -> Vec<IoThreadHandle> {
+        std::iter::once(self.default.handle())
+            .chain(
+                self.order
+                    .iter()
+                    .filter_map(|id| self.iothreads.get(id))
+                    .map(|e| e.thread.handle()),
+            )
+            .cloned()
+            .collect()
+    }
+
     /// An iothread by object id (`None` for the default one).
     pub fn handle(&self, id: Option<&str>) -> Option<&IoThreadHandle> {
         match id {
@@ -82,18 +99,25 @@ impl Objects {
         }
     }
 
-    fn check_new_id(&self, id: &str) -> Result<()> {
-        if self.contains(id) {
-            return Err(ControlError::failed(format!(
-                "attempt to add duplicate property '{id}' to object (type 'container')"
-            )));
+    /// `object-add qom-type=metrics`: starts serving at once.
+    pub fn add_metrics(
+        &mut self,
+        options: MetricsOptions,
+        control: crossbeam_channel::Sender<crate::daemon::Internal>,
+    ) -> Result<()> {
+        if self.contains(&options.id) {
+            return Err(duplicate(&options.id));
         }
+        let server = MetricsServer::start(&options.id, &options.addr, control)?;
+        self.metrics.insert(options.id, server);
         Ok(())
     }
 
     /// `object-add qom-type=iothread`.
     pub fn add_iothread(&mut self, options: IothreadOptions) -> Result<()> {
-        self.check_new_id(&options.id)?;
+        if self.contains(&options.id) {
+            return Err(duplicate(&options.id));
+        }
         let cpu = self.placement.place(options.cpu)?;
         let thread = IoThread::spawn(IoThreadConfig {
             name: options.id.clone(),
@@ -111,7 +135,9 @@ impl Objects {
 
     /// `object-add qom-type=tls-creds-x509`: loads and checks the files.
     pub fn add_tls_creds_x509(&mut self, options: TlsCredsX509Options) -> Result<()> {
-        self.check_new_id(&options.id)?;
+        if self.contains(&options.id) {
+            return Err(duplicate(&options.id));
+        }
         let creds = X509Creds::load(&options).map_err(ControlError::Failed)?;
         self.tls.insert(options.id, Arc::new(creds));
         Ok(())
@@ -119,7 +145,9 @@ impl Objects {
 
     /// `object-add` of an `authz-*` object.
     pub fn add_authz(&mut self, id: String, authz: Authz) -> Result<()> {
-        self.check_new_id(&id)?;
+        if self.contains(&id) {
+            return Err(duplicate(&id));
+        }
         self.authz.insert(id, authz);
         Ok(())
     }
@@ -136,7 +164,10 @@ impl Objects {
 
     /// Whether an object with this id exists.
     pub fn contains(&self, id: &str) -> bool {
-        self.iothreads.contains_key(id) || self.tls.contains_key(id) || self.authz.get(id).is_some()
+        self.iothreads.contains_key(id)
+            || self.metrics.contains_key(id)
+            || self.tls.contains_key(id)
+            || self.authz.get(id).is_some()
     }
 
     /// Whether `id` is an iothread.
@@ -146,6 +177,10 @@ impl Objects {
 
     /// `object-del`; the caller has checked the object is unused.
     pub fn del(&mut self, id: &str) -> Result<()> {
+        if let Some(m) = self.metrics.remove(id) {
+            m.stop();
+            return Ok(());
+        }
         if let Some(e) = self.iothreads.remove(id) {
             self.order.retain(|i| i != id);
             e.thread.stop();
@@ -181,9 +216,19 @@ impl Objects {
 
     /// Stops every iothread (at exit, after the exports are gone).
     pub fn stop_all(&mut self) {
+        for (_, m) in std::mem::take(&mut self.metrics) {
+            m.stop();
+        }
         for (_, e) in std::mem::take(&mut self.iothreads) {
             e.thread.stop();
         }
         self.order.clear();
     }
+}
+
+/// QEMU's error for an object id that is taken (by any object type).
+pub(crate) fn duplicate(id: &str) -> ControlError {
+    ControlError::failed(format!(
+        "attempt to add duplicate property '{id}' to object (type 'container')"
+    ))
 }

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use super::no_args;
 use crate::daemon::Daemon;
 use crate::error::{ControlError, Result};
+use crate::objects::duplicate;
 use crate::qapi::{from_args, Input, ObjectOptions, Syntax};
 use crate::tls::{check_psk, Authz, ListFile, RuleList};
 
@@ -37,14 +38,12 @@ pub fn object_add(d: &mut Daemon, input: Input) -> Result<Value> {
                 .map_err(ControlError::Failed)?;
             d.objects.add_authz(o.id, Authz::ListFile(f))?
         }
+        ObjectOptions::Metrics(o) => {
+            let control = d.internal_sender();
+            d.objects.add_metrics(o, control)?
+        }
     }
     Ok(Value::Null)
-}
-
-fn duplicate(id: &str) -> ControlError {
-    ControlError::failed(format!(
-        "attempt to add duplicate property '{id}' to object (type 'container')"
-    ))
 }
 
 pub(super) fn object_add_cmd(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {

@@ -22,7 +22,7 @@ pub use export::{
 };
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
-pub use object::{is_identifier, IothreadOptions, ObjectOptions};
+pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};
 pub use tls::{
     AuthzFormat, AuthzListFileOptions, AuthzListOptions, AuthzListRules, AuthzPolicy, AuthzRule,
     AuthzSimpleOptions, TlsCredsPskOptions, TlsCredsX509Options, TlsEndpoint,

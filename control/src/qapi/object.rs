@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use super::input::{Input, InputError};
+use super::nbd::SocketAddress;
 use super::tls::{
     AuthzListFileOptions, AuthzListOptions, AuthzSimpleOptions, TlsCredsPskOptions,
     TlsCredsX509Options,
@@ -36,6 +37,13 @@ pub struct IothreadOptions {
     pub cpu: Option<usize>,
 }
 
+/// ringstor's `metrics` object: an OpenMetrics endpoint at `addr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsOptions {
+    pub id: String,
+    pub addr: SocketAddress,
+}
+
 /// `ObjectOptions`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectOptions {
@@ -45,6 +53,7 @@ pub enum ObjectOptions {
     AuthzSimple(AuthzSimpleOptions),
     AuthzList(AuthzListOptions),
     AuthzListFile(AuthzListFileOptions),
+    Metrics(MetricsOptions),
 }
 
 impl ObjectOptions {
@@ -83,6 +92,7 @@ impl ObjectOptions {
                 check_id(&o.id)?;
                 Ok(ObjectOptions::AuthzListFile(o))
             }
+            "metrics" => parse_metrics(input).map(ObjectOptions::Metrics),
             t if QEMU_QOM_TYPES.contains(&t) => Err(InputError(format!(
                 "Object type '{t}' is not supported by ringstor yet"
             ))),
@@ -97,6 +107,24 @@ fn check_id(id: &str) -> Result<(), InputError> {
     } else {
         Err(InputError("Parameter 'id' expects an identifier".into()))
     }
+}
+
+fn parse_metrics(mut input: Input) -> Result<MetricsOptions, InputError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Rest {
+        id: String,
+    }
+    let addr = input.take("addr");
+    let rest: Rest = input.clone().parse()?;
+    if !is_identifier(&rest.id) {
+        return Err(InputError("Parameter 'id' expects an identifier".into()));
+    }
+    let addr = match addr {
+        Some(v) => SocketAddress::parse(input.nested("addr", v)?)?,
+        None => return Err(InputError::missing("addr")),
+    };
+    Ok(MetricsOptions { id: rest.id, addr })
 }
 
 /// QEMU's `id_wellformed()`: a letter, then letters, digits, `-`, `.`, `_`.

@@ -345,3 +345,35 @@ fn export_union_dispatch() {
         format!("description '{long}' too long")
     );
 }
+
+#[test]
+fn object_metrics() {
+    let o = ObjectOptions::parse(input(
+        json!({"qom-type": "metrics", "id": "m0",
+               "addr": {"type": "inet", "host": "127.0.0.1", "port": "9191"}}),
+        Syntax::Json,
+    ))
+    .unwrap();
+    let want = ObjectOptions::Metrics(crate::qapi::MetricsOptions {
+        id: "m0".into(),
+        addr: crate::qapi::SocketAddress::Inet {
+            host: "127.0.0.1".into(),
+            port: "9191".into(),
+        },
+    });
+    assert_eq!(o, want);
+    let err = |v| {
+        ObjectOptions::parse(input(v, Syntax::Json))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err(json!({"qom-type": "metrics", "id": "m0"})),
+        "Parameter 'addr' is missing"
+    );
+    assert_eq!(
+        err(json!({"qom-type": "metrics", "id": "m0", "bogus": 1,
+                   "addr": {"type": "unix", "path": "/x"}})),
+        "Parameter 'bogus' is unexpected"
+    );
+}

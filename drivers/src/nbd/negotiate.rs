@@ -91,6 +91,7 @@ pub(crate) async fn negotiate(
                     return Err(HandshakeEnd::Failed("STARTTLS without TLS".into()));
                 };
                 let conn = tls::accept(fd, config.clone(), rbuf.as_slice()).await?;
+                log::debug!("nbd: TLS session up: {}", conn.describe());
                 rbuf.set_len(0);
                 io = Transport::Tls(Box::new(conn));
                 // Options the client sent along with its last handshake

@@ -138,6 +138,21 @@ impl TlsConn {
         self.s.into_inner()
     }
 
+    /// Protocol version and cipher suite, for the log.
+    pub(crate) fn describe(&self) -> String {
+        let s = self.s.borrow();
+        let version = s.tls.protocol_version().map(|v| format!("{v:?}"));
+        let suite = s
+            .tls
+            .negotiated_cipher_suite()
+            .map(|c| format!("{:?}", c.suite()));
+        format!(
+            "{} {}",
+            version.as_deref().unwrap_or("?"),
+            suite.as_deref().unwrap_or("?")
+        )
+    }
+
     /// True when rustls has records to send that no send has taken yet.
     pub(crate) fn wants_write(&self) -> bool {
         self.s.borrow().tls.wants_write()
