@@ -6,10 +6,14 @@ mod cli;
 mod crash;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/inherited.rs"]
+mod inherited;
 #[path = "e2e/nbd.rs"]
 mod nbd;
 #[path = "e2e/nbd_qmp.rs"]
 mod nbd_qmp;
+#[path = "e2e/parity.rs"]
+mod parity;
 #[path = "e2e/qmp.rs"]
 mod qmp;
 #[path = "e2e/reliability.rs"]

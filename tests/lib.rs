@@ -10,6 +10,8 @@
 
 #[path = "support/daemon.rs"]
 pub mod daemon;
+#[path = "support/inherit.rs"]
+pub mod inherit;
 #[path = "support/nbdraw.rs"]
 pub mod nbdraw;
 #[path = "support/pki.rs"]

@@ -42,6 +42,12 @@ pub enum ControlError {
     /// A monitor could not start.
     #[error(transparent)]
     Monitor(#[from] crate::qmp::MonitorError),
+    /// No listening socket for an address.
+    #[error(transparent)]
+    Listen(#[from] drivers::socket::ListenError),
+    /// An `fd` address names no descriptor the daemon may take.
+    #[error(transparent)]
+    Claim(#[from] drivers::socket::ClaimError),
 }
 
 impl ControlError {

@@ -22,6 +22,7 @@ pub mod qapi;
 pub mod qmp;
 pub mod registry;
 pub mod signals;
+pub mod sockets;
 pub mod stats;
 pub mod tls;
 

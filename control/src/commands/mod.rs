@@ -7,6 +7,7 @@
 mod block;
 mod control;
 mod export;
+mod fd;
 mod nbd;
 mod object;
 mod stats;
@@ -44,6 +45,8 @@ const COMMANDS: &[(&str, Handler)] = &[
     ("blockdev-del", block::blockdev_del),
     ("blockdev-add", block::blockdev_add_cmd),
     ("query-named-block-nodes", block::query_named_block_nodes),
+    ("getfd", fd::getfd),
+    ("closefd", fd::closefd),
     ("query-blockstats", stats::query_blockstats),
     ("x-query-export-stats", stats::x_query_export_stats),
 ];
@@ -58,6 +61,11 @@ pub fn dispatch(
         Some((_, handler)) => handler(d, args).map_err(QmpError::from),
         None => Err(QmpError::unknown_command(name)),
     }
+}
+
+/// Whether a command of that name exists (`qmp_capabilities` included).
+pub(crate) fn exists(name: &str) -> bool {
+    names().any(|n| n == name)
 }
 
 /// The names for `query-commands`.

@@ -1,7 +1,6 @@
 //! `nbd-server-start`, `nbd-server-stop`, and the deprecated
 //! `nbd-server-add` / `nbd-server-remove`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use drivers::export::RemoveMode;
@@ -11,10 +10,10 @@ use super::export::add_export;
 use super::no_args;
 use crate::daemon::{Daemon, HARD_DEL_WAIT};
 use crate::error::{ControlError, Result};
-use crate::nbd::{NbdAddr, NbdServer, NbdServerConfig};
+use crate::nbd::{NbdServer, NbdServerConfig};
 use crate::qapi::{
     from_args, BitmapRef, ExportBase, ExportKind, Input, NbdExportArgs, NbdServerAddOptions,
-    NbdServerOptions, NbdServerRemoveArgs, RemoveModeArg, SocketAddress, Syntax, TlsEndpoint,
+    NbdServerOptions, NbdServerRemoveArgs, RemoveModeArg, Syntax, TlsEndpoint,
 };
 
 const NOT_RUNNING: &str = "NBD server not running";
@@ -33,18 +32,10 @@ pub fn nbd_server_start(d: &mut Daemon, input: Input, legacy: bool) -> Result<Va
         Some(id) => Some(tls_config(d, id, opts.tls_authz.as_deref())?),
         None => None,
     };
-    let addr = match opts.addr {
-        SocketAddress::Unix { path } => NbdAddr::Unix(PathBuf::from(path)),
-        SocketAddress::Inet { host, port } => NbdAddr::Tcp { host, port },
-        SocketAddress::Fd { .. } => {
-            return Err(ControlError::failed(
-                "fd socket addresses are not supported by ringstor yet",
-            ))
-        }
-    };
+    let listener = crate::sockets::listen(d, &opts.addr)?;
     let server = NbdServer::start(
         NbdServerConfig {
-            addr,
+            listener,
             max_connections: opts.max_connections,
             handshake_timeout: match opts.handshake_max_seconds {
                 0 => None,

@@ -39,8 +39,10 @@ pub fn object_add(d: &mut Daemon, input: Input) -> Result<Value> {
             d.objects.add_authz(o.id, Authz::ListFile(f))?
         }
         ObjectOptions::Metrics(o) => {
+            d.objects.check_new_id(&o.id)?;
+            let listener = crate::sockets::listen(d, &o.addr)?;
             let control = d.internal_sender();
-            d.objects.add_metrics(o, control)?
+            d.objects.add_metrics(o, listener, control)?
         }
     }
     Ok(Value::Null)

@@ -133,11 +133,15 @@ impl BlockHandle {
                     buf = b;
                     match r {
                         Ok(0) => {
-                            // Past the end of the file: zeroes, as a hole would.
+                            // Past the end of the file (the sector-rounded
+                            // tail, a raw window past its child): zeroes, as
+                            // a hole would.
                             let end = buf.len();
                             buf.zero(done..end);
                             break;
                         }
+                        // Short at the end of the file; the next read
+                        // returns 0 (even unaligned under O_DIRECT).
                         Ok(n) => done += n,
                         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                         Err(e) => {
@@ -200,14 +204,16 @@ impl BlockHandle {
     }
 
     /// True when [`Self::read_to_pipe`] can serve `offset..offset+len`
-    /// (a buffered file; `O_DIRECT` data never sits in the page cache).
+    /// (a buffered file; `O_DIRECT` data never sits in the page cache),
+    /// which ends before the file does: a splice cannot return the zeroes
+    /// of the rounded-up tail.
     pub fn can_splice(&self, offset: u64, len: u64) -> bool {
         match &self.inner.leaf {
             Leaf::File { buffered: None, .. } => {
                 offset
                     .checked_add(len)
                     .is_some_and(|end| end <= self.size())
-                    && self.inner.base + offset + len <= self.leaf_size()
+                    && self.inner.base + offset + len <= self.leaf_node().data_end()
             }
             _ => false,
         }
@@ -339,12 +345,16 @@ impl BlockHandle {
         }
     }
 
-    fn leaf_size(&self) -> u64 {
+    fn leaf_node(&self) -> &Arc<BlockNode> {
         let mut n = &self.inner.node;
         while let Some(c) = n.child() {
             n = c;
         }
-        n.size()
+        n
+    }
+
+    fn leaf_size(&self) -> u64 {
+        self.leaf_node().size()
     }
 
     /// Hints that the range will be read soon.

@@ -21,7 +21,10 @@ mod status;
 
 pub use error::{BlockError, BlockResult};
 pub use handle::BlockHandle;
-pub use node::{BlockNode, FileOptions, NodeOptions, NullOptions, PermGuard, RawOptions};
+pub use node::{
+    round_to_sector, BlockNode, FileOptions, NodeOptions, NullOptions, PermGuard, RawOptions,
+    SECTOR_SIZE,
+};
 pub use perm::Perm;
 pub use status::BlockStatus;
 
