@@ -1,5 +1,9 @@
 //! End-to-end tests: one binary, one module per topic.
 
+#[path = "e2e/bitmap_backup.rs"]
+mod bitmap_backup;
+#[path = "e2e/bitmaps.rs"]
+mod bitmaps;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/crash.rs"]

@@ -4,6 +4,7 @@
 //! results, with PASS/FAIL lines for the project's targets.
 //! See `benches/README.md`.
 
+mod bitmap;
 mod cli;
 mod cpu;
 mod error;
@@ -61,6 +62,8 @@ fn real_main() -> Result<()> {
         // The TCP and TLS scenarios run only when asked for by name.
         scenarios.extend(jobs::transport_scenarios());
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
+    } else if opts.mode == jobs::Mode::Short {
+        scenarios.retain(|s| bitmap::in_default_short(s.id));
     }
     if let Some(f) = &opts.jobs {
         for s in &mut scenarios {
@@ -203,7 +206,7 @@ fn real_main() -> Result<()> {
     skipped.extend(more_skipped);
 
     let comparisons = results::comparisons(&rows);
-    let targets = targets::evaluate(&comparisons);
+    let targets = targets::evaluate(&comparisons, &rows);
     let recording = recording::costs(&rows);
     let report = RunReport {
         name: name.clone(),

@@ -57,7 +57,9 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
         };
         for (kind, bin) in &plan.servers {
             let transport = transports.get(sc.transport);
-            let spec = transport.and_then(|t| t.launch(*kind, &backend, &dirs.work));
+            let spec = transport
+                .and_then(|t| t.launch(*kind, &backend, &dirs.work))
+                .and_then(|spec| crate::bitmap::prepare(sc.id, *kind, spec, &dirs.work));
             let Some(spec) = spec else {
                 let line = format!(
                     "SKIP {} on {}: not supported by this server over {}",
@@ -96,7 +98,27 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
                         continue;
                     }
                 };
+            if let Err(e) = crate::bitmap::setup(sc.id, *kind, &dirs.work) {
+                fail_all(&mut rows, &e);
+                continue;
+            }
             let raw = dirs.out.join("raw").join(sc.id).join(kind.id());
+            if crate::bitmap::interleaves(sc.id) {
+                let rs = crate::bitmap::run_interleaved(
+                    plan,
+                    &mut server,
+                    *kind,
+                    &spec.fio_args,
+                    sc,
+                    &dirs.work,
+                    &raw,
+                );
+                for row in rs {
+                    print_progress(&row);
+                    rows.push(row);
+                }
+                continue;
+            }
             for job in &sc.jobs {
                 let row = run_job(plan, &mut server, &spec, job, &raw);
                 let (samples, error) = match row {

@@ -27,6 +27,9 @@ pub enum ControlError {
     /// Opening or attaching to a block node failed.
     #[error(transparent)]
     Block(#[from] engine::block::BlockError),
+    /// A dirty-bitmap operation was refused.
+    #[error(transparent)]
+    Bitmap(#[from] engine::block::BitmapError),
     /// Starting an iothread failed.
     #[error(transparent)]
     Engine(#[from] engine::EngineError),

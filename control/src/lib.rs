@@ -8,6 +8,7 @@
 //! `drivers`), and none of it is `unsafe`.
 #![forbid(unsafe_code)]
 
+pub mod bitmaps;
 pub mod blocks;
 pub mod cli;
 pub mod commands;

@@ -4,6 +4,7 @@
 //! the value of `"return"` (`Value::Null` prints as `{}`). The command
 //! line reuses the same handlers with keyval input.
 
+mod bitmap;
 mod block;
 mod control;
 mod export;
@@ -35,6 +36,7 @@ const COMMANDS: &[(&str, Handler)] = &[
     ("quit", control::quit),
     ("query-commands", control::query_commands),
     ("query-version", control::query_version),
+    ("transaction", bitmap::transaction),
     ("query-block-exports", export::query_block_exports),
     ("block-export-del", export::block_export_del),
     ("block-export-add", export::block_export_add_cmd),
@@ -44,6 +46,12 @@ const COMMANDS: &[(&str, Handler)] = &[
     ("nbd-server-start", nbd::nbd_server_start_cmd),
     ("blockdev-del", block::blockdev_del),
     ("blockdev-add", block::blockdev_add_cmd),
+    ("block-dirty-bitmap-merge", bitmap::merge),
+    ("block-dirty-bitmap-disable", bitmap::disable),
+    ("block-dirty-bitmap-enable", bitmap::enable),
+    ("block-dirty-bitmap-clear", bitmap::clear),
+    ("block-dirty-bitmap-remove", bitmap::remove),
+    ("block-dirty-bitmap-add", bitmap::add),
     ("query-named-block-nodes", block::query_named_block_nodes),
     ("getfd", fd::getfd),
     ("closefd", fd::closefd),

@@ -20,7 +20,7 @@ mod tls;
 mod transport;
 
 pub use registry::NbdExport;
-pub use server::{NbdError, NbdExportOptions, NbdServer, NbdServerConfig};
+pub use server::{NbdBitmap, NbdError, NbdExportOptions, NbdServer, NbdServerConfig};
 
 #[cfg(test)]
 mod tests;

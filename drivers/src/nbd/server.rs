@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::block::{BusyGuard, DirtyBitmap};
 use engine::iothread::{spawn_local, IoThreadHandle};
 use engine::op::{self, SharedFd};
 
@@ -43,8 +44,19 @@ pub struct NbdServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// A dirty bitmap an export offers as `qemu:dirty-bitmap:NAME`.
+#[derive(Debug)]
+pub struct NbdBitmap {
+    /// `NAME` of the context.
+    pub name: String,
+    /// The bits block status reports.
+    pub bitmap: Arc<DirtyBitmap>,
+    /// Keeps the bitmap busy until the export is gone.
+    pub hold: BusyGuard,
+}
+
 /// The NBD part of `block-export-add`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct NbdExportOptions {
     /// Export name clients ask for.
     pub name: String,
@@ -52,8 +64,8 @@ pub struct NbdExportOptions {
     pub description: Option<String>,
     /// Offer `qemu:allocation-depth`.
     pub allocation_depth: bool,
-    /// Dirty bitmaps offered as `qemu:dirty-bitmap:NAME`.
-    pub bitmaps: Vec<String>,
+    /// Dirty bitmaps offered as `qemu:dirty-bitmap:NAME`, in context-id order.
+    pub bitmaps: Vec<NbdBitmap>,
 }
 
 /// Why the server could not start.

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
+use super::bitmap::DirtyTracker;
 use super::error::{BlockError, BlockResult};
 use super::node::{BlockNode, Kind};
 use super::status::{file_status, BlockStatus};
@@ -42,6 +43,8 @@ struct Inner {
     leaf: Leaf,
     /// Added to every offset on the way to the leaf (`raw` `offset`).
     base: u64,
+    /// Marks the dirty bitmaps of every node of the chain.
+    dirty: DirtyTracker,
 }
 
 /// A node's data path on the current iothread. See the module docs.
@@ -66,6 +69,7 @@ impl BlockHandle {
             node: node.clone(),
             leaf,
             base,
+            dirty: DirtyTracker::new(node),
         });
         HANDLES.with(|h| {
             let mut h = h.borrow_mut();
@@ -164,6 +168,7 @@ impl BlockHandle {
         if let Err(e) = self.check(offset, len) {
             return (Err(e), buf);
         }
+        let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => (Ok(()), buf),
             Leaf::File {
@@ -256,6 +261,7 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
+        let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
             Leaf::File { fd, .. } => {
@@ -283,6 +289,7 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
+        let _dirty = self.inner.dirty.guard(offset, len);
         let Leaf::File { fd, .. } = &self.inner.leaf else {
             return Ok(());
         };
@@ -382,6 +389,7 @@ impl BlockHandle {
                 nix::unistd::ftruncate(fd, size as i64)
                     .map_err(|e| BlockError::io("truncate", size, e.into()))?;
                 node.set_size(size);
+                node.bitmaps().resize(size);
                 Ok(())
             }
             _ => Err(BlockError::NotSupported),

@@ -20,6 +20,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::bitmap::BitmapSet;
 use super::error::{BlockError, BlockResult};
 use super::lock;
 use super::perm::{Perm, PermTable};
@@ -106,6 +107,8 @@ pub struct BlockNode {
     size: AtomicU64,
     read_only: bool,
     perms: PermTable,
+    /// Dirty bitmaps (`block-dirty-bitmap-*`).
+    bitmaps: Arc<BitmapSet>,
 }
 
 static NEXT_NODE_ID: AtomicU64 = AtomicU64::new(1);
@@ -180,6 +183,7 @@ impl BlockNode {
             size: AtomicU64::new(round_to_sector(size)),
             read_only,
             perms: PermTable::default(),
+            bitmaps: Arc::default(),
         }))
     }
 
@@ -235,6 +239,10 @@ impl BlockNode {
             Kind::Raw { child, .. } => child.direct(),
             Kind::Null { .. } => false,
         }
+    }
+    /// The node's dirty bitmaps.
+    pub fn bitmaps(&self) -> &Arc<BitmapSet> {
+        &self.bitmaps
     }
     /// Users attached with permissions (exports, parents).
     pub fn users(&self) -> usize {
