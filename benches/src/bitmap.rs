@@ -61,6 +61,7 @@ pub fn scenario() -> Scenario {
         backend: BackendKind::Null,
         transport: TransportKind::Unix,
         jobs: vec![job(BASELINE_JOB), job(JOB)],
+        in_short: false,
     }
 }
 

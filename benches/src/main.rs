@@ -24,6 +24,7 @@ mod svg;
 mod targets;
 mod tcp;
 mod transport;
+mod vhost_user_blk;
 mod workdir;
 
 use error::{Context, Error, Result};
@@ -63,7 +64,7 @@ fn real_main() -> Result<()> {
         scenarios.extend(jobs::transport_scenarios());
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
     } else if opts.mode == jobs::Mode::Short {
-        scenarios.retain(|s| bitmap::in_default_short(s.id));
+        scenarios.retain(|s| s.in_short && bitmap::in_default_short(s.id));
     }
     if let Some(f) = &opts.jobs {
         for s in &mut scenarios {
@@ -116,10 +117,30 @@ fn real_main() -> Result<()> {
         return Err(Error::msg("no server binary found"));
     }
 
+    let vu_client = || {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("ringstor-vu-load")))
+            .unwrap_or_default()
+    };
+    // `--transport` serves the unix-socket scenarios; `tcp` and `tls` bring
+    // their own (NBD over TCP loopback).
+    let transport: Box<dyn Transport> = match opts.transport.as_str() {
+        "nbd" => Box::new(nbd::Nbd),
+        "vhost-user-blk" | "vhost-user-blk-2q" => Box::new(vhost_user_blk::VhostUserBlk {
+            queues: if opts.transport.ends_with("2q") { 2 } else { 1 },
+            client: vu_client(),
+        }),
+        other => return Err(Error::msg(format!("unknown transport {other}"))),
+    };
     let mut used: Vec<&str> = Vec::new();
     for s in &scenarios {
-        if !used.contains(&s.transport.id()) {
-            used.push(s.transport.id());
+        let id = match s.transport {
+            TransportKind::Unix => transport.id(),
+            other => other.id(),
+        };
+        if !used.contains(&id) {
+            used.push(id);
         }
     }
     let transport_ids = used.join(", ");
@@ -185,7 +206,6 @@ fn real_main() -> Result<()> {
         work: work.path().to_path_buf(),
         out: out.clone(),
     };
-    let unix = nbd::Nbd;
     let tcp = tcp::NbdTcp::plain();
     let tls = if plan
         .scenarios
@@ -197,7 +217,7 @@ fn real_main() -> Result<()> {
         None
     };
     let transports = Transports {
-        unix: &unix,
+        unix: transport.as_ref(),
         tcp: &tcp,
         tls: tls.as_ref().map(|t| t as &dyn Transport),
     };
@@ -206,7 +226,7 @@ fn real_main() -> Result<()> {
     skipped.extend(more_skipped);
 
     let comparisons = results::comparisons(&rows);
-    let targets = targets::evaluate(&comparisons, &rows);
+    let targets = targets::evaluate_for(transport.id(), &comparisons, &rows);
     let recording = recording::costs(&rows);
     let report = RunReport {
         name: name.clone(),

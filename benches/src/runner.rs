@@ -54,9 +54,14 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
                 cache,
             },
             BackendKind::Null => Backend::Null { size },
+            BackendKind::Qcow2(_) => Backend::Qcow2 {
+                path: dirs.work.join("image.qcow2"),
+            },
         };
         for (kind, bin) in &plan.servers {
             let transport = transports.get(sc.transport);
+            let client = transport.and_then(|t| t.client());
+            let client = client.as_deref().unwrap_or(&plan.fio);
             let spec = transport
                 .and_then(|t| t.launch(*kind, &backend, &dirs.work))
                 .and_then(|spec| crate::bitmap::prepare(sc.id, *kind, spec, &dirs.work));
@@ -84,7 +89,8 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
                     ));
                 }
             };
-            if let Err(e) = prepare_cache(&sc.backend, &image) {
+            let qcow2 = dirs.work.join("image.qcow2");
+            if let Err(e) = prepare_cache(&sc.backend, &image, &qcow2, size) {
                 fail_all(&mut rows, &e);
                 continue;
             }
@@ -120,7 +126,7 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
                 continue;
             }
             for job in &sc.jobs {
-                let row = run_job(plan, &mut server, &spec, job, &raw);
+                let row = run_job(plan, client, &mut server, &spec, job, &raw);
                 let (samples, error) = match row {
                     Ok(s) => (s, None),
                     Err((s, e)) => {
@@ -138,17 +144,22 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
     (rows, skipped)
 }
 
-fn prepare_cache(backend: &BackendKind, image: &Path) -> Result<()> {
+/// Puts the backend in the same state for each server: the raw image warm
+/// or evicted, the qcow2 image made anew (so every server allocates into
+/// the same fresh image).
+fn prepare_cache(backend: &BackendKind, image: &Path, qcow2: &Path, size: u64) -> Result<()> {
     match backend {
         BackendKind::File(CacheMode::PageCache) => image::warm(image),
         BackendKind::File(CacheMode::Direct) => image::evict(image),
         BackendKind::Null => Ok(()),
+        BackendKind::Qcow2(layout) => image::create_qcow2(qcow2, size, *layout),
     }
 }
 
 /// Warm-up plus repeats; on failure, the samples so far and the error.
 fn run_job(
     plan: &Plan,
+    client: &Path,
     server: &mut RunningServer,
     spec: &LaunchSpec,
     job: &Job,
@@ -161,7 +172,7 @@ fn run_job(
         if plan.timing.ramp_s > 0 {
             let out = raw.join(format!("{}-warmup.json", job.id));
             let args = fio::args(job, plan.timing.ramp_s, &spec.fio_args);
-            fio::run(&plan.fio, &args, &out, pin, &spec.fio_prefix)
+            fio::run(client, &args, &out, pin, &spec.fio_prefix)
                 .map_err(|e| Error::msg(format!("warm-up: {e}")))?;
         }
         for i in 1..=plan.timing.repeats {
@@ -169,7 +180,7 @@ fn run_job(
             let out = raw.join(format!("{}-{i}.json", job.id));
             let args = fio::args(job, plan.timing.runtime_s, &spec.fio_args);
             let before = process_cpu_seconds(server.pid(), plan.ticks)?;
-            let fio = fio::run(&plan.fio, &args, &out, pin, &spec.fio_prefix)?;
+            let fio = fio::run(client, &args, &out, pin, &spec.fio_prefix)?;
             let after = process_cpu_seconds(server.pid(), plan.ticks)?;
             samples.push(Sample {
                 fio,
