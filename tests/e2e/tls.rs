@@ -528,6 +528,13 @@ fn bad_credentials_fail_object_add_as_in_qsd() {
                    "id": "p0", "dir": pki.dir("srv"), "endpoint": "server"}}),
             true,
         ),
+        // Without the sanity check an expired certificate loads.
+        (
+            json!({"execute": "object-add", "arguments": {"qom-type": "tls-creds-x509",
+                   "id": "t8", "dir": pki.dir(&expired), "endpoint": "server",
+                   "sanity-check": false}}),
+            true,
+        ),
     ];
     let run_on = |bin: &Path| -> Vec<Value> {
         let d = Daemon::start_bin(bin, scratch(), &[]);
@@ -536,7 +543,8 @@ fn bad_credentials_fail_object_add_as_in_qsd() {
     };
     let ours = run_on(&binary());
     for ((m, _), r) in conversation.iter().zip(&ours) {
-        if m["arguments"]["id"] == "cl" || m["arguments"]["qom-type"] == "iothread" {
+        let id = &m["arguments"]["id"];
+        if id == "cl" || id == "t8" || m["arguments"]["qom-type"] == "iothread" {
             assert!(r.get("return").is_some(), "{m}: {r}");
         } else {
             assert!(r["error"]["desc"].is_string(), "{m}: {r}");
