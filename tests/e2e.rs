@@ -32,6 +32,8 @@ mod qmp;
 mod reliability;
 #[path = "e2e/stats.rs"]
 mod stats;
+#[path = "e2e/tls.rs"]
+mod tls;
 #[path = "e2e/vhost_user_blk.rs"]
 mod vhost_user_blk;
 #[path = "e2e/vhost_user_blk_hostile.rs"]
