@@ -195,6 +195,9 @@ pub(crate) fn parse(
     image_len: u64,
 ) -> Result<Vec<DirEntry>, DirectoryError> {
     let broken = || err("Broken bitmap directory");
+    if dir.is_empty() {
+        return Err(err("Requested bitmap directory size is zero"));
+    }
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < dir.len() {

@@ -106,6 +106,10 @@ fn constraints() {
     assert!(small(0).is_err());
     assert!(small(FLAG_IN_USE).is_ok());
     assert!(serialise(&[], CS, LEN).is_err());
+    assert_eq!(
+        parse(&[], 0, CS, LEN),
+        Err(err("Requested bitmap directory size is zero"))
+    );
 }
 
 #[test]
@@ -136,7 +140,7 @@ fn table_entries() {
         raw.extend_from_slice(&v.to_be_bytes());
     }
     assert_eq!(parse_table(&raw, CS), Ok(vec![0, 1, 5 * CS]));
-    for v in [5 * CS | 1, 5 * CS + 512, 1 << 60, 2] {
+    for v in [(5 * CS) | 1, 5 * CS + 512, 1 << 60, 2] {
         assert!(parse_table(&v.to_be_bytes(), CS).is_err(), "{v:#x}");
     }
 }
