@@ -75,7 +75,7 @@ pub fn spawn_local<F: Future<Output = ()> + 'static>(fut: F) {
 
 impl Runtime {
     pub(crate) fn install(id: usize, ring: Ring, notify: Arc<Notify>) -> Rc<Runtime> {
-        crate::buf::fixed::init(ring.uring());
+        crate::buf::fixed::init(ring.submitter());
         let rt = Rc::new(Runtime {
             id,
             ring: RefCell::new(ring),
