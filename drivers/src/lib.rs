@@ -7,4 +7,5 @@
 //! in common lives in the control plane, behind [`export::Export`].
 
 pub mod export;
+pub mod fuse;
 pub mod nbd;

@@ -125,10 +125,31 @@ impl NbdExportArgs {
     }
 }
 
+/// `FuseExportAllowOther`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FuseAllowOtherArg {
+    Off,
+    On,
+    Auto,
+}
+
+/// `BlockExportOptionsFuse`, plus `io-uring` (QEMU's proposed name; the
+/// default, on where the kernel offers FUSE over io_uring, is ringstor's).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FuseExportArgs {
+    pub mountpoint: String,
+    pub growable: Option<bool>,
+    pub allow_other: Option<FuseAllowOtherArg>,
+    pub io_uring: Option<bool>,
+}
+
 /// Driver-specific members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExportKind {
     Nbd(NbdExportArgs),
+    Fuse(FuseExportArgs),
 }
 
 /// `BlockExportOptions`.
@@ -150,7 +171,8 @@ impl BlockExportOptions {
                 nbd.check()?;
                 ExportKind::Nbd(nbd)
             }
-            "vhost-user-blk" | "fuse" | "vduse-blk" => {
+            "fuse" => ExportKind::Fuse(input.parse()?),
+            "vhost-user-blk" | "vduse-blk" => {
                 return Err(InputError(format!(
                     "Export type '{kind}' is not supported by ringstor yet"
                 )))
