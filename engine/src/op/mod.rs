@@ -44,7 +44,7 @@ pub use fd::SharedFd;
 pub use fsync::{fdatasync, fsync};
 pub use poll::poll_readable;
 pub use read::read_at;
-pub use readv::readv2;
+pub use readv::readv;
 pub use recv::recv_into;
 pub use sendmsg::GatherList;
 pub use sendmsg::{send_all, sendmsg};

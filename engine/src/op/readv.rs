@@ -1,7 +1,7 @@
-//! `IORING_OP_READV` into two owned [`Buf`]s: a message read from a
-//! character device in one call, split where the caller wants it (a FUSE
-//! request: its headers into the first buffer, so that a WRITE's data lands
-//! page-aligned at the start of the second).
+//! `IORING_OP_READV` into owned [`Buf`]s: a message read from a character
+//! device in one call, split where the caller wants it (a FUSE request:
+//! its headers into the first buffer, so that a WRITE's data lands
+//! page-aligned at the start of the next).
 
 use io_uring::opcode;
 
@@ -11,47 +11,42 @@ use crate::ring::Completion;
 
 struct Readv {
     _fd: SharedFd,
-    head: Buf,
-    body: Buf,
-    /// Points into `head` and `body`; boxed so its address is stable.
-    _iov: Box<[libc::iovec; 2]>,
+    bufs: Vec<Buf>,
+    /// Points into `bufs`; its heap array does not move with the op.
+    _iov: Vec<libc::iovec>,
 }
 
 impl Completable for Readv {
-    type Output = (std::io::Result<usize>, Buf, Buf);
+    type Output = (std::io::Result<usize>, Vec<Buf>);
     fn complete(self, c: Completion) -> Self::Output {
-        (c.into_result().map(|n| n as usize), self.head, self.body)
+        (c.into_result().map(|n| n as usize), self.bufs)
     }
 }
 
-/// Reads one message into `head[..head.len()]`, then `body[..body.len()]`,
-/// at the file's position; returns how many bytes were read in all.
-pub async fn readv2(
-    fd: &SharedFd,
-    mut head: Buf,
-    mut body: Buf,
-) -> (std::io::Result<usize>, Buf, Buf) {
-    let iov = Box::new([
-        libc::iovec {
-            iov_base: head.stable_mut_ptr().cast(),
-            iov_len: head.len(),
-        },
-        libc::iovec {
-            iov_base: body.stable_mut_ptr().cast(),
-            iov_len: body.len(),
-        },
-    ]);
-    let sqe = super::fd::with_fd!(fd, |f| opcode::Readv::new(f, iov.as_ptr(), 2)
-        .offset(u64::MAX)
-        .build());
-    // SAFETY: the iovecs are boxed in the op and cover the first len bytes
-    // of head and body, heap memory the op owns until completion.
+/// Reads one message into `bufs[0][..len]`, then `bufs[1][..len]`, and so
+/// on, at the file's position; returns how many bytes were read in all.
+pub async fn readv(fd: &SharedFd, mut bufs: Vec<Buf>) -> (std::io::Result<usize>, Vec<Buf>) {
+    let iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_len: b.len(),
+            iov_base: b.stable_mut_ptr().cast(),
+        })
+        .collect();
+    let sqe = super::fd::with_fd!(fd, |f| opcode::Readv::new(
+        f,
+        iov.as_ptr(),
+        iov.len() as u32
+    )
+    .offset(u64::MAX)
+    .build());
+    // SAFETY: the iovecs live in the op and cover the first len bytes of
+    // each buffer, heap memory the op owns until completion.
     unsafe {
         Op::submit(
             Readv {
                 _fd: fd.clone(),
-                head,
-                body,
+                bufs,
                 _iov: iov,
             },
             sqe,
