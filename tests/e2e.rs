@@ -4,6 +4,8 @@
 mod cli;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/fuse.rs"]
+mod fuse;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/nbd.rs"]
