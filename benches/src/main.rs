@@ -8,6 +8,7 @@ mod cli;
 mod cpu;
 mod error;
 mod fio;
+mod fuse;
 mod image;
 mod jobs;
 mod machine;
@@ -54,7 +55,11 @@ fn real_main() -> Result<()> {
     timing.ramp_s = opts.ramp.unwrap_or(timing.ramp_s);
     timing.image_mib = opts.image_mib.unwrap_or(timing.image_mib).max(1);
 
-    let mut scenarios = jobs::scenarios(opts.mode);
+    let mut scenarios = if opts.transport == "fuse" {
+        fuse::VARIANTS.iter().map(|v| v.scenario()).collect()
+    } else {
+        jobs::scenarios(opts.mode)
+    };
     if let Some(f) = &opts.scenarios {
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
     }
@@ -109,13 +114,17 @@ fn real_main() -> Result<()> {
         return Err(Error::msg("no server binary found"));
     }
 
-    let transport = nbd::Nbd;
+    let transport_id = if opts.transport == "fuse" {
+        "fuse"
+    } else {
+        nbd::Nbd.id()
+    };
     let cells: usize = scenarios.iter().map(|s| s.jobs.len() * present.len()).sum();
     let estimate = estimate_seconds(&timing, cells, scenarios.len() * present.len());
     println!(
         "ringstor-bench: {:?} mode, transport {}, {} scenarios, {} servers ({}), {} (server, job) cells x {} repeats of {} s: about {:.0} min",
         opts.mode,
-        transport.id(),
+        transport_id,
         scenarios.len(),
         present.len(),
         present.iter().map(|(k, _)| k.id()).collect::<Vec<_>>().join(", "),
@@ -172,7 +181,11 @@ fn real_main() -> Result<()> {
         work: work.path().to_path_buf(),
         out: out.clone(),
     };
-    let (rows, more_skipped) = runner::run(&plan, &transport, &dirs);
+    let (rows, more_skipped) = if opts.transport == "fuse" {
+        fuse::run_all(&plan, &dirs)
+    } else {
+        runner::run(&plan, &nbd::Nbd, &dirs)
+    };
     drop(work);
     skipped.extend(more_skipped);
 
@@ -183,7 +196,7 @@ fn real_main() -> Result<()> {
         started_utc,
         duration_s: started.elapsed().as_secs_f64(),
         mode: opts.mode,
-        transport: transport.id().to_string(),
+        transport: transport_id.to_string(),
         timing,
         placement,
         machine,

@@ -79,8 +79,42 @@ pub fn targets() -> Vec<Target> {
             false,
             1.0,
         ),
+        Target {
+            scenario: "fuse-uring-1io",
+            ..t(
+                "FUSE over io_uring 4k randread qd32 IOPS",
+                "randread-4k-qd32",
+                Metric::Throughput,
+                true,
+                1.5,
+            )
+        },
+        Target {
+            scenario: "fuse-uring-1io",
+            ..t(
+                "FUSE over io_uring server CPU per read",
+                "randread-4k-qd32",
+                Metric::CpuPerIo,
+                false,
+                0.5,
+            )
+        },
+        Target {
+            scenario: "fuse-",
+            ..t(
+                "FUSE: no row below QSD (lowest ratio of all fuse-* rows)",
+                ALL_JOBS,
+                Metric::Throughput,
+                true,
+                1.0,
+            )
+        },
     ]
 }
+
+/// A target's `job` that stands for every job of every scenario whose id
+/// starts with the target's `scenario`; the ratio judged is the lowest.
+pub const ALL_JOBS: &str = "*";
 
 /// Outcome of one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -146,14 +180,24 @@ pub fn evaluate(comparisons: &[Comparison]) -> Vec<Outcome> {
     targets()
         .into_iter()
         .map(|target| {
-            let c = comparisons
-                .iter()
-                .find(|c| c.scenario == target.scenario && c.job == target.job);
-            let ratio = c.and_then(|c| match target.metric {
+            let pick = |c: &Comparison| match target.metric {
                 Metric::Throughput => c.throughput,
                 Metric::P50 => c.p50,
                 Metric::CpuPerIo => c.cpu_per_io,
-            });
+            };
+            let (c, ratio) = if target.job == ALL_JOBS {
+                let worst = comparisons
+                    .iter()
+                    .filter(|c| c.scenario.starts_with(target.scenario))
+                    .filter_map(|c| pick(c).map(|r| (c, r)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
+                (worst.map(|w| w.0), worst.map(|w| w.1))
+            } else {
+                let c = comparisons
+                    .iter()
+                    .find(|c| c.scenario == target.scenario && c.job == target.job);
+                (c, c.and_then(pick))
+            };
             let status = match ratio {
                 None => Status::Skip,
                 Some(r) if (target.at_least && r >= target.threshold) => Status::Pass,
@@ -165,6 +209,9 @@ pub fn evaluate(comparisons: &[Comparison]) -> Vec<Outcome> {
                     .p99
                     .map(|p| format!("p99 ratio {p:.2}x (shown, no target)"))
                     .unwrap_or_default(),
+                (Some(c), _) if target.job == ALL_JOBS => {
+                    format!("lowest: {}/{}", c.scenario, c.job)
+                }
                 _ => String::new(),
             };
             if c.is_none() {
@@ -206,11 +253,30 @@ mod tests {
         let o = evaluate(&c);
         let st: Vec<Status> = o.iter().map(|o| o.status).collect();
         use Status::*;
-        assert_eq!(st, vec![Pass, Fail, Pass, Skip, Pass]);
+        assert_eq!(st, vec![Pass, Fail, Pass, Skip, Pass, Skip, Skip, Skip]);
         assert!(o[4].line().contains("p99 ratio 1.20x"));
         assert!(o[0]
             .line()
             .starts_with("PASS: NBD 4k randread qd32 IOPS, 1 conn"));
         assert!(o[3].line().contains("n/a"));
+    }
+
+    #[test]
+    fn fuse_targets_read_the_uring_row_and_the_lowest_row() {
+        let mut c = vec![
+            cmp("randread-4k-qd32", 2.0, 1.0, 0.4),
+            cmp("randwrite-4k-qd1", 0.9, 1.0, 1.0),
+            cmp("seqread-1m-qd8", 3.0, 1.0, 1.0),
+        ];
+        c[0].scenario = "fuse-uring-1io".into();
+        c[1].scenario = "fuse-dev-2io".into();
+        c[2].scenario = "page-cache".into();
+        let o = evaluate(&c);
+        use Status::*;
+        assert_eq!((o[5].status, o[6].status, o[7].status), (Pass, Pass, Fail));
+        assert_eq!(o[7].ratio, Some(0.9));
+        assert!(o[7]
+            .line()
+            .contains("lowest: fuse-dev-2io/randwrite-4k-qd1"));
     }
 }
