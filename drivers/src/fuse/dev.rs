@@ -113,7 +113,7 @@ pub(crate) async fn serve(fd: SharedFd, exec: Rc<Exec>, live: Box<dyn std::any::
         let fd2 = fd.clone();
         let exec = exec.clone();
         spawn_local(async move {
-            let (reply, left) = exec.execute(&hdr, op, data).await;
+            let (reply, left) = exec.execute(op, data).await;
             if let Some(b) = left {
                 pool::check_in(b);
             }

@@ -19,7 +19,7 @@ use engine::block::{BlockError, BlockHandle, BlockNode};
 use engine::buf::{pool, Buf};
 
 use super::proto::consts::*;
-use super::proto::{Attr, InHeader, Operation, Reply, SetAttr};
+use super::proto::{Attr, Operation, Reply, SetAttr};
 
 /// Largest READ or WRITE the INIT reply allows (`max_write`, `max_pages`).
 pub(crate) const MAX_IO: usize = 1 << 20;
@@ -157,13 +157,7 @@ impl Exec {
     /// Runs `op`. `buf` is a WRITE's data (its first `size` bytes), or a
     /// buffer to READ into (the FUSE ring entry's payload), or `None`; it
     /// comes back either in the reply (read data) or as the second value.
-    pub(crate) async fn execute(
-        &self,
-        hdr: &InHeader,
-        op: Operation,
-        buf: Option<Buf>,
-    ) -> (Reply, Option<Buf>) {
-        let _ = hdr;
+    pub(crate) async fn execute(&self, op: Operation, buf: Option<Buf>) -> (Reply, Option<Buf>) {
         match op {
             Operation::Read { offset, size } => self.read(offset, size, buf).await,
             Operation::Write { offset, size } => self.write(offset, size, buf).await,

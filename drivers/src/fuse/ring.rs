@@ -115,7 +115,7 @@ async fn handle(exec: &Exec, bufs: &mut CmdBufs) -> u64 {
                         }
                         None => None,
                     };
-                    let (reply, left) = exec.execute(&hdr, op, data).await;
+                    let (reply, left) = exec.execute(op, data).await;
                     Some((hdr.unique, reply, left))
                 }
                 Err(_) => Some((hdr.unique, Reply::error(libc::EINVAL), None)),
