@@ -16,3 +16,5 @@ mod nbd_qmp;
 mod qmp;
 #[path = "e2e/reliability.rs"]
 mod reliability;
+#[path = "e2e/stats.rs"]
+mod stats;

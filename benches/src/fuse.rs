@@ -94,7 +94,10 @@ impl Fuse {
 
     /// Detaches what a killed server left mounted in `dir`.
     pub fn cleanup(dir: &Path) {
-        for kind in ServerKind::ALL {
+        for kind in ServerKind::ALL
+            .into_iter()
+            .chain([ServerKind::RingstorNoStats])
+        {
             let m = Self::mountpoint(kind, dir);
             if is_mounted(&m) {
                 let _ = std::process::Command::new("umount")
@@ -120,7 +123,7 @@ impl Transport for Fuse {
     }
 
     fn launch(&self, server: ServerKind, backend: &Backend, dir: &Path) -> Option<LaunchSpec> {
-        if !matches!(server, ServerKind::Ringstor | ServerKind::Qsd) {
+        if !(server.is_ringstor() || server == ServerKind::Qsd) {
             return None;
         }
         if let Backend::Null { .. } = backend {
@@ -137,7 +140,7 @@ impl Transport for Fuse {
             "type": "fuse", "id": "exp0", "node-name": qsd::NODE,
             "mountpoint": mnt, "writable": true, "iothread": qsd::IOTHREAD,
         });
-        if server == ServerKind::Ringstor {
+        if server.is_ringstor() {
             export["io-uring"] = self.uring.into();
             if self.iothreads > 1 {
                 let ids: Vec<String> = (0..self.iothreads).map(|i| format!("io{i}")).collect();
@@ -167,6 +170,10 @@ impl Transport for Fuse {
                 "--direct=1".into(),
                 format!("--filename={}", mnt.display()),
             ],
+            env: match server {
+                ServerKind::RingstorNoStats => vec![("RINGSTOR_STATS".into(), "off".into())],
+                _ => Vec::new(),
+            },
         })
     }
 }

@@ -14,6 +14,7 @@ mod jobs;
 mod machine;
 mod nbd;
 mod qsd;
+mod recording;
 mod report;
 mod results;
 mod runner;
@@ -191,6 +192,7 @@ fn real_main() -> Result<()> {
 
     let comparisons = results::comparisons(&rows);
     let targets = targets::evaluate(&comparisons);
+    let recording = recording::costs(&rows);
     let report = RunReport {
         name: name.clone(),
         started_utc,
@@ -205,6 +207,7 @@ fn real_main() -> Result<()> {
         rows,
         comparisons,
         targets,
+        recording,
     };
     write_outputs(&report, &out)?;
     Ok(())
@@ -227,6 +230,15 @@ fn write_outputs(report: &RunReport, out: &Path) -> Result<()> {
     println!("\n{md}");
     for t in &report.targets {
         println!("{}", t.line());
+    }
+    if report
+        .rows
+        .iter()
+        .any(|r| r.server == ServerKind::RingstorNoStats)
+    {
+        for l in recording::lines(&report.recording) {
+            println!("{l}");
+        }
     }
     println!("\nresults: {}", md_path.display());
     Ok(())

@@ -53,6 +53,8 @@ pub struct RunReport {
     pub comparisons: Vec<Comparison>,
     /// PASS/FAIL/SKIP.
     pub targets: Vec<Outcome>,
+    /// Recording statistics on vs off (with `ringstor-nostats` rows).
+    pub recording: Vec<crate::recording::Cost>,
 }
 
 /// Human description of a scenario id.
@@ -119,6 +121,15 @@ pub fn markdown(r: &RunReport) -> String {
     );
     for t in &r.targets {
         let _ = writeln!(md, "- {}", t.line());
+    }
+    if r.rows
+        .iter()
+        .any(|x| x.server == ServerKind::RingstorNoStats)
+    {
+        let _ = writeln!(md, "\n## Statistics recording: on vs off\n");
+        for l in crate::recording::lines(&r.recording) {
+            let _ = writeln!(md, "- {l}");
+        }
     }
     if !r.skipped.is_empty() {
         let _ = writeln!(md, "\n## Skipped\n");
@@ -261,6 +272,7 @@ pub(crate) mod tests {
             rows,
             comparisons,
             targets,
+            recording: Vec::new(),
         }
     }
 

@@ -230,6 +230,13 @@ impl BlockGraph {
         }
     }
 
+    /// Node names, oldest first (QEMU's order for `query-blockstats`).
+    pub fn names_by_age(&self) -> Vec<&str> {
+        let mut list: Vec<(&String, &NodeEntry)> = self.nodes.iter().collect();
+        list.sort_by_key(|(_, e)| e.seq);
+        list.into_iter().map(|(n, _)| n.as_str()).collect()
+    }
+
     /// Removes every node (at exit), parents first.
     pub fn clear(&mut self) {
         self.nodes.clear();

@@ -32,6 +32,7 @@ use crate::objects::Objects;
 use crate::placement::Placement;
 use crate::qmp::{EventBus, MonitorAddr, MonitorServer, QmpError, QmpRequest};
 use crate::registry::ExportRegistry;
+use crate::stats::StatsHub;
 
 /// How long exports get to drain at `quit` or `nbd-server-stop` before
 /// they are dropped anyway.
@@ -48,6 +49,8 @@ pub enum Internal {
     ExportDrained(String),
     /// SIGTERM, SIGINT or SIGHUP: quit cleanly.
     Signal(nix::sys::signal::Signal),
+    /// A metrics endpoint wants every export's numbers.
+    Metrics(Sender<Vec<crate::stats::ExportView>>),
 }
 
 /// All control-plane state; lives on the control thread.
@@ -57,6 +60,8 @@ pub struct Daemon {
     pub(crate) nbd: Option<NbdServer>,
     pub(crate) exports: ExportRegistry,
     pub(crate) events: EventBus,
+    /// Totals of removed exports (`query-blockstats`).
+    pub(crate) stats: StatsHub,
     /// Set by `quit` or a signal; the loop ends after the current message.
     pub(crate) quit: bool,
     monitors: Vec<MonitorServer>,
@@ -90,6 +95,7 @@ impl Daemon {
             nbd: None,
             exports: ExportRegistry::new(internal_tx.clone()),
             events: EventBus::new(),
+            stats: StatsHub::default(),
             quit: false,
             monitors: Vec::new(),
             requests_tx,
@@ -167,6 +173,7 @@ impl Daemon {
     fn handle_internal(&mut self, m: Internal) {
         match m {
             Internal::ExportDrained(id) => self.export_drained(&id),
+            Internal::Metrics(tx) => self.answer_metrics(tx),
             Internal::Signal(sig) => {
                 log::info!("received {sig}, quitting");
                 self.quit = true;
@@ -175,7 +182,19 @@ impl Daemon {
         }
     }
 
+    /// A scrape: the cumulative numbers of every live export.
+    fn answer_metrics(&mut self, tx: Sender<Vec<crate::stats::ExportView>>) {
+        let views = crate::stats::gather(self, drivers::stats::View::Cumulative, None, false);
+        // The scraper may have given up; nothing to do then.
+        let _ = tx.send(views);
+    }
+
     pub(crate) fn export_drained(&mut self, id: &str) {
+        if let Some(st) = self.exports.stats_of(id) {
+            // Its queues are gone; keep what they did for its node.
+            let threads = crate::stats::threads(self);
+            self.stats.retire(&threads, &st);
+        }
         if self.exports.drained(id) {
             self.events
                 .emit("BLOCK_EXPORT_DELETED", json!({ "id": id }));
@@ -188,6 +207,7 @@ impl Daemon {
         while let Ok(m) = self.internal_rx.try_recv() {
             match m {
                 Internal::ExportDrained(id) => self.export_drained(&id),
+                Internal::Metrics(tx) => self.answer_metrics(tx),
                 other => self.pending.push_back(other),
             }
         }
@@ -230,6 +250,7 @@ impl Daemon {
             }
             match self.internal_rx.recv_timeout(deadline - now) {
                 Ok(Internal::ExportDrained(id)) => self.export_drained(&id),
+                Ok(Internal::Metrics(tx)) => self.answer_metrics(tx),
                 Ok(other) => self.pending.push_back(other),
                 Err(_) => {}
             }

@@ -14,12 +14,14 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod logger;
+pub mod metrics;
 pub mod objects;
 pub mod placement;
 pub mod qapi;
 pub mod qmp;
 pub mod registry;
 pub mod signals;
+pub mod stats;
 
 /// The NBD server driver the control plane starts.
 pub(crate) use drivers::nbd;

@@ -9,3 +9,4 @@
 pub mod export;
 pub mod fuse;
 pub mod nbd;
+pub mod stats;

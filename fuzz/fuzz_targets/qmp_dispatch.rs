@@ -60,6 +60,8 @@ struct Fixture {
     base_iothread: Value,
     /// `FUZZ_TRACE=1`: print each command and its result to stderr.
     trace: bool,
+    /// `metrics` objects added (no query lists them), deleted by `reset`.
+    metrics: Vec<String>,
 }
 
 fn fixture() -> &'static Mutex<Fixture> {
@@ -87,6 +89,7 @@ fn fixture() -> &'static Mutex<Fixture> {
             base_node: Value::Null,
             base_iothread: Value::Null,
             trace: std::env::var_os("FUZZ_TRACE").is_some(),
+            metrics: Vec::new(),
         };
         create_baseline(&mut f.daemon);
         f.base_node = find(
@@ -218,6 +221,10 @@ fn reset(f: &mut Fixture) {
         "nodes left after deleting everything: {extra:?} in {nodes:?}"
     );
 
+    for id in std::mem::take(&mut f.metrics) {
+        // Already deleted by the input itself, or still there.
+        let _ = d.execute("object-del", obj(json!({"id": id})));
+    }
     let threads = query(d, "query-iothreads");
     let keep_io = find(&threads, "id", BASE_IOTHREAD)
         .is_some_and(|e| iothread_identity(&e) == iothread_identity(&f.base_iothread));
@@ -630,6 +637,9 @@ fn run_op(f: &mut Fixture, op: Op) {
     }
     let Ok(_) = r else { return };
     let s = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_string);
+    if op.command == "object-add" && s("qom-type").as_deref() == Some("metrics") {
+        f.metrics.extend(s("id"));
+    }
     match op.command.as_str() {
         "blockdev-add" => {
             if let Some(n) = s("node-name") {
@@ -647,7 +657,8 @@ fn run_op(f: &mut Fixture, op: Op) {
                 );
             }
         }
-        "object-add" => {
+        // Only iothreads are listed; a `metrics` object is an endpoint.
+        "object-add" if s("qom-type").as_deref() == Some("iothread") => {
             if let Some(id) = s("id") {
                 assert!(
                     listed(d, "query-iothreads", "id", &id),

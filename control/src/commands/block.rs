@@ -30,6 +30,7 @@ pub(super) fn blockdev_del(d: &mut Daemon, args: Map<String, Value>) -> Result<V
     let exported = d.exports.uses_node(&a.node_name);
     d.blocks.del(&a.node_name, exported)?;
     d.exports.forget_node(&a.node_name);
+    d.stats.forget_node(&a.node_name);
     Ok(Value::Null)
 }
 

@@ -9,6 +9,7 @@ mod control;
 mod export;
 mod nbd;
 mod object;
+mod stats;
 
 pub use block::blockdev_add;
 pub use export::block_export_add;
@@ -43,6 +44,8 @@ const COMMANDS: &[(&str, Handler)] = &[
     ("blockdev-del", block::blockdev_del),
     ("blockdev-add", block::blockdev_add_cmd),
     ("query-named-block-nodes", block::query_named_block_nodes),
+    ("query-blockstats", stats::query_blockstats),
+    ("x-query-export-stats", stats::x_query_export_stats),
 ];
 
 /// Runs command `name`.

@@ -12,6 +12,10 @@ use crate::qapi::{from_args, Input, ObjectOptions, Syntax};
 pub fn object_add(d: &mut Daemon, input: Input) -> Result<Value> {
     match ObjectOptions::parse(input)? {
         ObjectOptions::Iothread(o) => d.objects.add_iothread(o)?,
+        ObjectOptions::Metrics(o) => {
+            let control = d.internal_sender();
+            d.objects.add_metrics(o, control)?
+        }
     }
     Ok(Value::Null)
 }

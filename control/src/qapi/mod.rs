@@ -21,4 +21,4 @@ pub use export::{
 };
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
-pub use object::{is_identifier, IothreadOptions, ObjectOptions};
+pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};

@@ -20,6 +20,7 @@ use engine::buf::{pool, Buf};
 
 use super::proto::consts::*;
 use super::proto::{Attr, Operation, Reply, SetAttr};
+use crate::stats::{ErrorKind, OpKind, Outcome, QueueRecorder};
 
 /// Largest READ or WRITE the INIT reply allows (`max_write`, `max_pages`).
 pub(crate) const MAX_IO: usize = 1 << 20;
@@ -88,6 +89,50 @@ pub(crate) struct Exec {
     /// Requests served over each transport on this iothread (said at the end).
     pub(crate) over_dev: std::cell::Cell<u64>,
     pub(crate) over_ring: std::cell::Cell<u64>,
+    /// The export's statistics for this iothread's queue.
+    pub(crate) rec: QueueRecorder,
+}
+
+/// What statistics count a request as: data and flush requests, discards
+/// and zeroing by `fallocate`, `lseek` as block status; attribute and open
+/// traffic is not I/O and is not counted.
+fn op_kind(op: &Operation) -> Option<(OpKind, u64, u64)> {
+    Some(match *op {
+        Operation::Read { offset, size } => (OpKind::Read, offset, u64::from(size)),
+        Operation::Write { offset, size } => (OpKind::Write, offset, u64::from(size)),
+        Operation::Fsync | Operation::Flush => (OpKind::Flush, 0, 0),
+        Operation::Fallocate {
+            offset,
+            length,
+            mode,
+        } => {
+            let kind = if mode & FALLOC_FL_PUNCH_HOLE != 0 {
+                OpKind::Discard
+            } else if mode & FALLOC_FL_ZERO_RANGE != 0 {
+                OpKind::WriteZeroes
+            } else {
+                OpKind::Other
+            };
+            (kind, offset, length)
+        }
+        Operation::Lseek { offset, .. } => (OpKind::BlockStatus, offset, 0),
+        _ => return None,
+    })
+}
+
+/// The outcome of a reply: I/O errors failed, anything else was refused.
+fn outcome(reply: &Reply) -> Outcome {
+    match reply {
+        Reply::Send { error, .. } if *error < 0 => {
+            let kind = ErrorKind::from_errno(-error);
+            if -error == libc::EIO {
+                Outcome::Failed(kind)
+            } else {
+                Outcome::Invalid(kind)
+            }
+        }
+        _ => Outcome::Ok,
+    }
 }
 
 impl Drop for Exec {
@@ -158,11 +203,16 @@ impl Exec {
     /// buffer to READ into (the FUSE ring entry's payload), or `None`; it
     /// comes back either in the reply (read data) or as the second value.
     pub(crate) async fn execute(&self, op: Operation, buf: Option<Buf>) -> (Reply, Option<Buf>) {
-        match op {
+        let started = op_kind(&op).map(|(k, off, len)| self.rec.start(k, off, len));
+        let (reply, left) = match op {
             Operation::Read { offset, size } => self.read(offset, size, buf).await,
             Operation::Write { offset, size } => self.write(offset, size, buf).await,
             other => (self.control(other).await, buf),
+        };
+        if let Some(t) = started {
+            self.rec.finish(t, outcome(&reply));
         }
+        (reply, left)
     }
 
     async fn control(&self, op: Operation) -> Reply {

@@ -266,6 +266,7 @@ impl FuseExport {
             let node = sh.common.node.clone();
             let state = sh.state.clone();
             let id = sh.common.id.clone();
+            let stats = sh.common.stats.clone();
             let posted = thread.post(move || {
                 let exec = Rc::new(Exec {
                     state,
@@ -273,6 +274,7 @@ impl FuseExport {
                     id,
                     over_dev: Default::default(),
                     over_ring: Default::default(),
+                    rec: stats.queue(i.to_string(), None),
                 });
                 let fd = SharedFd::new(fd);
                 let mut lives = lives.into_iter();

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use engine::block::{BlockError, BlockStatus};
 use engine::buf::{pool, Buf};
 
-use super::conn::Conn;
+use super::conn::{error_kind, Conn};
 use super::proto::consts::{
     NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE,
     NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_FLAG_REQ_ONE, NBD_STATE_HOLE, NBD_STATE_ZERO,
@@ -15,6 +15,7 @@ use super::proto::{
     read_data_header, reply_error, reply_ok, Command, Extent, MetaContext, NbdErrno, ReplyMode,
     RequestHeader,
 };
+use crate::stats::{ErrorKind, OpKind, Outcome, Stamp, Started};
 
 /// Reads at least this long are split into data and hole chunks (structured
 /// replies without `DF`); shorter ones are sent as data, which costs the
@@ -30,14 +31,39 @@ fn errno_of(e: &BlockError) -> NbdErrno {
     NbdErrno::from_errno(e.errno())
 }
 
-/// Runs `h` and queues the reply.
-pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Buf>) {
+/// The statistics kind of a command.
+fn op_kind(c: Command) -> OpKind {
+    match c {
+        Command::Read => OpKind::Read,
+        Command::Write => OpKind::Write,
+        Command::Flush => OpKind::Flush,
+        Command::Trim => OpKind::Discard,
+        Command::WriteZeroes => OpKind::WriteZeroes,
+        Command::BlockStatus => OpKind::BlockStatus,
+        Command::Cache | Command::Disc | Command::Unknown(_) => OpKind::Other,
+    }
+}
+
+/// Records `h` as received at `at`.
+pub(crate) fn start(conn: &Conn, at: Stamp, h: &RequestHeader) -> Started {
+    // A flush has no bytes (QEMU counts none either).
+    let len = if h.kind == Command::Flush {
+        0
+    } else {
+        h.length
+    };
+    conn.rec.start_at(at, op_kind(h.kind), h.offset, len)
+}
+
+/// Runs `h` and queues the reply; `t` is its start in the statistics.
+pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Buf>, t: Started) {
     let to = conn.reply_to(&h);
     let result: Result<(), BlockError> = match h.kind {
-        Command::Read => return read(&conn, &h).await,
+        Command::Read => return read(&conn, &h, t).await,
         Command::Write => {
             let Some(buf) = payload else {
                 conn.reply(
+                    (t, Outcome::Invalid(ErrorKind::Invalid)),
                     |v| reply_error(v, &to, NbdErrno::Inval, "write without payload"),
                     None,
                 );
@@ -70,19 +96,20 @@ pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Bu
             }
         }
         Command::Cache => conn.handle.cache(h.offset, h.length),
-        Command::BlockStatus => return block_status(&conn, &h, payload),
+        Command::BlockStatus => return block_status(&conn, &h, payload, t),
         Command::Disc | Command::Unknown(_) => Err(BlockError::NotSupported),
     };
     match result {
-        Ok(()) => conn.reply(|v| reply_ok(v, &to), None),
+        Ok(()) => conn.reply((t, Outcome::Ok), |v| reply_ok(v, &to), None),
         Err(e) => {
             let msg = e.to_string();
-            conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+            let done = (t, Outcome::of_error(&e));
+            conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
         }
     }
 }
 
-async fn read(conn: &Conn, h: &RequestHeader) {
+async fn read(conn: &Conn, h: &RequestHeader, t: Started) {
     let to = conn.reply_to(h);
     let len = h.length as usize;
     let sparse = conn.mode != ReplyMode::Simple
@@ -91,7 +118,7 @@ async fn read(conn: &Conn, h: &RequestHeader) {
     if sparse {
         if let Ok((st, n)) = conn.handle.block_status(h.offset, h.length) {
             if n < h.length || st.zero {
-                return sparse_read(conn, h, (st, n)).await;
+                return sparse_read(conn, h, (st, n), t).await;
             }
         }
     }
@@ -99,6 +126,7 @@ async fn read(conn: &Conn, h: &RequestHeader) {
     {
         // The writer splices the page-cache pages to the socket: no copy.
         return conn.reply_splice(
+            (t, Outcome::Ok),
             |v| {
                 let _ = read_data_header(v, &to, true, h.offset, len as u32);
             },
@@ -109,6 +137,7 @@ async fn read(conn: &Conn, h: &RequestHeader) {
     let (r, buf) = conn.handle.read(h.offset, pool::check_out(len)).await;
     match r {
         Ok(()) => conn.reply(
+            (t, Outcome::Ok),
             |v| {
                 let _ = read_data_header(v, &to, true, h.offset, len as u32);
             },
@@ -118,14 +147,15 @@ async fn read(conn: &Conn, h: &RequestHeader) {
             pool::check_in(buf);
             conn.release_read_budget(len);
             let msg = e.to_string();
-            conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+            let done = (t, Outcome::of_error(&e));
+            conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
         }
     }
 }
 
 /// A structured read as data and hole chunks, then a final NONE chunk.
 /// `first` is the status of the run at `h.offset`, already looked up.
-async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64)) {
+async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64), t: Started) {
     let to = conn.reply_to(h);
     let mut parts = Vec::new();
     let mut off = h.offset;
@@ -152,7 +182,8 @@ async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64)) 
                 pool::check_in(buf);
                 conn.release_read_budget(h.length as usize);
                 let msg = e.to_string();
-                conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+                let done = (t, Outcome::of_error(&e));
+                conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
                 return;
             }
             let _ = read_data_header(&mut hdr, &to, false, off, n as u32);
@@ -164,12 +195,15 @@ async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64)) 
     let _ = chunk_none(&mut done, &to);
     parts.push((done, None));
     conn.release_read_budget(holes);
-    conn.reply_parts(parts);
+    conn.reply_parts((t, Outcome::Ok), parts);
 }
 
-fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>) {
+fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>, t: Started) {
     let to = conn.reply_to(h);
-    let fail = |e: NbdErrno, msg: &str| conn.reply(|v| reply_error(v, &to, e, msg), None);
+    let fail = |e: NbdErrno, msg: &str| {
+        let done = (t, Outcome::Invalid(error_kind(e)));
+        conn.reply(done, |v| reply_error(v, &to, e, msg), None)
+    };
     // Which contexts, and how far (the payload form carries both).
     let mut length = h.length;
     let mut wanted: Vec<&(u32, MetaContext)> = conn.contexts.iter().collect();
@@ -213,7 +247,8 @@ fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>) {
             Ok(e) => e,
             Err(e) => {
                 let msg = e.to_string();
-                return conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+                let done = (t, Outcome::of_error(&e));
+                return conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
             }
         };
         let mut hdr = Vec::with_capacity(32 + extents.len() * 16);
@@ -223,7 +258,7 @@ fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>) {
     if parts.is_empty() {
         return fail(NbdErrno::Inval, "no metadata context selected");
     }
-    conn.reply_parts(parts);
+    conn.reply_parts((t, Outcome::Ok), parts);
 }
 
 fn flags_for(ctx: &MetaContext, st: BlockStatus) -> u32 {

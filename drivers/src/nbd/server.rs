@@ -21,6 +21,10 @@ use super::conn;
 use super::negotiate::{negotiate, HandshakeEnd};
 use super::registry::Registry;
 use crate::export::{Export, ExportCommon, ExportError};
+use crate::stats::{peer_name, RateLimit};
+
+/// Handshake failures are a client's doing: their log lines are limited.
+static HANDSHAKE_LOG: RateLimit = RateLimit::new();
 
 /// Where the server listens.
 #[derive(Debug)]
@@ -274,10 +278,13 @@ async fn accept_loop(listener: SharedFd, shared: Arc<ServerShared>) {
         let n = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let slot = Slot(shared.clone());
         if shared.max_connections != 0 && n > shared.max_connections as usize {
-            log::info!(
-                "nbd: refusing connection: max-connections {} reached",
+            HANDSHAKE_LOG.info(format_args!(
+                "nbd: refusing {}: max-connections {} reached",
+                peer_name(std::os::fd::AsFd::as_fd(&fd))
+                    .as_deref()
+                    .unwrap_or("a client"),
                 shared.max_connections
-            );
+            ));
             drop(fd);
             drop(slot);
             continue;
@@ -300,14 +307,20 @@ async fn handshake(fd: SharedFd, shared: Arc<ServerShared>, slot: Slot) {
         Ok(Ok(v)) => v,
         Ok(Err(HandshakeEnd::Closed)) | Ok(Err(HandshakeEnd::Aborted)) => return,
         Ok(Err(e)) => {
-            log::info!("nbd: {e}");
+            let peer = peer_name(std::os::fd::AsFd::as_fd(&fd));
+            HANDSHAKE_LOG.info(format_args!(
+                "nbd: {}: {e}",
+                peer.as_deref().unwrap_or("client")
+            ));
             return;
         }
         Err(op::Elapsed) => {
-            log::info!(
-                "nbd: handshake not finished within {:?}; dropping the client",
+            let peer = peer_name(std::os::fd::AsFd::as_fd(&fd));
+            HANDSHAKE_LOG.info(format_args!(
+                "nbd: {} did not finish the handshake within {:?}; dropping it",
+                peer.as_deref().unwrap_or("client"),
                 shared.handshake_timeout
-            );
+            ));
             return;
         }
     };

@@ -76,6 +76,7 @@ fn qemu_io_write_then_read_back() {
         on_drained: Arc::new(move |id: &str| {
             let _ = tx.send(id.to_string());
         }),
+        stats: crate::stats::ExportStats::new("e0", "disk0"),
     };
     let mut export = server
         .add_export(

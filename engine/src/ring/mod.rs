@@ -134,6 +134,8 @@ pub(crate) struct Ring {
     pub(crate) features: RingFeatures,
     /// A read on the wake eventfd is in the kernel.
     pub(crate) wake_armed: bool,
+    /// Completions the last [`Ring::reap`] took.
+    pub(crate) reaped: usize,
 }
 
 impl Ring {
@@ -168,6 +170,7 @@ impl Ring {
                         ops: Slab::new(),
                         features,
                         wake_armed: false,
+                        reaped: 0,
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -281,9 +284,11 @@ impl Ring {
         let mut woke = false;
         let ops = &mut self.ops;
         let wake_armed = &mut self.wake_armed;
+        let reaped = &mut self.reaped;
         with_uring!(&mut self.uring, |u| {
             let mut cq = u.completion();
             cq.sync();
+            *reaped = cq.len();
             for cqe in &mut cq {
                 match classify(cqe.user_data()) {
                     Token::Wake => {
