@@ -296,6 +296,14 @@ fn file_io(t: Transport) {
         "allocate keeps zeroes"
     );
 
+    // The I/O shows in the export's statistics.
+    let st = q.ok("x-query-export-stats", json!({"id": "e0"}));
+    let st = &st[0]["stats"];
+    assert!(st["write"]["bytes"].as_u64() >= Some(512 << 10), "{st}");
+    assert!(st["read"]["operations"].as_u64() > Some(0), "{st}");
+    assert!(st["discard"]["operations"].as_u64() >= Some(1), "{st}");
+    assert!(st["block-status"]["operations"].as_u64() >= Some(4), "{st}");
+
     q.ok("quit", json!({}));
     let mut d = fd.d;
     assert!(
