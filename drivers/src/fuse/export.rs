@@ -3,7 +3,8 @@
 //!
 //! # Removal
 //!
-//! Safe removal refuses while the file is open (OPENs not yet RELEASEd).
+//! Safe removal refuses while the file is open (OPENs not yet RELEASEd,
+//! after half a second for the RELEASE of a file just closed).
 //! Otherwise the export unmounts: a plain unmount when safe, a forced one
 //! (which aborts the connection: open files get `ENOTCONN`) then a lazy
 //! detach when hard. Destroying the mount ends the connection, so every
@@ -25,6 +26,9 @@ use super::mount::{mount, Mounted};
 use super::ring::QUEUE_DEPTH;
 use super::sys::{clone_fuse_fd, spawn_unmount_guard, UnmountGuard};
 use crate::export::{Export, ExportCommon, ExportError, RemoveMode};
+
+/// How long a safe removal waits for the RELEASE of a file just closed.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// `allow-other` (`FuseExportAllowOther`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +305,23 @@ impl FuseExport {
         Ok(())
     }
 
+    /// Whether no file is open, waiting up to `t` for RELEASEs in flight:
+    /// `close(2)` returns once FLUSH is answered, and the kernel sends
+    /// RELEASE after it, so a removal right after the last close would
+    /// otherwise still see the file open.
+    fn closed_within(&self, t: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + t;
+        loop {
+            if self.shared.state.open.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Unmounts (see the module docs); `Err` when a safe unmount finds the
     /// file busy.
     fn unmount(&mut self, mode: RemoveMode) -> Result<(), ExportError> {
@@ -345,7 +366,7 @@ impl Export for FuseExport {
 
     fn remove(&mut self, mode: RemoveMode) -> Result<(), ExportError> {
         let sh = self.shared.clone();
-        if mode == RemoveMode::Safe && sh.state.open.load(Ordering::Acquire) > 0 {
+        if mode == RemoveMode::Safe && !self.closed_within(RELEASE_WAIT) {
             return Err(ExportError::InUse(sh.common.id.clone()));
         }
         self.unmount(mode)?;
