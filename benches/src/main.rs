@@ -4,6 +4,7 @@
 //! results, with PASS/FAIL lines for the project's targets.
 //! See `benches/README.md`.
 
+mod bitmap;
 mod cli;
 mod cpu;
 mod error;
@@ -63,6 +64,8 @@ fn real_main() -> Result<()> {
     };
     if let Some(f) = &opts.scenarios {
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
+    } else if opts.mode == jobs::Mode::Short {
+        scenarios.retain(|s| bitmap::in_default_short(s.id));
     }
     if let Some(f) = &opts.jobs {
         for s in &mut scenarios {
@@ -191,7 +194,7 @@ fn real_main() -> Result<()> {
     skipped.extend(more_skipped);
 
     let comparisons = results::comparisons(&rows);
-    let targets = targets::evaluate(&comparisons);
+    let targets = targets::evaluate(&comparisons, &rows);
     let recording = recording::costs(&rows);
     let report = RunReport {
         name: name.clone(),

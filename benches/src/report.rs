@@ -63,6 +63,9 @@ pub fn scenario_title(id: &str) -> &'static str {
         "page-cache" => "file image, page cache (cache.direct=off / writeback / cache=default)",
         "direct" => "file image, O_DIRECT (cache.direct=on / --cache=none / nbdkit cache=none)",
         "null" => "null backend (null-co read-zeroes=on / nbdkit null)",
+        crate::bitmap::SCENARIO => {
+            "null backend, writes, a dirty bitmap on the node disabled then enabled (ringstor, QSD)"
+        }
         _ => "",
     }
 }
@@ -257,7 +260,7 @@ pub(crate) mod tests {
             );
         }
         let comparisons = comparisons(&rows);
-        let targets = evaluate(&comparisons);
+        let targets = evaluate(&comparisons, &rows);
         RunReport {
             name: "test".into(),
             started_utc: "2026-01-01T00:00:00".into(),

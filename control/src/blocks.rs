@@ -285,7 +285,7 @@ impl BlockGraph {
         } else if node.driver() == "raw" {
             image["dirty-flag"] = json!(false);
         }
-        json!({
+        let mut info = json!({
             "node-name": name,
             "drv": node.driver(),
             "file": file,
@@ -303,6 +303,10 @@ impl BlockGraph {
             "bps": 0, "bps_rd": 0, "bps_wr": 0,
             "iops": 0, "iops_rd": 0, "iops_wr": 0,
             "write_threshold": 0,
-        })
+        });
+        if let Some(b) = crate::bitmaps::query(node) {
+            info["dirty-bitmaps"] = b;
+        }
+        info
     }
 }

@@ -18,7 +18,9 @@
 //! command's reply: the control thread waits (bounded) for the drain.
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
@@ -30,7 +32,7 @@ use crate::error::Result;
 use crate::nbd::NbdServer;
 use crate::objects::Objects;
 use crate::placement::Placement;
-use crate::qmp::{EventBus, MonitorAddr, MonitorServer, QmpError, QmpRequest};
+use crate::qmp::{EventBus, MonitorAddr, MonitorFds, MonitorServer, QmpError, QmpRequest};
 use crate::registry::ExportRegistry;
 use crate::stats::StatsHub;
 
@@ -73,6 +75,9 @@ pub struct Daemon {
     pending: VecDeque<Internal>,
     /// Files removed at exit (the pidfile).
     cleanup: Vec<PathBuf>,
+    /// The QMP command being run: its monitor and `getfd` descriptor
+    /// (QEMU's `monitor_cur()`); `None` for the command line.
+    request: Option<(Arc<MonitorFds>, Option<OwnedFd>)>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -104,6 +109,7 @@ impl Daemon {
             internal_rx,
             pending: VecDeque::new(),
             cleanup: Vec::new(),
+            request: None,
         })
     }
 
@@ -117,6 +123,32 @@ impl Daemon {
         let m = MonitorServer::start(addr, pretty, self.requests_tx.clone(), self.events.clone())?;
         self.monitors.push(m);
         Ok(())
+    }
+
+    /// The monitor the running QMP command came from.
+    pub(crate) fn request_monitor(&self) -> Option<&Arc<MonitorFds>> {
+        self.request.as_ref().map(|(m, _)| m)
+    }
+
+    /// The descriptor passed with the running `getfd`, and its monitor.
+    pub(crate) fn take_request_fd(&mut self) -> Option<(Arc<MonitorFds>, OwnedFd)> {
+        let (monitor, fd) = self.request.as_mut()?;
+        Some((monitor.clone(), fd.take()?))
+    }
+
+    /// Whether a quit signal has arrived, for start-up steps that block
+    /// (`wait=on`); other notices are kept for the control loop.
+    pub fn quit_requested(&mut self) -> bool {
+        while let Ok(m) = self.internal_rx.try_recv() {
+            match m {
+                Internal::Signal(sig) => {
+                    log::info!("received {sig}, quitting");
+                    self.quit = true;
+                }
+                other => self.pending.push_back(other),
+            }
+        }
+        self.quit
     }
 
     /// Removes `path` when the daemon exits.
@@ -161,7 +193,10 @@ impl Daemon {
 
     fn handle_request(&mut self, req: QmpRequest) {
         log::debug!("qmp: {} {:?}", req.command, req.arguments);
+        self.request = Some((req.monitor, req.fd));
         let result = self.execute(&req.command, req.arguments);
+        // A descriptor the command did not take is closed.
+        self.request = None;
         if self.quit {
             // QSD emits the exports' events before quit's reply.
             self.remove_exports(None);

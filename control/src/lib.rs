@@ -7,6 +7,7 @@
 //! `drivers`), and none of it is `unsafe`.
 #![forbid(unsafe_code)]
 
+pub mod bitmaps;
 pub mod blocks;
 pub mod cli;
 pub mod commands;
@@ -21,6 +22,7 @@ pub mod qapi;
 pub mod qmp;
 pub mod registry;
 pub mod signals;
+pub mod sockets;
 pub mod stats;
 
 /// The NBD server driver the control plane starts.

@@ -89,16 +89,25 @@ impl Objects {
         }
     }
 
-    /// `object-add qom-type=metrics`: starts serving at once.
+    /// Fails if an object has this id (checked before the metrics
+    /// socket is opened, so that an `fd` is not used up).
+    pub fn check_new_id(&self, id: &str) -> Result<()> {
+        if self.contains(id) {
+            return Err(duplicate(id));
+        }
+        Ok(())
+    }
+
+    /// `object-add qom-type=metrics`: starts serving at once on
+    /// `listener`, opened from `options.addr`.
     pub fn add_metrics(
         &mut self,
         options: MetricsOptions,
+        listener: drivers::socket::Listener,
         control: crossbeam_channel::Sender<crate::daemon::Internal>,
     ) -> Result<()> {
-        if self.contains(&options.id) {
-            return Err(duplicate(&options.id));
-        }
-        let server = MetricsServer::start(&options.id, &options.addr, control)?;
+        self.check_new_id(&options.id)?;
+        let server = MetricsServer::start(&options.id, listener, control)?;
         self.metrics.insert(options.id, server);
         Ok(())
     }

@@ -290,6 +290,20 @@ fn templates() -> &'static [(&'static str, Value)] {
                                         "allocation-depth": true, "description": "d"})),
             ("block-export-add", json!({"type": "nbd", "id": "e2", "node-name": "r1",
                                         "iothread": ["io0", "io1"], "bitmaps": ["b0"]})),
+            ("block-dirty-bitmap-add", json!({"node": "null0", "name": "b0"})),
+            ("block-dirty-bitmap-add", json!({"node": "r1", "name": "b1", "granularity": 4096,
+                                              "persistent": false, "disabled": true})),
+            ("block-dirty-bitmap-disable", json!({"node": "null0", "name": "b0"})),
+            ("block-dirty-bitmap-enable", json!({"node": "null0", "name": "b0"})),
+            ("block-dirty-bitmap-clear", json!({"node": "null0", "name": "b0"})),
+            ("block-dirty-bitmap-merge", json!({"node": "null0", "target": "b0",
+                                                "bitmaps": ["b0", {"node": "r1", "name": "b1"}]})),
+            ("block-dirty-bitmap-remove", json!({"node": "null0", "name": "b0"})),
+            ("transaction", json!({"actions": [
+                {"type": "block-dirty-bitmap-add", "data": {"node": "null0", "name": "b2"}},
+                {"type": "block-dirty-bitmap-disable", "data": {"node": "null0", "name": "b0"}},
+                {"type": "abort", "data": {}}],
+                "properties": {"completion-mode": "individual"}})),
             ("block-export-del", json!({"id": "e0"})),
             ("block-export-del", json!({"id": "e1", "mode": "hard"})),
             ("nbd-server-stop", json!({})),
@@ -367,6 +381,13 @@ const MEMBERS: &[&str] = &[
     "cpu",
     "flat",
     "enable",
+    "target",
+    "granularity",
+    "persistent",
+    "disabled",
+    "actions",
+    "properties",
+    "completion-mode",
 ];
 
 /// Strings worth trying: names the templates use, enum values, oddities.
@@ -419,6 +440,13 @@ const STRINGS: &[&str] = &[
     "io_uring",
     "oob",
     "ringstor-main",
+    "b1",
+    "b2",
+    "abort",
+    "grouped",
+    "individual",
+    "block-dirty-bitmap-add",
+    "block-dirty-bitmap-remove",
 ];
 
 fn arb_number(u: &mut Unstructured) -> AResult<Value> {

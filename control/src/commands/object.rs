@@ -13,8 +13,10 @@ pub fn object_add(d: &mut Daemon, input: Input) -> Result<Value> {
     match ObjectOptions::parse(input)? {
         ObjectOptions::Iothread(o) => d.objects.add_iothread(o)?,
         ObjectOptions::Metrics(o) => {
+            d.objects.check_new_id(&o.id)?;
+            let listener = crate::sockets::listen(d, &o.addr)?;
             let control = d.internal_sender();
-            d.objects.add_metrics(o, control)?
+            d.objects.add_metrics(o, listener, control)?
         }
     }
     Ok(Value::Null)

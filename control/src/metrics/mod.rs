@@ -23,10 +23,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use drivers::socket::{Family, Listener};
 
 use crate::daemon::Internal;
 use crate::error::{ControlError, Result};
-use crate::qapi::SocketAddress;
 use crate::stats::ExportView;
 pub use render::render;
 
@@ -76,39 +76,14 @@ impl http::Scraper for ControlScraper {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and starts serving; scrapes ask `control`.
-    pub fn start(id: &str, addr: &SocketAddress, control: Sender<Internal>) -> Result<Self> {
-        let bind_err = |what: &str, e: std::io::Error| {
-            ControlError::failed(format!("Failed to bind socket to {what}: {e}"))
-        };
-        let (listener, unix_path) = match addr {
-            SocketAddress::Inet { host, port } => {
-                let shown = format!("{host}:{port}");
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                let port: u16 = port.parse().map_err(|_| {
-                    ControlError::failed(format!("address resolution failed for {shown}"))
-                })?;
-                let l =
-                    std::net::TcpListener::bind((host, port)).map_err(|e| bind_err(&shown, e))?;
-                (http::Listener::Tcp(l), None)
-            }
-            SocketAddress::Unix { path } => {
-                let p = PathBuf::from(path);
-                // Replace a stale socket, as QEMU does; never anything else.
-                if let Ok(m) = std::fs::symlink_metadata(&p) {
-                    if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) {
-                        let _ = std::fs::remove_file(&p);
-                    }
-                }
-                let l =
-                    std::os::unix::net::UnixListener::bind(&p).map_err(|e| bind_err(path, e))?;
-                (http::Listener::Unix(l), Some(p))
-            }
-            SocketAddress::Fd { .. } => {
-                return Err(ControlError::failed(
-                    "fd socket addresses are not supported by ringstor yet",
-                ))
-            }
+    /// Serves on `listener` (see [`crate::sockets::listen`]); scrapes ask
+    /// `control`.
+    pub fn start(id: &str, listener: Listener, control: Sender<Internal>) -> Result<Self> {
+        let family = listener.family();
+        let (fd, unix_path) = listener.into_parts();
+        let listener = match family {
+            Family::Inet => http::Listener::Tcp(std::net::TcpListener::from(fd)),
+            Family::Unix => http::Listener::Unix(std::os::unix::net::UnixListener::from(fd)),
         };
         let set_nb = match &listener {
             http::Listener::Tcp(l) => l.set_nonblocking(true),

@@ -2,6 +2,7 @@
 //! member names as in QEMU's schema, and the input layer that gives
 //! QEMU's error messages.
 
+mod bitmap;
 mod block;
 mod export;
 mod input;
@@ -11,6 +12,7 @@ mod object;
 #[cfg(test)]
 mod tests;
 
+pub use bitmap::{BitmapAction, BitmapAddArgs, BitmapArgs, BitmapMergeArgs, TransactionArgs};
 pub use block::{
     BlockdevBase, BlockdevOptions, BlockdevRef, CacheOptions, DetectZeroes, DriverOptions,
     FileDriverOptions, NullDriverOptions, OnOffAuto, RawDriverOptions,

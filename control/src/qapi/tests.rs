@@ -194,6 +194,8 @@ fn nbd_server_flat_and_legacy_addresses() {
     .unwrap();
     assert_eq!(flat, legacy);
     assert_eq!(flat.addr, SocketAddress::Unix { path: "/s".into() });
+    // QSD >= 9.1 caps connections at 100 unless told otherwise.
+    assert_eq!(flat.max_connections, 100);
     let tcp = NbdServerOptions::parse_legacy(input(
         json!({"addr": {"type": "inet", "data": {"host": "::1", "port": "10809"}},
                "max-connections": 4}),

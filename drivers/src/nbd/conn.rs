@@ -227,6 +227,12 @@ impl Conn {
         }
     }
 
+    /// The bits of the dirty bitmap with context id `id`.
+    pub(crate) fn bitmap(&self, id: u32) -> Option<&Arc<engine::block::DirtyBitmap>> {
+        let i = id.checked_sub(super::proto::META_ID_DIRTY_BITMAP)?;
+        self.export.bitmap_bits.get(usize::try_from(i).ok()?)
+    }
+
     pub(crate) fn reply_to(&self, h: &RequestHeader) -> ReplyTo {
         ReplyTo {
             mode: self.mode,

@@ -8,7 +8,8 @@ use engine::buf::{pool, Buf};
 use super::conn::{error_kind, Conn};
 use super::proto::consts::{
     NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE,
-    NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_FLAG_REQ_ONE, NBD_STATE_HOLE, NBD_STATE_ZERO,
+    NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_FLAG_REQ_ONE, NBD_STATE_DIRTY, NBD_STATE_HOLE,
+    NBD_STATE_ZERO,
 };
 use super::proto::{
     chunk_block_status, chunk_none, chunk_offset_hole, parse_block_status_payload,
@@ -243,7 +244,8 @@ fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>, t: Started
     };
     let mut parts = Vec::with_capacity(wanted.len());
     for (i, (id, ctx)) in wanted.iter().enumerate() {
-        let extents = match collect_extents(conn, ctx, h.offset, length.min(max_len), req_one) {
+        let extents = match collect_extents(conn, *id, ctx, h.offset, length.min(max_len), req_one)
+        {
             Ok(e) => e,
             Err(e) => {
                 let msg = e.to_string();
@@ -267,35 +269,69 @@ fn flags_for(ctx: &MetaContext, st: BlockStatus) -> u32 {
             (if st.data { 0 } else { NBD_STATE_HOLE }) | (if st.zero { NBD_STATE_ZERO } else { 0 })
         }
         MetaContext::AllocationDepth => st.depth,
-        // No dirty bitmaps exist yet: every range is clean.
+        // Answered from the bitmap itself (`bitmap_extents`).
         MetaContext::DirtyBitmap(_) => 0,
     }
 }
 
+/// Appends a run, merging it into the last one when the flags match;
+/// false when the reply is full.
+fn push_extent(out: &mut Vec<Extent>, length: u64, flags: u32, req_one: bool) -> bool {
+    match out.last_mut() {
+        Some(last) if last.flags == flags => last.length += length,
+        _ => {
+            if out.len() == MAX_EXTENTS || (req_one && !out.is_empty()) {
+                return false;
+            }
+            out.push(Extent { length, flags });
+        }
+    }
+    true
+}
+
 fn collect_extents(
     conn: &Conn,
+    id: u32,
     ctx: &MetaContext,
     offset: u64,
     length: u64,
     req_one: bool,
 ) -> Result<Vec<Extent>, BlockError> {
+    if let MetaContext::DirtyBitmap(_) = ctx {
+        return Ok(bitmap_extents(conn, id, offset, length, req_one));
+    }
     let mut out: Vec<Extent> = Vec::new();
     let mut off = offset;
     let end = offset + length;
     while off < end {
         let (st, n) = conn.handle.block_status(off, end - off)?;
         let n = n.min(end - off);
-        let flags = flags_for(ctx, st);
-        match out.last_mut() {
-            Some(last) if last.flags == flags => last.length += n,
-            _ => {
-                if out.len() == MAX_EXTENTS || (req_one && !out.is_empty()) {
-                    break;
-                }
-                out.push(Extent { length: n, flags });
-            }
+        if !push_extent(&mut out, n, flags_for(ctx, st), req_one) {
+            break;
         }
         off += n;
     }
     Ok(out)
+}
+
+/// Dirty (`NBD_STATE_DIRTY`) and clean runs of the bitmap with context id
+/// `id`; past the bitmap's end (it cannot be resized while exported, but
+/// be safe) and without a bitmap, clean.
+fn bitmap_extents(conn: &Conn, id: u32, offset: u64, length: u64, req_one: bool) -> Vec<Extent> {
+    let mut out = Vec::new();
+    let end = offset + length;
+    let mut off = offset;
+    if let Some(bitmap) = conn.bitmap(id) {
+        for e in bitmap.extents(offset, end) {
+            let flags = if e.dirty { NBD_STATE_DIRTY } else { 0 };
+            if !push_extent(&mut out, e.len, flags, req_one) {
+                return out;
+            }
+            off = e.offset + e.len;
+        }
+    }
+    if off < end {
+        push_extent(&mut out, end - off, 0, req_one);
+    }
+    out
 }

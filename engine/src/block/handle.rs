@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
+use super::bitmap::DirtyTracker;
 use super::error::{BlockError, BlockResult};
 use super::node::{BlockNode, Kind};
 use super::status::{file_status, BlockStatus};
@@ -42,6 +43,8 @@ struct Inner {
     leaf: Leaf,
     /// Added to every offset on the way to the leaf (`raw` `offset`).
     base: u64,
+    /// Marks the dirty bitmaps of every node of the chain.
+    dirty: DirtyTracker,
 }
 
 /// A node's data path on the current iothread. See the module docs.
@@ -66,6 +69,7 @@ impl BlockHandle {
             node: node.clone(),
             leaf,
             base,
+            dirty: DirtyTracker::new(node),
         });
         HANDLES.with(|h| {
             let mut h = h.borrow_mut();
@@ -133,11 +137,15 @@ impl BlockHandle {
                     buf = b;
                     match r {
                         Ok(0) => {
-                            // Past the end of the file: zeroes, as a hole would.
+                            // Past the end of the file (the sector-rounded
+                            // tail, a raw window past its child): zeroes, as
+                            // a hole would.
                             let end = buf.len();
                             buf.zero(done..end);
                             break;
                         }
+                        // Short at the end of the file; the next read
+                        // returns 0 (even unaligned under O_DIRECT).
                         Ok(n) => done += n,
                         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                         Err(e) => {
@@ -160,6 +168,7 @@ impl BlockHandle {
         if let Err(e) = self.check(offset, len) {
             return (Err(e), buf);
         }
+        let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => (Ok(()), buf),
             Leaf::File {
@@ -200,14 +209,16 @@ impl BlockHandle {
     }
 
     /// True when [`Self::read_to_pipe`] can serve `offset..offset+len`
-    /// (a buffered file; `O_DIRECT` data never sits in the page cache).
+    /// (a buffered file; `O_DIRECT` data never sits in the page cache),
+    /// which ends before the file does: a splice cannot return the zeroes
+    /// of the rounded-up tail.
     pub fn can_splice(&self, offset: u64, len: u64) -> bool {
         match &self.inner.leaf {
             Leaf::File { buffered: None, .. } => {
                 offset
                     .checked_add(len)
                     .is_some_and(|end| end <= self.size())
-                    && self.inner.base + offset + len <= self.leaf_size()
+                    && self.inner.base + offset + len <= self.leaf_node().data_end()
             }
             _ => false,
         }
@@ -250,6 +261,7 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
+        let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
             Leaf::File { fd, .. } => {
@@ -292,6 +304,7 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
+        let _dirty = self.inner.dirty.guard(offset, len);
         let Leaf::File { fd, .. } = &self.inner.leaf else {
             return Ok(());
         };
@@ -354,12 +367,16 @@ impl BlockHandle {
         }
     }
 
-    fn leaf_size(&self) -> u64 {
+    fn leaf_node(&self) -> &Arc<BlockNode> {
         let mut n = &self.inner.node;
         while let Some(c) = n.child() {
             n = c;
         }
-        n.size()
+        n
+    }
+
+    fn leaf_size(&self) -> u64 {
+        self.leaf_node().size()
     }
 
     /// Hints that the range will be read soon.
@@ -387,6 +404,7 @@ impl BlockHandle {
                 nix::unistd::ftruncate(fd, size as i64)
                     .map_err(|e| BlockError::io("truncate", size, e.into()))?;
                 node.set_size(size);
+                node.bitmaps().resize(size);
                 Ok(())
             }
             _ => Err(BlockError::NotSupported),

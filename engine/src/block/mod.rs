@@ -9,9 +9,12 @@
 //!
 //! Drivers: `file` and `host_device` (io_uring reads and writes, `O_DIRECT`
 //! with `cache.direct`, QEMU-compatible OFD locking), `raw` (a window of its
-//! child), `null-co` / `null-aio`. The block layer does not parse wire
+//! child), `null-co` / `null-aio`. Every node has a set of dirty bitmaps
+//! ([`bitmap`]) that handles mark on every write, write-zeroes and discard,
+//! without a lock. The block layer does not parse wire
 //! input; callers pass offsets and lengths, which it bounds-checks again.
 
+pub mod bitmap;
 mod error;
 mod handle;
 mod lock;
@@ -19,9 +22,13 @@ mod node;
 mod perm;
 mod status;
 
+pub use bitmap::{BitmapError, BitmapInfo, BitmapSet, BusyGuard, DirtyBitmap, DirtyExtent};
 pub use error::{BlockError, BlockResult};
 pub use handle::BlockHandle;
-pub use node::{BlockNode, FileOptions, NodeOptions, NullOptions, PermGuard, RawOptions};
+pub use node::{
+    round_to_sector, BlockNode, FileOptions, NodeOptions, NullOptions, PermGuard, RawOptions,
+    SECTOR_SIZE,
+};
 pub use perm::Perm;
 pub use status::BlockStatus;
 
