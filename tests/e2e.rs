@@ -4,6 +4,8 @@
 mod bitmap_backup;
 #[path = "e2e/bitmaps.rs"]
 mod bitmaps;
+#[path = "e2e/blkio_client.rs"]
+mod blkio_client;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/crash.rs"]
@@ -20,9 +22,21 @@ mod nbd;
 mod nbd_qmp;
 #[path = "e2e/parity.rs"]
 mod parity;
+#[path = "e2e/qcow2.rs"]
+mod qcow2;
+#[path = "e2e/qcow2_crash.rs"]
+mod qcow2_crash;
 #[path = "e2e/qmp.rs"]
 mod qmp;
 #[path = "e2e/reliability.rs"]
 mod reliability;
 #[path = "e2e/stats.rs"]
 mod stats;
+#[path = "e2e/vhost_user_blk.rs"]
+mod vhost_user_blk;
+#[path = "e2e/vhost_user_blk_hostile.rs"]
+mod vhost_user_blk_hostile;
+#[path = "e2e/vhost_user_blk_nodes.rs"]
+mod vhost_user_blk_nodes;
+#[path = "e2e/vhost_user_blk_qmp.rs"]
+mod vhost_user_blk_qmp;

@@ -85,6 +85,7 @@ impl Fuse {
                 j("randwrite-4k-qd1", "randwrite", "4k", 1, Primary::Iops),
                 j("seqread-1m-qd8", "read", "1m", 8, Primary::Bandwidth),
             ],
+            in_short: true,
         }
     }
 

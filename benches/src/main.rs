@@ -24,6 +24,7 @@ mod stats;
 mod svg;
 mod targets;
 mod transport;
+mod vhost_user_blk;
 mod workdir;
 
 use error::{Context, Error, Result};
@@ -65,7 +66,7 @@ fn real_main() -> Result<()> {
     if let Some(f) = &opts.scenarios {
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
     } else if opts.mode == jobs::Mode::Short {
-        scenarios.retain(|s| bitmap::in_default_short(s.id));
+        scenarios.retain(|s| s.in_short && bitmap::in_default_short(s.id));
     }
     if let Some(f) = &opts.jobs {
         for s in &mut scenarios {
@@ -118,17 +119,29 @@ fn real_main() -> Result<()> {
         return Err(Error::msg("no server binary found"));
     }
 
-    let transport_id = if opts.transport == "fuse" {
-        "fuse"
-    } else {
-        nbd::Nbd.id()
+    let vu_client = || {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("ringstor-vu-load")))
+            .unwrap_or_default()
+    };
+    let transport: Box<dyn Transport> = match opts.transport.as_str() {
+        "nbd" => Box::new(nbd::Nbd),
+        "vhost-user-blk" | "vhost-user-blk-2q" => Box::new(vhost_user_blk::VhostUserBlk {
+            queues: if opts.transport.ends_with("2q") { 2 } else { 1 },
+            client: vu_client(),
+        }),
+        // Each FUSE scenario runs with its own configuration (fuse::run_all);
+        // this one only names the transport.
+        "fuse" => Box::new(fuse::VARIANTS[0]),
+        other => return Err(Error::msg(format!("unknown transport {other}"))),
     };
     let cells: usize = scenarios.iter().map(|s| s.jobs.len() * present.len()).sum();
     let estimate = estimate_seconds(&timing, cells, scenarios.len() * present.len());
     println!(
         "ringstor-bench: {:?} mode, transport {}, {} scenarios, {} servers ({}), {} (server, job) cells x {} repeats of {} s: about {:.0} min",
         opts.mode,
-        transport_id,
+        transport.id(),
         scenarios.len(),
         present.len(),
         present.iter().map(|(k, _)| k.id()).collect::<Vec<_>>().join(", "),
@@ -188,20 +201,20 @@ fn real_main() -> Result<()> {
     let (rows, more_skipped) = if opts.transport == "fuse" {
         fuse::run_all(&plan, &dirs)
     } else {
-        runner::run(&plan, &nbd::Nbd, &dirs)
+        runner::run(&plan, transport.as_ref(), &dirs)
     };
     drop(work);
     skipped.extend(more_skipped);
 
     let comparisons = results::comparisons(&rows);
-    let targets = targets::evaluate(&comparisons, &rows);
+    let targets = targets::evaluate_for(transport.id(), &comparisons, &rows);
     let recording = recording::costs(&rows);
     let report = RunReport {
         name: name.clone(),
         started_utc,
         duration_s: started.elapsed().as_secs_f64(),
         mode: opts.mode,
-        transport: transport_id.to_string(),
+        transport: transport.id().to_string(),
         timing,
         placement,
         machine,

@@ -13,3 +13,5 @@ pub mod fuse;
 pub mod nbd;
 pub mod socket;
 pub mod stats;
+pub mod vhost_user_blk;
+pub mod virtio_blk;

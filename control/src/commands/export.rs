@@ -45,6 +45,8 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
         ExportKind::Nbd(_) => Perm::ALL.minus(Perm::RESIZE),
         // QSD's FUSE export shares everything (and takes RESIZE itself).
         ExportKind::Fuse(_) => Perm::ALL,
+        // QEMU's vhost-user-blk server follows resizes (config change).
+        ExportKind::VhostUserBlk(_) => Perm::ALL,
     };
     let prepared = d.exports.prepare(&base, &node, &d.objects, shared)?;
     match kind {
@@ -90,6 +92,10 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
                 },
             )?;
             d.exports.insert(prepared, Box::new(export));
+        }
+        ExportKind::VhostUserBlk(args) => {
+            let export = super::vhost_user_blk::create(d, &prepared, &args)?;
+            d.exports.insert(prepared, export);
         }
     }
     Ok(Value::Null)

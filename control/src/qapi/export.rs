@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::input::{Input, InputError};
+use super::vhost_user_blk::VhostUserBlkArgs;
 
 /// Longest NBD export name or description (QEMU's `NBD_MAX_STRING_SIZE`).
 pub const NBD_MAX_STRING_SIZE: usize = 4096;
@@ -150,6 +151,7 @@ pub struct FuseExportArgs {
 pub enum ExportKind {
     Nbd(NbdExportArgs),
     Fuse(FuseExportArgs),
+    VhostUserBlk(VhostUserBlkArgs),
 }
 
 /// `BlockExportOptions`.
@@ -172,7 +174,8 @@ impl BlockExportOptions {
                 ExportKind::Nbd(nbd)
             }
             "fuse" => ExportKind::Fuse(input.parse()?),
-            "vhost-user-blk" | "vduse-blk" => {
+            "vhost-user-blk" => ExportKind::VhostUserBlk(VhostUserBlkArgs::parse(input)?),
+            "vduse-blk" => {
                 return Err(InputError(format!(
                     "Export type '{kind}' is not supported by ringstor yet"
                 )))

@@ -227,7 +227,7 @@ fn export_union_dispatch() {
         Some(IothreadSpec(vec!["io0".into(), "io1".into()]))
     );
     let ExportKind::Nbd(n) = o.kind else {
-        panic!("not an NBD export")
+        panic!("an NBD export");
     };
     assert_eq!(n.name.as_deref(), Some("disk"));
     let err = |v| {

@@ -51,7 +51,7 @@ pub(crate) async fn serve(fd: SharedFd, exec: Rc<Exec>, live: Box<dyn std::any::
         bufs[0].set_len(SPLIT);
         bufs[1].set_len(SMALL);
         bufs[2].set_len(MAX_IO - SMALL);
-        let (r, b) = op::readv(&fd, bufs).await;
+        let (r, b) = op::readv_bufs(&fd, bufs).await;
         bufs = b;
         let n = match r {
             Ok(n) => n,
@@ -151,7 +151,7 @@ async fn send(fd: &SharedFd, hdr: &InHeader, reply: Reply) {
         b @ ReplyBody::Small { .. } => list.push_bytes(b.small()),
         ReplyBody::Data(buf, len) => list.push_buf(buf, 0..len),
     }
-    let (r, mut list) = op::writev(fd, list).await;
+    let (r, mut list) = op::writev_list(fd, list).await;
     list.clear();
     SPARE.with(|s| {
         let mut s = s.borrow_mut();

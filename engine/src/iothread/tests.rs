@@ -169,12 +169,12 @@ fn writev_then_readv_through_a_pipe_split_where_asked() {
             let mut data = Buf::zeroed(4096);
             data.as_mut_slice().fill(5);
             list.push_buf(data, 0..100);
-            let (n, _list) = op::writev(&w, list).await;
+            let (n, _list) = op::writev_list(&w, list).await;
             let mut head = Buf::zeroed(8);
             head.set_len(8);
             let mut body = Buf::zeroed(4096);
             body.set_len(4096);
-            let (m, bufs) = op::readv(&r, vec![head, body]).await;
+            let (m, bufs) = op::readv_bufs(&r, vec![head, body]).await;
             (n.expect("writev"), m.expect("readv"), bufs)
         })
         .expect("block_on");

@@ -1,45 +1,80 @@
-//! `IORING_OP_WRITEV` from a [`GatherList`]: one message to a character
-//! device (a FUSE reply: header bytes, then the read data as it is).
+//! `IORING_OP_WRITEV`: a positioned write straight from memory described by
+//! iovecs (guest RAM), kept mapped by the [`IoVecBuf`] the op owns.
 
 use io_uring::opcode;
 
 use super::{Completable, GatherList, Op, SharedFd};
-use crate::buf::BufResult;
+use crate::buf::iovec::tail;
+use crate::buf::{BufResult, IoVecBuf};
 use crate::ring::Completion;
 
-struct Writev {
+struct Writev<B> {
     _fd: SharedFd,
-    list: GatherList,
+    bufs: B,
+    /// The iovecs after a short transfer's first bytes, when resubmitting.
+    _rest: Option<Vec<libc::iovec>>,
 }
 
-impl Completable for Writev {
-    type Output = BufResult<usize, GatherList>;
+impl<B: IoVecBuf> Completable for Writev<B> {
+    type Output = BufResult<usize, B>;
     fn complete(self, c: Completion) -> Self::Output {
-        (c.into_result().map(|n| n as usize), self.list)
+        (c.into_result().map(|n| n as usize), self.bufs)
     }
 }
 
-/// Writes the whole list in one `writev` at the file's position (devices
-/// and pipes have none); returns how many bytes were written.
-pub async fn writev(fd: &SharedFd, mut list: GatherList) -> BufResult<usize, GatherList> {
-    if list.build_iov(0) == 0 {
-        return (Ok(0), list);
-    }
-    let (iov, n) = list.iovecs();
-    let sqe = super::fd::with_fd!(fd, |f| opcode::Writev::new(f, iov, n as u32)
-        .offset(u64::MAX)
+/// Writes the memory of `bufs`, after its first `skip` bytes, at `offset`
+/// with `rw_flags` (`RWF_DSYNC` for FUA); returns how many bytes were
+/// written.
+pub async fn writev_at<B: IoVecBuf + Unpin>(
+    fd: &SharedFd,
+    bufs: B,
+    skip: usize,
+    offset: u64,
+    rw_flags: i32,
+) -> BufResult<usize, B> {
+    let rest = (skip > 0).then(|| tail(bufs.iovecs(), skip));
+    let (ptr, n) = match &rest {
+        Some(r) => (r.as_ptr(), r.len()),
+        None => (bufs.iovecs().as_ptr(), bufs.iovecs().len()),
+    };
+    let n = n.min(libc::UIO_MAXIOV as usize) as u32;
+    let sqe = super::fd::with_fd!(fd, |f| opcode::Writev::new(f, ptr, n)
+        .offset(offset)
+        .rw_flags(rw_flags)
         .build());
-    // SAFETY: the iovecs and everything they point to live in `list` (its
-    // arena and owned Bufs), which the op owns until completion and nobody
-    // mutates meanwhile.
+    // SAFETY: the SQE points at the iovec array, which lives on the heap in
+    // `rest` or inside `bufs` (IoVecBuf: it does not move with the value),
+    // and the iovecs point into memory `bufs` keeps mapped (IoVecBuf's
+    // contract); the op owns both until the terminal completion.
     unsafe {
         Op::submit(
             Writev {
                 _fd: fd.clone(),
-                list,
+                bufs,
+                _rest: rest,
             },
             sqe,
         )
     }
     .await
+}
+
+// SAFETY: after `build_iov`, `iov` (a heap array) points into the list's own
+// byte arena and owned Bufs, which nobody mutates while an op owns the list.
+unsafe impl IoVecBuf for GatherList {
+    fn iovecs(&self) -> &[libc::iovec] {
+        let (p, n) = GatherList::iovecs(self);
+        // SAFETY: `p` and `n` are the pointer and length of the list's `iov` Vec.
+        unsafe { std::slice::from_raw_parts(p, n) }
+    }
+}
+
+/// Writes the whole list in one `writev` at the file's position (devices
+/// and pipes have none; a FUSE reply: header bytes, then the read data as
+/// it is); returns how many bytes were written.
+pub async fn writev_list(fd: &SharedFd, mut list: GatherList) -> BufResult<usize, GatherList> {
+    if list.build_iov(0) == 0 {
+        return (Ok(0), list);
+    }
+    writev_at(fd, list, 0, u64::MAX, 0).await
 }
