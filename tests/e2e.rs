@@ -20,6 +20,10 @@ mod nbd;
 mod nbd_qmp;
 #[path = "e2e/parity.rs"]
 mod parity;
+#[path = "e2e/qcow2.rs"]
+mod qcow2;
+#[path = "e2e/qcow2_crash.rs"]
+mod qcow2_crash;
 #[path = "e2e/qmp.rs"]
 mod qmp;
 #[path = "e2e/reliability.rs"]
@@ -30,5 +34,7 @@ mod stats;
 mod vhost_user_blk;
 #[path = "e2e/vhost_user_blk_hostile.rs"]
 mod vhost_user_blk_hostile;
+#[path = "e2e/vhost_user_blk_nodes.rs"]
+mod vhost_user_blk_nodes;
 #[path = "e2e/vhost_user_blk_qmp.rs"]
 mod vhost_user_blk_qmp;

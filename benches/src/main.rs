@@ -61,7 +61,7 @@ fn real_main() -> Result<()> {
     if let Some(f) = &opts.scenarios {
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
     } else if opts.mode == jobs::Mode::Short {
-        scenarios.retain(|s| bitmap::in_default_short(s.id));
+        scenarios.retain(|s| s.in_short && bitmap::in_default_short(s.id));
     }
     if let Some(f) = &opts.jobs {
         for s in &mut scenarios {

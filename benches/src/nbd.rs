@@ -63,6 +63,8 @@ impl Transport for Nbd {
                         a.push("--image-opts".into());
                         a.push(format!("driver=null-co,size={size},read-zeroes=on"));
                     }
+                    // The qcow2 rows compare ringstor with QSD only.
+                    Backend::Qcow2 { .. } => return None,
                 }
                 a
             }
@@ -82,6 +84,7 @@ impl Transport for Nbd {
                         a.push("null".into());
                         a.push(format!("size={size}"));
                     }
+                    Backend::Qcow2 { .. } => return None,
                 }
                 a
             }

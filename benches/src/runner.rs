@@ -56,6 +56,9 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
                 cache,
             },
             BackendKind::Null => Backend::Null { size },
+            BackendKind::Qcow2(_) => Backend::Qcow2 {
+                path: dirs.work.join("image.qcow2"),
+            },
         };
         for (kind, bin) in &plan.servers {
             let spec = transport
@@ -84,7 +87,8 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
                     ));
                 }
             };
-            if let Err(e) = prepare_cache(&sc.backend, &image) {
+            let qcow2 = dirs.work.join("image.qcow2");
+            if let Err(e) = prepare_cache(&sc.backend, &image, &qcow2, size) {
                 fail_all(&mut rows, &e);
                 continue;
             }
@@ -138,11 +142,15 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
     (rows, skipped)
 }
 
-fn prepare_cache(backend: &BackendKind, image: &Path) -> Result<()> {
+/// Puts the backend in the same state for each server: the raw image warm
+/// or evicted, the qcow2 image made anew (so every server allocates into
+/// the same fresh image).
+fn prepare_cache(backend: &BackendKind, image: &Path, qcow2: &Path, size: u64) -> Result<()> {
     match backend {
         BackendKind::File(CacheMode::PageCache) => image::warm(image),
         BackendKind::File(CacheMode::Direct) => image::evict(image),
         BackendKind::Null => Ok(()),
+        BackendKind::Qcow2(layout) => image::create_qcow2(qcow2, size, *layout),
     }
 }
 

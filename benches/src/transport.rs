@@ -20,6 +20,11 @@ pub enum Backend {
         /// Page cache or O_DIRECT.
         cache: CacheMode,
     },
+    /// A qcow2 image (page cache) over a `file` node.
+    Qcow2 {
+        /// Path of the image.
+        path: PathBuf,
+    },
     /// A device that reads zeroes and drops writes.
     Null {
         /// Advertised size in bytes.

@@ -19,6 +19,8 @@ use crate::qapi::{
 };
 use crate::qmp::to_qemu_json;
 
+mod qcow2;
+
 /// What the control plane remembers about a node.
 #[derive(Debug)]
 pub struct NodeEntry {
@@ -161,6 +163,14 @@ impl BlockGraph {
                     j,
                 )
             }
+            DriverOptions::Qcow2(q) => {
+                let mut links = qcow2::Links {
+                    created,
+                    children: &mut children,
+                    owned: &mut owned_children,
+                };
+                self.qcow2_options(q, read_only, &mut links)?
+            }
         };
         let node = BlockNode::open(&name, opts.driver, options)?;
         self.next_seq += 1;
@@ -256,11 +266,15 @@ impl BlockGraph {
         // child shows the child's; anything else shows `json:{...}`.
         let file = match (node.filename(), e.json.get("offset"), e.json.get("size")) {
             (Some(f), _, _) => f.to_string(),
-            (None, None, None) if node.driver() == "raw" => node
-                .child()
-                .and_then(|c| c.filename())
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("json:{}", to_qemu_json(&e.json, false))),
+            (None, None, None)
+                if node.driver() == "raw"
+                    || (node.driver() == "qcow2" && e.json.get("backing").is_none()) =>
+            {
+                node.child()
+                    .and_then(|c| c.filename())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("json:{}", to_qemu_json(&e.json, false)))
+            }
             _ => format!("json:{}", to_qemu_json(&e.json, false)),
         };
         let actual_size = node
@@ -285,6 +299,7 @@ impl BlockGraph {
         } else if node.driver() == "raw" {
             image["dirty-flag"] = json!(false);
         }
+        let backing_file = self.qcow2_image_info(e, &mut image);
         let mut info = json!({
             "node-name": name,
             "drv": node.driver(),
@@ -293,7 +308,7 @@ impl BlockGraph {
             "encrypted": false,
             "active": true,
             "detect_zeroes": e.detect_zeroes.as_str(),
-            "backing_file_depth": 0,
+            "backing_file_depth": Self::backing_depth(node),
             "image": image,
             "cache": {
                 "writeback": true,
@@ -304,6 +319,9 @@ impl BlockGraph {
             "iops": 0, "iops_rd": 0, "iops_wr": 0,
             "write_threshold": 0,
         });
+        if let Some(b) = backing_file {
+            info["backing_file"] = json!(b);
+        }
         if let Some(b) = crate::bitmaps::query(node) {
             info["dirty-bitmaps"] = b;
         }

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::input::{Input, InputError};
 
 /// Drivers known to ringstor.
-const DRIVERS: &[&str] = &["file", "host_device", "raw", "null-co", "null-aio"];
+const DRIVERS: &[&str] = &["file", "host_device", "raw", "null-co", "null-aio", "qcow2"];
 
 /// Drivers QEMU has that ringstor does not (so the error says so).
 const QEMU_DRIVERS: &[&str] = &[
@@ -44,7 +44,6 @@ const QEMU_DRIVERS: &[&str] = &[
     "parallels",
     "preallocate",
     "qcow",
-    "qcow2",
     "qed",
     "quorum",
     "rbd",
@@ -192,6 +191,7 @@ pub enum DriverOptions {
     HostDevice(FileDriverOptions),
     Raw(RawDriverOptions),
     Null(NullDriverOptions),
+    Qcow2(super::qcow2::Qcow2DriverOptions),
 }
 
 /// `BlockdevOptions`.
@@ -228,17 +228,10 @@ impl BlockdevOptions {
             "file" => DriverOptions::File(input.parse()?),
             "host_device" => DriverOptions::HostDevice(input.parse()?),
             "null-co" | "null-aio" => DriverOptions::Null(input.parse()?),
+            "qcow2" => DriverOptions::Qcow2(super::qcow2::parse(input)?),
             _ => {
-                let file = match input.take("file") {
-                    None => return Err(InputError::missing(&input.path("file"))),
-                    Some(Value::String(s)) => BlockdevRef::Reference(s),
-                    Some(v @ Value::Object(_)) => {
-                        let nested = input.nested("file", v)?;
-                        BlockdevRef::Definition(Box::new(BlockdevOptions::parse(nested)?))
-                    }
-                    Some(_) => {
-                        return Err(InputError::invalid_type(&input.path("file"), "BlockdevRef"))
-                    }
+                let Some(file) = take_ref(&mut input, "file")? else {
+                    return Err(InputError::missing(&input.path("file")));
                 };
                 let rest: RawRest = input.parse()?;
                 DriverOptions::Raw(RawDriverOptions {
@@ -255,4 +248,17 @@ impl BlockdevOptions {
             options,
         })
     }
+}
+
+/// Takes member `name` as a `BlockdevRef` (a node name or an inline node).
+pub(super) fn take_ref(input: &mut Input, name: &str) -> Result<Option<BlockdevRef>, InputError> {
+    Ok(Some(match input.take(name) {
+        None => return Ok(None),
+        Some(Value::String(s)) => BlockdevRef::Reference(s),
+        Some(v @ Value::Object(_)) => {
+            let nested = input.nested(name, v)?;
+            BlockdevRef::Definition(Box::new(BlockdevOptions::parse(nested)?))
+        }
+        Some(_) => return Err(InputError::invalid_type(&input.path(name), "BlockdevRef")),
+    }))
 }

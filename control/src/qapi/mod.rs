@@ -8,6 +8,7 @@ mod export;
 mod input;
 mod nbd;
 mod object;
+mod qcow2;
 mod vhost_user_blk;
 
 #[cfg(test)]
@@ -25,4 +26,5 @@ pub use export::{
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
 pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};
+pub use qcow2::{BackingChoice, Qcow2DriverOptions};
 pub use vhost_user_blk::VhostUserBlkArgs;

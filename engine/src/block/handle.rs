@@ -9,7 +9,10 @@
 //!
 //! Format translation is done when the handle is opened: a `raw` node with
 //! an `offset` becomes its protocol leaf plus a base offset, so a request
-//! costs one operation whatever the depth of the graph.
+//! costs one operation whatever the depth of the graph. A `qcow2` node is
+//! a leaf of its own ([`super::qcow2`]): it maps each request to extents of
+//! its file child and backing node, and does their I/O through their
+//! handles on the same iothread.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use super::bitmap::DirtyTracker;
 use super::error::{BlockError, BlockResult};
 use super::node::{BlockNode, Kind};
+use super::qcow2::Qcow2Handle;
 use super::status::{file_status, BlockStatus};
 use crate::buf::{pool, Buf};
 use crate::op::{self, Pipe, SharedFd};
@@ -38,6 +42,8 @@ enum Leaf {
     Null {
         read_zeroes: bool,
     },
+    /// A format that maps requests itself.
+    Qcow2(Qcow2Handle),
 }
 
 struct Inner {
@@ -125,6 +131,12 @@ impl BlockHandle {
                 buf.as_mut_slice().fill(0);
                 (Ok(()), buf)
             }
+            Leaf::Qcow2(q) => {
+                // Unboxed: `read_into` boxes the recursion into child and backing
+                // handles, so the common request allocates nothing here.
+                q.read_into(self.inner.base + offset, buf, 0, len as usize)
+                    .await
+            }
             Leaf::File {
                 fd,
                 buffered,
@@ -173,6 +185,11 @@ impl BlockHandle {
         let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => (Ok(()), buf),
+            Leaf::Qcow2(q) => {
+                let len = len as usize;
+                q.write_from(self.inner.base + offset, buf, 0, len, fua)
+                    .await
+            }
             Leaf::File {
                 fd,
                 buffered,
@@ -206,6 +223,86 @@ impl BlockHandle {
                     }
                 }
                 (Ok(()), buf)
+            }
+        }
+    }
+
+    /// Reads `len` bytes at `offset` into `buf[from..from + len]`: how a
+    /// format driver fills one client buffer from several places.
+    pub(crate) async fn read_into(
+        &self,
+        offset: u64,
+        buf: Buf,
+        from: usize,
+        len: usize,
+    ) -> (BlockResult<()>, Buf) {
+        if from.checked_add(len).is_none_or(|end| end > buf.len()) {
+            return (
+                Err(BlockError::Invalid("read beyond its buffer".into())),
+                buf,
+            );
+        }
+        let at = self.inner.base + offset;
+        match &self.inner.leaf {
+            Leaf::File {
+                fd,
+                buffered,
+                align,
+                ..
+            } => {
+                let fd = Self::file_fd(fd, buffered, *align, at, len as u64);
+                super::range_io::read(&fd, at, buf, from, len).await
+            }
+            Leaf::Null { .. } => {
+                let mut buf = buf;
+                buf.zero(from..from + len);
+                (Ok(()), buf)
+            }
+            Leaf::Qcow2(q) => {
+                if let Err(e) = self.check(offset, len as u64) {
+                    return (Err(e), buf);
+                }
+                Box::pin(q.read_into(at, buf, from, len)).await
+            }
+        }
+    }
+
+    /// Writes `buf[from..from + len]` at `offset` (format drivers).
+    pub(crate) async fn write_from(
+        &self,
+        offset: u64,
+        buf: Buf,
+        from: usize,
+        len: usize,
+        fua: bool,
+    ) -> (BlockResult<()>, Buf) {
+        if from.checked_add(len).is_none_or(|end| end > buf.len()) {
+            return (
+                Err(BlockError::Invalid("write beyond its buffer".into())),
+                buf,
+            );
+        }
+        if self.inner.node.read_only() {
+            return (Err(BlockError::ReadOnly), buf);
+        }
+        let at = self.inner.base + offset;
+        match &self.inner.leaf {
+            Leaf::File {
+                fd,
+                buffered,
+                align,
+                no_flush,
+            } => {
+                let fd = Self::file_fd(fd, buffered, *align, at, len as u64);
+                let flags = if fua && !no_flush { libc::RWF_DSYNC } else { 0 };
+                super::range_io::write(&fd, at, buf, from, len, flags).await
+            }
+            Leaf::Null { .. } => (Ok(()), buf),
+            Leaf::Qcow2(q) => {
+                if let Err(e) = self.check(offset, len as u64) {
+                    return (Err(e), buf);
+                }
+                Box::pin(q.write_from(at, buf, from, len, fua)).await
             }
         }
     }
@@ -248,6 +345,7 @@ impl BlockHandle {
     pub async fn flush(&self) -> BlockResult<()> {
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
+            Leaf::Qcow2(q) => Box::pin(q.flush()).await,
             Leaf::File { no_flush: true, .. } => Ok(()),
             // The buffered descriptor shares the inode: one fdatasync covers both.
             Leaf::File { fd, .. } => op::fdatasync(fd)
@@ -266,6 +364,7 @@ impl BlockHandle {
         let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
+            Leaf::Qcow2(q) => Box::pin(q.discard(self.inner.base + offset, len)).await,
             Leaf::File { fd, .. } => {
                 let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
                 match op::fallocate(fd, self.inner.base + offset, len, mode).await {
@@ -292,6 +391,10 @@ impl BlockHandle {
         }
         self.check(offset, len)?;
         let _dirty = self.inner.dirty.guard(offset, len);
+        if let Leaf::Qcow2(q) = &self.inner.leaf {
+            let at = self.inner.base + offset;
+            return Box::pin(q.write_zeroes(at, len, may_unmap, fast)).await;
+        }
         let Leaf::File { fd, .. } = &self.inner.leaf else {
             return Ok(());
         };
@@ -346,6 +449,7 @@ impl BlockHandle {
         match &self.inner.leaf {
             Leaf::Null { read_zeroes: true } => Ok((BlockStatus::HOLE, max)),
             Leaf::Null { read_zeroes: false } => Ok((BlockStatus::DATA, max)),
+            Leaf::Qcow2(q) => q.block_status(self.inner.base + offset, max),
             Leaf::File { fd, .. } => {
                 let leaf_end = self.leaf_size();
                 file_status(fd, self.inner.base + offset, max, leaf_end)
@@ -420,5 +524,6 @@ fn flatten(node: &Arc<BlockNode>) -> (Leaf, u64) {
             let (leaf, base) = flatten(child);
             (leaf, base + offset)
         }
+        Kind::Qcow2(img) => (Leaf::Qcow2(Qcow2Handle::open(img)), 0),
     }
 }

@@ -9,9 +9,10 @@
 //!
 //! Drivers: `file` and `host_device` (io_uring reads and writes, `O_DIRECT`
 //! with `cache.direct`, QEMU-compatible OFD locking), `raw` (a window of its
-//! child), `null-co` / `null-aio`. Every node has a set of dirty bitmaps
-//! ([`bitmap`]) that handles mark on every write, write-zeroes and discard,
-//! without a lock. The block layer does not parse wire
+//! child), `null-co` / `null-aio`, `qcow2` (see [`qcow2`]: the one format
+//! whose requests fan out to several operations). Every node has a set of
+//! dirty bitmaps ([`bitmap`]) that handles mark on every write,
+//! write-zeroes and discard, without a lock. The block layer does not parse wire
 //! input; callers pass offsets and lengths, which it bounds-checks again.
 
 pub mod bitmap;
@@ -20,6 +21,8 @@ mod handle;
 mod lock;
 mod node;
 mod perm;
+pub mod qcow2;
+mod range_io;
 mod status;
 
 pub use bitmap::{BitmapError, BitmapInfo, BitmapSet, BusyGuard, DirtyBitmap, DirtyExtent};
@@ -30,6 +33,7 @@ pub use node::{
     SECTOR_SIZE,
 };
 pub use perm::Perm;
+pub use qcow2::Qcow2Options;
 pub use status::BlockStatus;
 
 #[cfg(test)]

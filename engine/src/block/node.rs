@@ -72,6 +72,8 @@ pub enum NodeOptions {
     Null(NullOptions),
     /// `raw`.
     Raw(RawOptions),
+    /// `qcow2`.
+    Qcow2(super::qcow2::Qcow2Options),
 }
 
 #[derive(Debug)]
@@ -95,6 +97,7 @@ pub(crate) enum Kind {
     File(FileState),
     Null { read_zeroes: bool },
     Raw { child: Arc<BlockNode>, offset: u64 },
+    Qcow2(Arc<super::qcow2::Image>),
 }
 
 /// A block node. See the module docs.
@@ -174,6 +177,10 @@ impl BlockNode {
                     ro,
                 )
             }
+            NodeOptions::Qcow2(o) => {
+                let (img, size, ro) = super::qcow2::open(name, o)?;
+                (Kind::Qcow2(img), size, ro)
+            }
         };
         Ok(Arc::new(BlockNode {
             id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
@@ -222,6 +229,21 @@ impl BlockNode {
     pub fn child(&self) -> Option<&Arc<BlockNode>> {
         match &self.kind {
             Kind::Raw { child, .. } => Some(child),
+            Kind::Qcow2(img) => Some(&img.file),
+            _ => None,
+        }
+    }
+    /// The backing node of a format node that has one.
+    pub fn backing(&self) -> Option<&Arc<BlockNode>> {
+        match &self.kind {
+            Kind::Qcow2(img) => img.backing.as_ref(),
+            _ => None,
+        }
+    }
+    /// What a qcow2 node reports about its image.
+    pub fn qcow2_info(&self) -> Option<super::qcow2::Qcow2Info> {
+        match &self.kind {
+            Kind::Qcow2(img) => Some(img.info()),
             _ => None,
         }
     }
@@ -237,6 +259,7 @@ impl BlockNode {
         match &self.kind {
             Kind::File(f) => f.buffered.is_some(),
             Kind::Raw { child, .. } => child.direct(),
+            Kind::Qcow2(img) => img.file.direct(),
             Kind::Null { .. } => false,
         }
     }

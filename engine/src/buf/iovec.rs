@@ -42,6 +42,45 @@ pub(crate) fn zero<B: IoVecBuf>(bufs: &mut B) {
     }
 }
 
+/// Copies `src` into the memory `bufs` describes, from its start (a read
+/// served through a bounce buffer). Copies at most `bufs.total_len()` bytes.
+pub(crate) fn copy_in<B: IoVecBuf>(bufs: &mut B, src: &[u8]) {
+    let mut at = 0usize;
+    for v in bufs.iovecs() {
+        let n = v.iov_len.min(src.len() - at);
+        // SAFETY: the IoVecBuf contract: the iovec's memory is mapped and
+        // writable while `bufs` lives and no Rust reference aliases it; `src`
+        // is our own buffer, so the ranges cannot overlap, and `n` is within
+        // both the iovec and what is left of `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(at), v.iov_base.cast::<u8>(), n) };
+        at += n;
+        if at == src.len() {
+            break;
+        }
+    }
+}
+
+/// Copies the memory `bufs` describes into `dst`, from its start (a write
+/// served through a bounce buffer). Copies at most `dst.len()` bytes.
+pub(crate) fn copy_out<B: IoVecBuf>(bufs: &B, dst: &mut [u8]) {
+    let mut at = 0usize;
+    for v in bufs.iovecs() {
+        let n = v.iov_len.min(dst.len() - at);
+        // SAFETY: the IoVecBuf contract: the iovec's memory is mapped and
+        // readable while `bufs` lives and no Rust reference aliases it; a
+        // guest writing it meanwhile makes the bytes unspecified, never the
+        // copy unsound from our side. `dst` is our own buffer (no overlap)
+        // and `n` is within both.
+        unsafe {
+            std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), dst.as_mut_ptr().add(at), n)
+        };
+        at += n;
+        if at == dst.len() {
+            break;
+        }
+    }
+}
+
 /// The iovecs of `bufs` that come after its first `skip` bytes (for
 /// resubmitting the rest of a short transfer).
 pub(crate) fn tail(iovecs: &[libc::iovec], mut skip: usize) -> Vec<libc::iovec> {

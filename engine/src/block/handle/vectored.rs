@@ -5,7 +5,7 @@
 
 use super::{BlockHandle, Leaf};
 use crate::block::error::{BlockError, BlockResult};
-use crate::buf::{iovec, IoVecBuf};
+use crate::buf::{iovec, pool, IoVecBuf};
 use crate::op;
 
 /// True when every iovec base and length is a multiple of `align` (what
@@ -37,7 +37,44 @@ impl BlockHandle {
                 _ => fd.clone(),
             }),
             Leaf::Null { .. } => None,
+            // Format leaves are served through a bounce buffer first.
+            Leaf::Qcow2(_) => None,
         }
+    }
+
+    /// Whether a vectored request goes to the leaf as it is (a file read or
+    /// written in place, a null node); format leaves map each request to
+    /// extents of their own and take a bounce buffer instead.
+    fn vectored_in_place(&self) -> bool {
+        matches!(self.inner.leaf, Leaf::File { .. } | Leaf::Null { .. })
+    }
+
+    /// `readv` through a pooled buffer and [`BlockHandle::read`].
+    async fn readv_bounced<B: IoVecBuf + Unpin>(
+        &self,
+        offset: u64,
+        mut bufs: B,
+    ) -> (BlockResult<()>, B) {
+        let (r, b) = self.read(offset, pool::check_out(bufs.total_len())).await;
+        if r.is_ok() {
+            iovec::copy_in(&mut bufs, b.as_slice());
+        }
+        pool::check_in(b);
+        (r, bufs)
+    }
+
+    /// `writev` through a pooled buffer and [`BlockHandle::write`].
+    async fn writev_bounced<B: IoVecBuf + Unpin>(
+        &self,
+        offset: u64,
+        bufs: B,
+        fua: bool,
+    ) -> (BlockResult<()>, B) {
+        let mut b = pool::check_out(bufs.total_len());
+        iovec::copy_out(&bufs, b.as_mut_slice());
+        let (r, b) = self.write(offset, b, fua).await;
+        pool::check_in(b);
+        (r, bufs)
     }
 
     /// Fills all of `bufs` from `offset`.
@@ -49,6 +86,9 @@ impl BlockHandle {
         let len = bufs.total_len() as u64;
         if let Err(e) = self.check(offset, len) {
             return (Err(e), bufs);
+        }
+        if !self.vectored_in_place() {
+            return self.readv_bounced(offset, bufs).await;
         }
         let at = self.inner.base + offset;
         let Some(fd) = self.vectored_fd(&bufs, at, len) else {
@@ -88,6 +128,10 @@ impl BlockHandle {
         }
         if let Err(e) = self.check(offset, len) {
             return (Err(e), bufs);
+        }
+        if !self.vectored_in_place() {
+            // `write` marks the dirty bitmaps itself.
+            return self.writev_bounced(offset, bufs, fua).await;
         }
         // Marks the dirty bitmaps before submission and again before the
         // acknowledgement, as `write` does.
