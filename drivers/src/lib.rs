@@ -12,5 +12,6 @@ pub mod export;
 pub mod nbd;
 pub mod socket;
 pub mod stats;
+pub mod vduse_blk;
 pub mod vhost_user_blk;
 pub mod virtio_blk;
