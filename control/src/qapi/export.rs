@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::input::{Input, InputError};
+use super::vduse_blk::VduseBlkArgs;
 use super::vhost_user_blk::VhostUserBlkArgs;
 
 /// Longest NBD export name or description (QEMU's `NBD_MAX_STRING_SIZE`).
@@ -131,6 +132,7 @@ impl NbdExportArgs {
 pub enum ExportKind {
     Nbd(NbdExportArgs),
     VhostUserBlk(VhostUserBlkArgs),
+    VduseBlk(VduseBlkArgs),
 }
 
 /// `BlockExportOptions`.
@@ -153,7 +155,8 @@ impl BlockExportOptions {
                 ExportKind::Nbd(nbd)
             }
             "vhost-user-blk" => ExportKind::VhostUserBlk(VhostUserBlkArgs::parse(input)?),
-            "fuse" | "vduse-blk" => {
+            "vduse-blk" => ExportKind::VduseBlk(VduseBlkArgs::parse(input)?),
+            "fuse" => {
                 return Err(InputError(format!(
                     "Export type '{kind}' is not supported by ringstor yet"
                 )))

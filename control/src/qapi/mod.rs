@@ -9,6 +9,7 @@ mod input;
 mod nbd;
 mod object;
 mod qcow2;
+mod vduse_blk;
 mod vhost_user_blk;
 
 #[cfg(test)]
@@ -27,4 +28,5 @@ pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
 pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};
 pub use qcow2::{BackingChoice, Qcow2DriverOptions};
+pub use vduse_blk::{VduseBlkArgs, VduseBlkChecked};
 pub use vhost_user_blk::VhostUserBlkArgs;
