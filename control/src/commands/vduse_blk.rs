@@ -11,7 +11,11 @@ use crate::qapi::VduseBlkArgs;
 use crate::registry::Prepared;
 
 /// Builds the export from the common part decided by the registry.
-pub(super) fn create(prepared: &Prepared, id: &str, args: &VduseBlkArgs) -> Result<Box<dyn Export>> {
+pub(super) fn create(
+    prepared: &Prepared,
+    id: &str,
+    args: &VduseBlkArgs,
+) -> Result<Box<dyn Export>> {
     let checked = args.check()?;
     let export = vduse_blk::start(
         prepared.common.clone(),
