@@ -30,6 +30,8 @@ mod qmp;
 mod reliability;
 #[path = "e2e/stats.rs"]
 mod stats;
+#[path = "e2e/tls.rs"]
+mod tls;
 #[path = "e2e/vduse_blk.rs"]
 mod vduse_blk;
 #[path = "e2e/vhost_user_blk.rs"]

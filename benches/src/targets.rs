@@ -1,6 +1,8 @@
 //! The project's performance targets, judged on the page-cache NBD run
 //! against the best of QSD/nbdkit/qemu-nbd (or, for a cost target, against
-//! ringstor itself on a baseline job), as PASS/FAIL/SKIP lines.
+//! ringstor itself on a baseline job), as PASS/FAIL/SKIP lines. The TLS
+//! targets (issue 11) are judged on the `tls` scenario, where QSD is the
+//! only other server; they SKIP unless `--scenarios tls` ran.
 
 use crate::results::{Comparison, Row};
 use crate::servers::ServerKind;
@@ -50,6 +52,16 @@ pub fn targets() -> Vec<Target> {
         threshold,
         baseline: None,
     };
+    // With TLS: at least QSD's throughput at no more CPU per I/O.
+    let tls = |text, job, metric, at_least| Target {
+        text,
+        scenario: "tls",
+        job,
+        metric,
+        at_least,
+        threshold: 1.0,
+        baseline: None,
+    };
     vec![
         t(
             "NBD 4k randread qd32 IOPS, 1 conn",
@@ -85,6 +97,30 @@ pub fn targets() -> Vec<Target> {
             Metric::P50,
             false,
             1.0,
+        ),
+        tls(
+            "NBD over TLS 4k randread qd32 IOPS vs QSD",
+            "randread-4k-qd32",
+            Metric::Throughput,
+            true,
+        ),
+        tls(
+            "NBD over TLS server CPU per 4k read vs QSD",
+            "randread-4k-qd32",
+            Metric::CpuPerIo,
+            false,
+        ),
+        tls(
+            "NBD over TLS 1 MiB seqread qd8 bandwidth vs QSD",
+            "seqread-1m-qd8",
+            Metric::Throughput,
+            true,
+        ),
+        tls(
+            "NBD over TLS server CPU per 1 MiB read vs QSD",
+            "seqread-1m-qd8",
+            Metric::CpuPerIo,
+            false,
         ),
         Target {
             scenario: crate::bitmap::SCENARIO,
@@ -390,7 +426,7 @@ mod tests {
         let st: Vec<Status> = o.iter().map(|o| o.status).collect();
         use Status::*;
         assert_eq!(st[..6], [Pass, Fail, Pass, Skip, Pass, Skip]);
-        // The qcow2 rows were not run.
+        // The TLS and qcow2 rows were not run.
         assert!(st[6..].iter().all(|s| *s == Skip));
         assert!(o[4].line().contains("p99 ratio 1.20x"));
         assert!(o[0]

@@ -9,6 +9,7 @@ mod input;
 mod nbd;
 mod object;
 mod qcow2;
+mod tls;
 mod vduse_blk;
 mod vhost_user_blk;
 
@@ -28,5 +29,9 @@ pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
 pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};
 pub use qcow2::{BackingChoice, Qcow2DriverOptions};
+pub use tls::{
+    AuthzFormat, AuthzListFileOptions, AuthzListOptions, AuthzListRules, AuthzPolicy, AuthzRule,
+    AuthzSimpleOptions, TlsCredsPskOptions, TlsCredsX509Options, TlsEndpoint,
+};
 pub use vduse_blk::{VduseBlkArgs, VduseBlkChecked};
 pub use vhost_user_blk::VhostUserBlkArgs;
