@@ -3,7 +3,7 @@
 //! Nothing else in the driver calls `ioctl(2)`.
 //!
 //! Layouts are `#[repr(C)]` copies of the kernel's; the `const` asserts at
-//! the bottom pin every size, alignment and offset, and `tests::uapi`
+//! the bottom pin every size, alignment and offset, and `tests::uapi_layout_matches_the_kernel_header`
 //! compiles the real header with the C compiler and compares the numbers.
 //! Unions are spelled as arrays of the union's size and alignment (the
 //! split and packed ring states as `[u16; 4]`, message payloads as
