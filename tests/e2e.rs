@@ -10,6 +10,8 @@ mod blkio_client;
 mod cli;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/fuse.rs"]
+mod fuse;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/inherited.rs"]

@@ -9,6 +9,7 @@ mod cli;
 mod cpu;
 mod error;
 mod fio;
+mod fuse;
 mod image;
 mod jobs;
 mod machine;
@@ -58,7 +59,11 @@ fn real_main() -> Result<()> {
     timing.ramp_s = opts.ramp.unwrap_or(timing.ramp_s);
     timing.image_mib = opts.image_mib.unwrap_or(timing.image_mib).max(1);
 
-    let mut scenarios = jobs::scenarios(opts.mode);
+    let mut scenarios = if opts.transport == "fuse" {
+        fuse::VARIANTS.iter().map(|v| v.scenario()).collect()
+    } else {
+        jobs::scenarios(opts.mode)
+    };
     if let Some(f) = &opts.scenarios {
         // The TCP and TLS scenarios run only when asked for by name.
         scenarios.extend(jobs::transport_scenarios());
@@ -131,6 +136,9 @@ fn real_main() -> Result<()> {
             queues: if opts.transport.ends_with("2q") { 2 } else { 1 },
             client: vu_client(),
         }),
+        // Each FUSE scenario runs with its own configuration (fuse::run_all);
+        // this one only names the transport.
+        "fuse" => Box::new(fuse::VARIANTS[0]),
         other => return Err(Error::msg(format!("unknown transport {other}"))),
     };
     let mut used: Vec<&str> = Vec::new();
@@ -221,7 +229,11 @@ fn real_main() -> Result<()> {
         tcp: &tcp,
         tls: tls.as_ref().map(|t| t as &dyn Transport),
     };
-    let (rows, more_skipped) = runner::run(&plan, &transports, &dirs);
+    let (rows, more_skipped) = if opts.transport == "fuse" {
+        fuse::run_all(&plan, &transports, &dirs)
+    } else {
+        runner::run(&plan, &transports, &dirs)
+    };
     drop(work);
     skipped.extend(more_skipped);
 

@@ -22,8 +22,8 @@ pub use block::{
     FileDriverOptions, NullDriverOptions, OnOffAuto, RawDriverOptions,
 };
 pub use export::{
-    BitmapRef, BlockExportDelArgs, BlockExportOptions, ExportBase, ExportKind, IothreadSpec,
-    NbdExportArgs, RemoveModeArg, NBD_MAX_STRING_SIZE,
+    BitmapRef, BlockExportDelArgs, BlockExportOptions, ExportBase, ExportKind, FuseAllowOtherArg,
+    FuseExportArgs, IothreadSpec, NbdExportArgs, RemoveModeArg, NBD_MAX_STRING_SIZE,
 };
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};

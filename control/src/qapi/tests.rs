@@ -342,7 +342,20 @@ fn export_union_dispatch() {
         err(json!({"type": "nbd", "id": "e0", "node-name": "f0", "iothread": 5})),
         "Invalid parameter type for 'iothread', expected: string"
     );
-    assert!(err(json!({"type": "fuse", "id": "e0", "node-name": "f0"})).contains("not supported"));
+    assert_eq!(
+        err(json!({"type": "vduse-blk", "id": "e0", "node-name": "f0"})),
+        "Parameter 'name' is missing"
+    );
+    assert_eq!(
+        err(json!({"type": "fuse", "id": "e0", "node-name": "f0"})),
+        "Parameter 'mountpoint' is missing"
+    );
+    assert_eq!(
+        err(
+            json!({"type": "fuse", "id": "e0", "node-name": "f0", "mountpoint": "m", "allow-other": "x"})
+        ),
+        "Parameter 'allow-other' does not accept value 'x'"
+    );
     let long = "x".repeat(NBD_MAX_STRING_SIZE + 1);
     assert_eq!(
         err(json!({"type": "nbd", "id": "e0", "node-name": "f0", "description": long})),

@@ -134,7 +134,7 @@ impl GatherList {
 
     /// Builds the iovecs for the bytes after the first `skip`; returns how
     /// many bytes they cover.
-    fn build_iov(&mut self, skip: usize) -> usize {
+    pub(crate) fn build_iov(&mut self, skip: usize) -> usize {
         self.iov.clear();
         let mut skip = skip;
         let mut covered = 0;
@@ -164,6 +164,13 @@ impl GatherList {
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = self.iov.len() as _;
         covered
+    }
+}
+
+impl GatherList {
+    /// The iovecs [`Self::build_iov`] built: pointer and count.
+    pub(crate) fn iovecs(&self) -> (*const libc::iovec, usize) {
+        (self.iov.as_ptr(), self.iov.len())
     }
 }
 
