@@ -24,6 +24,8 @@ mod nbd_qmp;
 mod parity;
 #[path = "e2e/qcow2.rs"]
 mod qcow2;
+#[path = "e2e/qcow2_bitmaps.rs"]
+mod qcow2_bitmaps;
 #[path = "e2e/qcow2_crash.rs"]
 mod qcow2_crash;
 #[path = "e2e/qmp.rs"]

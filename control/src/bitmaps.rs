@@ -31,6 +31,45 @@ use crate::qapi::{BitmapAction, BitmapRef};
 struct Known {
     busy: bool,
     size: u64,
+    readonly: bool,
+    inconsistent: bool,
+}
+
+/// QEMU's `bdrv_dirty_bitmap_check`: which states refuse an action, in
+/// QEMU's order (busy, then read-only, then inconsistent).
+#[derive(Clone, Copy)]
+struct Refuse {
+    readonly: bool,
+    inconsistent: bool,
+}
+
+/// Busy, read-only or inconsistent: `BDRV_BITMAP_DEFAULT`.
+const DEFAULT: Refuse = Refuse {
+    readonly: true,
+    inconsistent: true,
+};
+/// Busy or inconsistent: `BDRV_BITMAP_ALLOW_RO`.
+const ALLOW_RO: Refuse = Refuse {
+    readonly: false,
+    inconsistent: true,
+};
+/// Busy or read-only: what `remove` checks.
+const REMOVABLE: Refuse = Refuse {
+    readonly: true,
+    inconsistent: false,
+};
+
+fn check(k: Known, name: &str, r: Refuse) -> Result<()> {
+    if k.busy {
+        return Err(BitmapError::Busy(name.to_string()).into());
+    }
+    if r.readonly && k.readonly {
+        return Err(BitmapError::Readonly(name.to_string()).into());
+    }
+    if r.inconsistent && k.inconsistent {
+        return Err(BitmapError::Inconsistent(name.to_string()).into());
+    }
+    Ok(())
 }
 
 /// A change to make once every action passed its checks.
@@ -70,6 +109,8 @@ impl<'g> Model<'g> {
                 node.bitmaps().get(name).map(|i| Known {
                     busy: i.busy,
                     size: i.bitmap.size(),
+                    readonly: i.readonly,
+                    inconsistent: i.inconsistent,
                 })
             })
     }
@@ -91,12 +132,6 @@ impl<'g> Model<'g> {
     }
 
     fn plan(&mut self, action: &BitmapAction) -> Result<Step> {
-        let not_busy = |k: Known, name: &str| -> Result<()> {
-            if k.busy {
-                return Err(BitmapError::Busy(name.to_string()).into());
-            }
-            Ok(())
-        };
         Ok(match action {
             BitmapAction::Add(a) => {
                 if a.name.is_empty() {
@@ -116,8 +151,8 @@ impl<'g> Model<'g> {
                     return Err(BitmapError::BadGranularity.into());
                 }
                 let persistent = a.persistent.unwrap_or(false);
-                if persistent && !can_store_persistent(&node) {
-                    return Err(BitmapError::CannotStore(node.name().to_string()).into());
+                if persistent {
+                    can_store_persistent(&node, &a.name, granularity)?;
                 }
                 if self.bitmap(&node, &a.name).is_some() {
                     return Err(BitmapError::Exists(a.name.clone()).into());
@@ -132,6 +167,8 @@ impl<'g> Model<'g> {
                     Some(Known {
                         busy: false,
                         size: bitmap.size(),
+                        readonly: false,
+                        inconsistent: false,
                     }),
                 );
                 Step::Add {
@@ -144,19 +181,19 @@ impl<'g> Model<'g> {
             }
             BitmapAction::Remove(a) => {
                 let (node, k) = self.lookup(&a.node, &a.name)?;
-                not_busy(k, &a.name)?;
+                check(k, &a.name, REMOVABLE)?;
                 // Busy for the rest of the transaction, gone at its end.
                 self.set(&node, &a.name, Some(Known { busy: true, ..k }));
                 Step::Remove(node, a.name.clone())
             }
             BitmapAction::Clear(a) => {
                 let (node, k) = self.lookup(&a.node, &a.name)?;
-                not_busy(k, &a.name)?;
+                check(k, &a.name, DEFAULT)?;
                 Step::Clear(node, a.name.clone())
             }
             BitmapAction::Enable(a) | BitmapAction::Disable(a) => {
                 let (node, k) = self.lookup(&a.node, &a.name)?;
-                not_busy(k, &a.name)?;
+                check(k, &a.name, ALLOW_RO)?;
                 let on = matches!(action, BitmapAction::Enable(_));
                 Step::Enable(node, a.name.clone(), on)
             }
@@ -172,8 +209,8 @@ impl<'g> Model<'g> {
                         Some(n) => self.lookup(n, &r.name)?,
                     };
                     // QEMU's bdrv_merge_dirty_bitmap, source by source.
-                    not_busy(dst, &m.target)?;
-                    not_busy(k, &r.name)?;
+                    check(dst, &m.target, DEFAULT)?;
+                    check(k, &r.name, ALLOW_RO)?;
                     if k.size != dst.size {
                         return Err(BitmapError::SizeMismatch {
                             dst: dst.size,
@@ -217,7 +254,14 @@ fn apply(step: Step) -> Result<Arc<BitmapSet>> {
             node.bitmaps().clone()
         }
         Step::Remove(node, name) => {
+            let persistent = node.bitmaps().get(&name).is_some_and(|b| b.persistent);
             node.bitmaps().remove(&name)?;
+            if persistent {
+                // QEMU removes it from the image at once, too.
+                engine::block::qcow2::remove_stored_bitmap(&node, &name).map_err(|e| {
+                    ControlError::failed(format!("Failed to update bitmap extension: {e}"))
+                })?;
+            }
             node.bitmaps().clone()
         }
         Step::Clear(node, name) => {
@@ -315,9 +359,13 @@ pub fn for_export(
                 (owner, info)
             }
         };
-        if info.busy {
-            return Err(BitmapError::Busy(r.name.clone()).into());
-        }
+        let k = Known {
+            busy: info.busy,
+            size: info.bitmap.size(),
+            readonly: info.readonly,
+            inconsistent: info.inconsistent,
+        };
+        check(k, &r.name, ALLOW_RO)?;
         found.push((owner, info));
     }
     found
@@ -342,14 +390,18 @@ pub fn query(node: &BlockNode) -> Option<serde_json::Value> {
     Some(serde_json::Value::Array(
         list.into_iter()
             .map(|b| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "name": b.name,
                     "recording": b.recording,
                     "persistent": b.persistent,
                     "busy": b.busy,
                     "granularity": b.granularity,
                     "count": b.count,
-                })
+                });
+                if b.inconsistent {
+                    v["inconsistent"] = serde_json::Value::Bool(true);
+                }
+                v
             })
             .collect(),
     ))

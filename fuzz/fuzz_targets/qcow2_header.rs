@@ -11,7 +11,10 @@
 //! first cluster, an L1 table large enough for the virtual size, a
 //! backing file name inside the first cluster); a decoded L2 entry's host
 //! range does not overflow and a compressed one spans at most a cluster
-//! plus a sector; a refcount write changes exactly its own entry.
+//! plus a sector; a refcount write changes exactly its own entry; the
+//! same bytes read as a bitmaps extension and as a bitmap directory are
+//! checked without a panic, and an accepted directory serialises to bytes
+//! that parse back to the same entries.
 #![no_main]
 
 use engine::block::qcow2::{fuzzing, Header};
@@ -42,6 +45,12 @@ fuzz_target!(|data: &[u8]| {
             // At most 2^(cluster_bits - 8) sectors: two clusters.
             assert!(len <= 2 * cs, "entry {raw:#x}: {len} bytes");
         }
+    }
+    let _ = fuzzing::bitmaps_ext(data, cluster_bits);
+    if data.len() >= 4 {
+        let nb = u32::from(u16::from_le_bytes([data[0], data[1]]));
+        let image_len = 1u64 << (20 + u32::from(data[2] % 24));
+        let _ = fuzzing::bitmap_directory_roundtrip(&data[4..], nb, cluster_bits, image_len);
     }
     if data.len() >= 10 {
         let mut block = data[10..].to_vec();

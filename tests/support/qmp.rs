@@ -32,8 +32,18 @@ pub struct Qmp {
 impl Qmp {
     /// Connect and read the greeting, without negotiating capabilities.
     pub fn connect_raw(path: &Path) -> Qmp {
-        let writer = UnixStream::connect(path)
-            .unwrap_or_else(|e| panic!("connect to QMP socket {}: {e}", path.display()));
+        // The socket file exists from bind(), a moment before listen():
+        // a connect in between is refused, so retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let writer = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("connect to QMP socket {}: {e}", path.display()),
+            }
+        };
         let reader = BufReader::new(writer.try_clone().expect("clone QMP stream"));
         let mut q = Qmp {
             reader,

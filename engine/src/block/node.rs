@@ -132,6 +132,7 @@ impl BlockNode {
         driver: &'static str,
         options: NodeOptions,
     ) -> BlockResult<Arc<BlockNode>> {
+        let bitmaps = Arc::<BitmapSet>::default();
         let (kind, size, read_only) = match options {
             NodeOptions::File(o) => open_file(o)?,
             NodeOptions::Null(o) => (
@@ -178,7 +179,7 @@ impl BlockNode {
                 )
             }
             NodeOptions::Qcow2(o) => {
-                let (img, size, ro) = super::qcow2::open(name, o)?;
+                let (img, size, ro) = super::qcow2::open(name, o, bitmaps.clone())?;
                 (Kind::Qcow2(img), size, ro)
             }
         };
@@ -190,7 +191,7 @@ impl BlockNode {
             size: AtomicU64::new(round_to_sector(size)),
             read_only,
             perms: PermTable::default(),
-            bitmaps: Arc::default(),
+            bitmaps,
         }))
     }
 

@@ -23,6 +23,22 @@ pub enum BitmapError {
     /// In use by an export (or by an earlier action of a transaction).
     #[error("Bitmap '{0}' is currently in use by another operation and cannot be used")]
     Busy(String),
+    /// Loaded from an image opened read-only.
+    #[error("Bitmap '{0}' is readonly and cannot be modified")]
+    Readonly(String),
+    /// Loaded from an image that did not store it cleanly.
+    #[error("Bitmap '{0}' is inconsistent and cannot be used")]
+    Inconsistent(String),
+    /// `persistent` refused by a format that stores bitmaps (qcow2).
+    #[error("Can't make bitmap '{name}' persistent in '{node}': {why}")]
+    CannotPersist {
+        /// The bitmap.
+        name: String,
+        /// The node.
+        node: String,
+        /// QEMU's reason.
+        why: String,
+    },
     /// `persistent` on a node whose format cannot store bitmaps.
     #[error("Can't store persistent bitmaps to {0}: Operation not supported")]
     CannotStore(String),

@@ -2,6 +2,7 @@
 //! (QEMU's `bdrv_get_default_bitmap_granularity`) and whether `persistent`
 //! bitmaps can be stored. Formats that store bitmaps (qcow2) answer here.
 
+use super::error::BitmapError;
 use crate::block::node::{BlockNode, Kind};
 
 /// Granularity without a cluster size to follow.
@@ -20,12 +21,19 @@ pub fn default_granularity(node: &BlockNode) -> u64 {
     cluster_size(node).map_or(DEFAULT_GRANULARITY, |c| c.clamp(4096, DEFAULT_GRANULARITY))
 }
 
-/// Whether a `persistent` bitmap can be stored in the node's image. None
-/// of `file`, `raw` or `null` can (QEMU answers `ENOTSUP` for them too);
-/// nor `qcow2` yet: its bitmaps extension is not written (see
-/// `qcow2/mod.rs`).
-pub fn can_store_persistent(node: &BlockNode) -> bool {
+/// Whether a new `persistent` bitmap `name` of `granularity` can be
+/// stored in the node's image, with QEMU's error when not. None of
+/// `file`, `raw` or `null` can (QEMU answers `ENOTSUP` for them too);
+/// `qcow2` checks its own limits (see `qcow2/bitmaps`).
+pub fn can_store_persistent(
+    node: &BlockNode,
+    name: &str,
+    granularity: u64,
+) -> Result<(), BitmapError> {
     match &node.kind {
-        Kind::File(_) | Kind::Null { .. } | Kind::Raw { .. } | Kind::Qcow2(_) => false,
+        Kind::File(_) | Kind::Null { .. } | Kind::Raw { .. } => {
+            Err(BitmapError::CannotStore(node.name().to_string()))
+        }
+        Kind::Qcow2(img) => img.can_store_bitmap(node.bitmaps(), name, granularity),
     }
 }

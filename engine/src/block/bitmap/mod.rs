@@ -21,8 +21,9 @@
 //!   `persistent` bitmaps can be stored).
 //!
 //! Bitmaps here live in memory; storing `persistent` ones is the job of a
-//! format that can (qcow2), which will read and write them through the
-//! serialized form.
+//! format that can: qcow2 loads them into the node's set at open and
+//! stores them at close through the serialized form
+//! (`block/qcow2/bitmaps/`).
 
 mod bits;
 mod error;

@@ -40,6 +40,12 @@ pub struct BitmapInfo {
     pub busy: bool,
     /// To be stored in the image (only formats that can store bitmaps).
     pub persistent: bool,
+    /// Loaded from an image that did not store it cleanly: its bits are
+    /// unknown, and only removal is allowed (QEMU's `inconsistent`).
+    pub inconsistent: bool,
+    /// Loaded from an image opened read-only: it cannot be changed or
+    /// removed (QEMU's `readonly`).
+    pub readonly: bool,
     /// The bits.
     pub bitmap: Arc<DirtyBitmap>,
 }
@@ -53,6 +59,8 @@ struct Entry {
     /// Busy guards alive.
     holds: usize,
     persistent: bool,
+    inconsistent: bool,
+    readonly: bool,
 }
 
 #[derive(Debug, Default)]
@@ -110,8 +118,28 @@ impl BitmapSet {
             enabled,
             holds: 0,
             persistent,
+            inconsistent: false,
+            readonly: false,
         });
         Ok(bitmap)
+    }
+
+    /// Adds a persistent bitmap loaded from the node's image (qcow2).
+    pub(crate) fn add_stored(
+        &self,
+        name: &str,
+        bitmap: DirtyBitmap,
+        enabled: bool,
+        inconsistent: bool,
+        readonly: bool,
+    ) -> Result<(), BitmapError> {
+        self.add(name, bitmap, enabled, true)?;
+        let mut st = self.lock();
+        if let Some(e) = st.entries.iter_mut().find(|e| e.name == name) {
+            e.inconsistent = inconsistent;
+            e.readonly = readonly;
+        }
+        Ok(())
     }
 
     fn info(e: &Entry) -> BitmapInfo {
@@ -122,6 +150,8 @@ impl BitmapSet {
             recording: e.enabled,
             busy: e.holds > 0,
             persistent: e.persistent,
+            inconsistent: e.inconsistent,
+            readonly: e.readonly,
             bitmap: e.bitmap.clone(),
         }
     }

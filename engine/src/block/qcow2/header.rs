@@ -93,6 +93,8 @@ pub struct Header {
     pub backing_format: Option<String>,
     /// The bitmaps extension, if present: (count, directory size, directory offset).
     pub bitmaps: Option<(u32, u64, u64)>,
+    /// The bitmaps extension's data as stored (checked when loading them).
+    pub bitmaps_data: Option<Vec<u8>>,
     /// Extensions kept as they are when the header is rewritten: (type, data).
     pub unknown_extensions: Vec<(u32, Vec<u8>)>,
 }
@@ -156,6 +158,7 @@ impl Header {
             backing_file: None,
             backing_format: None,
             bitmaps: None,
+            bitmaps_data: None,
             unknown_extensions: Vec::new(),
         };
         let mut compression_type = 0u8;
@@ -322,6 +325,7 @@ impl Header {
                         return Err(invalid("bitmaps_ext: Invalid extension length"));
                     }
                     self.bitmaps = Some((be32(data, 0), be64(data, 8), be64(data, 16)));
+                    self.bitmaps_data = Some(data.to_vec());
                 }
                 EXT_CRYPTO | EXT_DATA_FILE => self.unknown_extensions.push((kind, data.to_vec())),
                 _ => self.unknown_extensions.push((kind, data.to_vec())),

@@ -9,12 +9,14 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use super::bitmaps::Stored;
 use super::entry::{Mapping, OFFSET_MASK, REFT_OFFSET_MASK};
-use super::header::{Header, AUTOCLEAR_BITMAPS};
+use super::header::Header;
 use super::meta::Meta;
 use super::sync::{Event, MetaLock};
+use crate::block::bitmap::BitmapSet;
 use crate::block::error::{BlockError, BlockResult};
 use crate::block::node::{BlockNode, Kind};
 use crate::block::perm::Perm;
@@ -85,6 +87,10 @@ pub(crate) struct Image {
     pub(crate) meta: MetaLock<Meta>,
     /// Rung when an allocation in flight completes.
     pub(crate) settled: Event,
+    /// The node's dirty bitmaps (the same set as the node's).
+    pub(crate) bitmaps: Arc<BitmapSet>,
+    /// The bitmaps extension as on disk (see [`super::bitmaps`]).
+    pub(crate) stored: Mutex<Stored>,
     /// Positioned I/O on the file child outside the rings (open, block
     /// status of a table nobody loaded yet, close).
     sync_file: Option<Arc<File>>,
@@ -173,6 +179,7 @@ impl Image {
         file: Arc<BlockNode>,
         backing: Option<Arc<BlockNode>>,
         read_only: bool,
+        bitmaps: Arc<BitmapSet>,
     ) -> BlockResult<Image> {
         let header = read_header(&file)?;
         if header.crypt_method != 0 {
@@ -265,24 +272,15 @@ impl Image {
                 file_size,
             )),
             settled: Event::new(),
+            bitmaps,
+            stored: Mutex::default(),
             sync_file,
             header,
             _file_perm: file_perm,
             _backing_perm: backing_perm,
         };
-        if !read_only && img.header.autoclear & AUTOCLEAR_BITMAPS != 0 {
-            // A writer that does not keep the bitmaps up to date must clear
-            // the bit, so readers know the bitmaps are stale (the spec's
-            // autoclear rule).
-            img.clear_autoclear()?;
-        }
+        img.load_bitmaps()?;
         Ok(img)
-    }
-
-    fn clear_autoclear(&self) -> BlockResult<()> {
-        let bytes = 0u64.to_be_bytes();
-        self.sync_write(88, &bytes)?;
-        self.sync_flush()
     }
 
     /// Positioned write on the file child outside the rings.
@@ -375,6 +373,10 @@ impl Image {
 impl Drop for Image {
     fn drop(&mut self) {
         if self.read_only {
+            // Stores nothing; says so if a persistent bitmap is lost.
+            if let Some(mut meta) = self.meta.take_now() {
+                let _ = self.store_bitmaps(&mut meta);
+            }
             return;
         }
         // Nothing runs on the rings any more: every handle holds the node.
@@ -384,6 +386,12 @@ impl Drop for Image {
         if let Err(e) = meta.close_blocking(self) {
             log::warn!(
                 "qcow2 node {}: closing: {e} (the image may leak clusters; 'qemu-img check -r leaks' reclaims them)",
+                self.name
+            );
+        }
+        if let Err(e) = self.store_bitmaps(&mut meta) {
+            log::error!(
+                "qcow2 node {}: storing persistent dirty bitmaps: {e} (they stay in-use in the image: inconsistent at the next open)",
                 self.name
             );
         }

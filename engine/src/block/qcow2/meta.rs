@@ -19,10 +19,12 @@
 use std::collections::{HashMap, HashSet};
 
 use super::entry::{refcount_get, refcount_max, refcount_set};
-use super::image::{sync_read, Geometry, Image};
+use super::image::{Geometry, Image};
 use crate::block::error::{BlockError, BlockResult};
 use crate::block::BlockHandle;
 use crate::buf::{pool, Buf};
+
+mod blocking;
 
 /// Bytes reserved per batch (and so per `fdatasync` on the allocating path).
 const RESERVE_BYTES: u64 = 32 << 20;
@@ -305,35 +307,8 @@ impl Meta {
             drops.push((self.reserved.start, self.reserved.end));
             self.reserved = 0..0;
         }
-        let order = self.geo.refcount_order;
-        let mut dirty: HashSet<usize> = HashSet::new();
-        for (first, end) in drops {
-            for c in first..end {
-                let (r, i) = self.locate(c);
-                let Some(&off) = self.reftable.get(r) else {
-                    continue;
-                };
-                if off == 0 {
-                    continue;
-                }
-                let b = match self.blocks.entry(r) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        let mut b = vec![0u8; cs as usize];
-                        sync_read(&img.file, off, &mut b)?;
-                        e.insert(b.into_boxed_slice())
-                    }
-                };
-                let v = refcount_get(b, order, i);
-                refcount_set(b, order, i, v.saturating_sub(1));
-                dirty.insert(r);
-            }
-        }
-        for r in dirty {
-            if let (Some(b), Some(&off)) = (self.blocks.get(&r), self.reftable.get(r)) {
-                img.sync_write(off, b)?;
-            }
-        }
+        let clusters: Vec<u64> = drops.into_iter().flat_map(|(f, e)| f..e).collect();
+        self.adjust_blocking(img, clusters, -1, true)?;
         img.sync_flush()
     }
 }

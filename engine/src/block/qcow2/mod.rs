@@ -41,6 +41,9 @@
 //! `fdatasync` of the file, then the release of clusters freed before it.
 //! The order of metadata writes is in [`meta`].
 //!
+//! Persistent dirty bitmaps (the bitmaps extension) are loaded at open and
+//! stored at close, outside the rings, in [`bitmaps`].
+//!
 //! # What is not done
 //!
 //! Internal snapshots are kept consistent, not created: a write into a
@@ -55,6 +58,7 @@
 //! dirty by QEMU's lazy refcounts must be repaired before a read-write open.
 
 mod alloc;
+mod bitmaps;
 mod compress;
 mod data;
 mod entry;
@@ -73,6 +77,7 @@ pub(crate) use image::Image;
 
 use std::sync::Arc;
 
+use super::bitmap::BitmapSet;
 use super::error::BlockResult;
 use super::node::BlockNode;
 
@@ -100,16 +105,62 @@ pub fn is_qcow2(file: &BlockNode) -> bool {
     image::sync_read(file, 0, &mut magic).is_ok() && u32::from_be_bytes(magic) == header::MAGIC
 }
 
-pub(crate) fn open(name: &str, o: Qcow2Options) -> BlockResult<(Arc<Image>, u64, bool)> {
-    let img = Image::open(name, o.file, o.backing, o.read_only)?;
+pub(crate) fn open(
+    name: &str,
+    o: Qcow2Options,
+    bitmaps: Arc<BitmapSet>,
+) -> BlockResult<(Arc<Image>, u64, bool)> {
+    let img = Image::open(name, o.file, o.backing, o.read_only, bitmaps)?;
     let (size, ro) = (img.geo.size, img.read_only);
     Ok((Arc::new(img), size, ro))
+}
+
+/// Removes persistent bitmap `name` from the image of a qcow2 node (no-op
+/// for other nodes, and for bitmaps the image does not hold).
+pub fn remove_stored_bitmap(node: &BlockNode, name: &str) -> BlockResult<()> {
+    match &node.kind {
+        super::node::Kind::Qcow2(img) => img.remove_stored_bitmap(name),
+        _ => Ok(()),
+    }
 }
 
 /// Entry decoders for the `qcow2_header` fuzz target (not an API).
 #[doc(hidden)]
 pub mod fuzzing {
+    use super::bitmaps::directory;
     use super::entry::{refcount_get, refcount_max, refcount_set, Mapping};
+
+    /// Parses `dir` as a bitmap directory of `nb` entries of an image with
+    /// `cluster_bits` and `image_len` bytes; when accepted, checks that its
+    /// serialised form parses back to the same entries. Returns whether it
+    /// was accepted; panics if the round trip differs.
+    pub fn bitmap_directory_roundtrip(
+        dir: &[u8],
+        nb: u32,
+        cluster_bits: u32,
+        image_len: u64,
+    ) -> bool {
+        let cs = 1u64 << cluster_bits.clamp(9, 21);
+        let Ok(entries) = directory::parse(dir, nb, cs, image_len) else {
+            return false;
+        };
+        for e in &entries {
+            assert!(e.table_offset.is_multiple_of(cs) && e.table_offset != 0);
+            assert!(e.name.len() <= 1023);
+        }
+        let bytes =
+            directory::serialise(&entries, cs, image_len).expect("accepted entries serialise");
+        assert_eq!(
+            directory::parse(&bytes, nb, cs, image_len).ok(),
+            Some(entries)
+        );
+        true
+    }
+
+    /// Checks the bitmaps extension data as an open does; true if accepted.
+    pub fn bitmaps_ext(data: &[u8], cluster_bits: u32) -> bool {
+        directory::BitmapsExt::parse(data, 1u64 << cluster_bits.clamp(9, 21)).is_ok()
+    }
 
     /// Decodes L2 entry `raw` of an image with `cluster_bits`; returns the
     /// host bytes it references, `(0, 0)` for none, `None` when refused.

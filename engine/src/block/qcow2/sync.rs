@@ -50,6 +50,22 @@ impl<T> MetaLock<T> {
         }
     }
 
+    /// Waits for the value on a thread that has no executor (the control
+    /// thread): polls for it, sleeping between tries. Holders keep it for
+    /// a few metadata writes, so the wait is short; iothreads never call
+    /// this.
+    pub(crate) fn lock_blocking(&self) -> MetaGuard<'_, T> {
+        loop {
+            if let Some(value) = self.take_now() {
+                return MetaGuard {
+                    lock: self,
+                    value: Some(value),
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
     /// The value, when nobody holds it (closing, where no task is left).
     pub(crate) fn take_now(&self) -> Option<Box<T>> {
         self.state().value.take()
