@@ -149,7 +149,9 @@ impl Runtime {
             }
             idle_skips = 0;
             self.notify.clear();
-            if !mailbox.is_empty() || self.exec.has_ready() {
+            // `stop` too: a stop rung while `pending` was still set wrote no
+            // eventfd, so after the clear nothing else would wake us for it.
+            if !mailbox.is_empty() || self.exec.has_ready() || stop.load(Ordering::Acquire) {
                 continue;
             }
             if self.poll(mailbox, poll) {
