@@ -21,6 +21,7 @@ use engine::op::{CmdBufs, SharedFd};
 use super::exec::{Exec, MAX_IO};
 use super::proto::consts::*;
 use super::proto::{out_header, parse_header, parse_operation, Reply, ReplyBody, OUT_HEADER_LEN};
+use super::proto::{u32_at, u64_at};
 use super::sys::ring_cmd;
 
 /// Entries registered per queue: a qd32 client on one CPU keeps them busy.
@@ -74,18 +75,6 @@ pub(crate) async fn serve_entry(
         bufs = b;
         r = r2;
     }
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_ne_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_ne_bytes(a)
 }
 
 /// Runs the request the kernel put in `bufs` and writes the reply back

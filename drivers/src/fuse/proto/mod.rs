@@ -22,3 +22,4 @@ pub use request::{
     parse_header, parse_operation, InHeader, Operation, ParseError, SetAttr, IN_HEADER_LEN,
     WRITE_IN_LEN,
 };
+pub(crate) use request::{u32_at, u64_at};

@@ -89,19 +89,22 @@ pub enum Operation {
     Unsupported(u32),
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
+/// Native-endian value at `at`; the caller has checked the length.
+pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
     let mut a = [0u8; 2];
     a.copy_from_slice(&b[at..at + 2]);
     u16::from_ne_bytes(a)
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+/// Native-endian value at `at`; the caller has checked the length.
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_ne_bytes(a)
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+/// Native-endian value at `at`; the caller has checked the length.
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_ne_bytes(a)

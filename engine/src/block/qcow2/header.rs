@@ -99,13 +99,15 @@ pub struct Header {
     pub unknown_extensions: Vec<(u32, Vec<u8>)>,
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+/// Big-endian u32 at `at`; the caller has checked `at + 4 <= b.len()`.
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_be_bytes(a)
 }
 
-fn be64(b: &[u8], at: usize) -> u64 {
+/// Big-endian u64 at `at`; the caller has checked `at + 8 <= b.len()`.
+pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_be_bytes(a)

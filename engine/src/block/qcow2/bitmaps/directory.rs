@@ -14,6 +14,8 @@
 //!                        offset: the cluster reads as all ones
 //! ```
 
+use crate::block::qcow2::header::{be32, be64};
+
 /// `QCOW2_MAX_BITMAPS`.
 pub(crate) const MAX_BITMAPS: u32 = 65535;
 /// `QCOW2_MAX_BITMAP_DIRECTORY_SIZE`.
@@ -172,18 +174,6 @@ pub(crate) fn table_size(image_len: u64, granularity_bits: u8, cluster_size: u64
 
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_be_bytes(a)
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
 }
 
 /// Parses a directory of `ext.nb_bitmaps` entries (QEMU's

@@ -7,19 +7,7 @@
 //! in the header moves with it). Adding the extension puts it first.
 
 use super::directory::BitmapsExt;
-use crate::block::qcow2::header::EXT_BITMAPS;
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_be_bytes(a)
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
-}
+use crate::block::qcow2::header::{be32, be64, EXT_BITMAPS};
 
 /// Byte offset of the autoclear features in a version 3 header.
 const AUTOCLEAR_AT: usize = 88;
