@@ -32,6 +32,7 @@ use crate::objects::Objects;
 use crate::placement::Placement;
 use crate::qmp::{EventBus, MonitorAddr, MonitorServer, QmpError, QmpRequest};
 use crate::registry::ExportRegistry;
+use crate::secrets::Secrets;
 
 /// How long exports get to drain at `quit` or `nbd-server-stop` before
 /// they are dropped anyway.
@@ -54,6 +55,8 @@ pub enum Internal {
 pub struct Daemon {
     pub(crate) blocks: BlockGraph,
     pub(crate) objects: Objects,
+    /// `secret` objects.
+    pub(crate) secrets: Secrets,
     pub(crate) nbd: Option<NbdServer>,
     pub(crate) exports: ExportRegistry,
     pub(crate) events: EventBus,
@@ -87,6 +90,7 @@ impl Daemon {
         Ok(Daemon {
             blocks: BlockGraph::default(),
             objects: Objects::new(Placement::from_affinity())?,
+            secrets: Secrets::default(),
             nbd: None,
             exports: ExportRegistry::new(internal_tx.clone()),
             events: EventBus::new(),

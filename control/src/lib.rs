@@ -19,6 +19,7 @@ pub mod placement;
 pub mod qapi;
 pub mod qmp;
 pub mod registry;
+pub mod secrets;
 pub mod signals;
 
 /// The NBD server driver the control plane starts.

@@ -11,9 +11,21 @@ use crate::qapi::{from_args, Input, ObjectOptions, Syntax};
 /// `object-add` / `--object`.
 pub fn object_add(d: &mut Daemon, input: Input) -> Result<Value> {
     match ObjectOptions::parse(input)? {
+        ObjectOptions::Iothread(o) if d.secrets.contains(&o.id) => return Err(duplicate(&o.id)),
         ObjectOptions::Iothread(o) => d.objects.add_iothread(o)?,
+        ObjectOptions::Secret(o) if d.secrets.contains(&o.id) || d.objects.contains(&o.id) => {
+            return Err(duplicate(&o.id))
+        }
+        ObjectOptions::Secret(o) => d.secrets.add(o)?,
     }
     Ok(Value::Null)
+}
+
+/// QEMU's message for an id already taken by another object.
+fn duplicate(id: &str) -> ControlError {
+    ControlError::failed(format!(
+        "attempt to add duplicate property '{id}' to object (type 'container')"
+    ))
 }
 
 pub(super) fn object_add_cmd(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {
@@ -29,6 +41,10 @@ struct DelArgs {
 /// `object-del`: an iothread that exports run on cannot go.
 pub(super) fn object_del_cmd(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {
     let a: DelArgs = from_args(args)?;
+    if d.secrets.del(&a.id) {
+        // Nodes read their secret when opened, as in QEMU: it may go.
+        return Ok(Value::Null);
+    }
     if d.objects.contains(&a.id) && d.exports.uses_iothread(&a.id) {
         return Err(ControlError::failed(format!(
             "object '{}' is in use, can not be deleted",

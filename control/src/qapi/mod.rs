@@ -7,12 +7,13 @@ mod export;
 mod input;
 mod nbd;
 mod object;
+mod remote;
 
 #[cfg(test)]
 mod tests;
 
 pub use block::{
-    BlockdevBase, BlockdevOptions, BlockdevRef, CacheOptions, DetectZeroes, DriverOptions,
+    BlockdevBase, BlockdevOptions, BlockdevRef, CacheOptions, DetectZeroes, Discard, DriverOptions,
     FileDriverOptions, NullDriverOptions, OnOffAuto, RawDriverOptions,
 };
 pub use export::{
@@ -22,3 +23,6 @@ pub use export::{
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
 pub use object::{is_identifier, IothreadOptions, ObjectOptions};
+pub use remote::{
+    InetServer, NbdDriverOptions, RbdAuthMode, RbdDriverOptions, SecretFormat, SecretOptions,
+};

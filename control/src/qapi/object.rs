@@ -1,8 +1,9 @@
-//! `ObjectOptions` (`object-add`, `--object`): only `iothread` so far.
+//! `ObjectOptions` (`object-add`, `--object`): `iothread` and `secret`.
 
 use serde::Deserialize;
 
 use super::input::{Input, InputError};
+use super::remote::SecretOptions;
 
 /// QOM types QSD can create that ringstor cannot yet.
 const QEMU_QOM_TYPES: &[&str] = &[
@@ -10,7 +11,6 @@ const QEMU_QOM_TYPES: &[&str] = &[
     "authz-listfile",
     "authz-pam",
     "authz-simple",
-    "secret",
     "secret_keyring",
     "throttle-group",
     "tls-creds-anon",
@@ -39,6 +39,7 @@ pub struct IothreadOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectOptions {
     Iothread(IothreadOptions),
+    Secret(SecretOptions),
 }
 
 impl ObjectOptions {
@@ -52,6 +53,13 @@ impl ObjectOptions {
                     return Err(InputError("Parameter 'id' expects an identifier".into()));
                 }
                 Ok(ObjectOptions::Iothread(o))
+            }
+            "secret" => {
+                let o: SecretOptions = input.parse()?;
+                if !is_identifier(&o.id) {
+                    return Err(InputError("Parameter 'id' expects an identifier".into()));
+                }
+                Ok(ObjectOptions::Secret(o))
             }
             t if QEMU_QOM_TYPES.contains(&t) => Err(InputError(format!(
                 "Object type '{t}' is not supported by ringstor yet"

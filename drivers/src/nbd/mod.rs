@@ -5,7 +5,9 @@
 //! - `registry`: the exports by name, connection counting, removal.
 //! - `conn`: the transmission phase of one connection (reader, writer).
 //! - `request`: one request against the block handle.
+//! - `client/`: the NBD client block driver (`blockdev-add driver=nbd`).
 
+pub mod client;
 mod conn;
 mod negotiate;
 pub mod proto;

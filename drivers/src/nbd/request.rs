@@ -70,7 +70,7 @@ pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Bu
             }
         }
         Command::Cache => conn.handle.cache(h.offset, h.length),
-        Command::BlockStatus => return block_status(&conn, &h, payload),
+        Command::BlockStatus => return block_status(&conn, &h, payload).await,
         Command::Disc | Command::Unknown(_) => Err(BlockError::NotSupported),
     };
     match result {
@@ -89,7 +89,7 @@ async fn read(conn: &Conn, h: &RequestHeader) {
         && h.flags & NBD_CMD_FLAG_DF == 0
         && h.length >= SPARSE_READ_MIN;
     if sparse {
-        if let Ok((st, n)) = conn.handle.block_status(h.offset, h.length) {
+        if let Ok((st, n)) = conn.handle.block_status(h.offset, h.length).await {
             if n < h.length || st.zero {
                 return sparse_read(conn, h, (st, n)).await;
             }
@@ -138,6 +138,7 @@ async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64)) 
             None => conn
                 .handle
                 .block_status(off, end - off)
+                .await
                 .unwrap_or((BlockStatus::DATA, end - off)),
         };
         let n = n.min(end - off);
@@ -167,7 +168,7 @@ async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64)) 
     conn.reply_parts(parts);
 }
 
-fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>) {
+async fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>) {
     let to = conn.reply_to(h);
     let fail = |e: NbdErrno, msg: &str| conn.reply(|v| reply_error(v, &to, e, msg), None);
     // Which contexts, and how far (the payload form carries both).
@@ -209,7 +210,8 @@ fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>) {
     };
     let mut parts = Vec::with_capacity(wanted.len());
     for (i, (id, ctx)) in wanted.iter().enumerate() {
-        let extents = match collect_extents(conn, ctx, h.offset, length.min(max_len), req_one) {
+        let extents = match collect_extents(conn, ctx, h.offset, length.min(max_len), req_one).await
+        {
             Ok(e) => e,
             Err(e) => {
                 let msg = e.to_string();
@@ -237,7 +239,7 @@ fn flags_for(ctx: &MetaContext, st: BlockStatus) -> u32 {
     }
 }
 
-fn collect_extents(
+async fn collect_extents(
     conn: &Conn,
     ctx: &MetaContext,
     offset: u64,
@@ -248,7 +250,7 @@ fn collect_extents(
     let mut off = offset;
     let end = offset + length;
     while off < end {
-        let (st, n) = conn.handle.block_status(off, end - off)?;
+        let (st, n) = conn.handle.block_status(off, end - off).await?;
         let n = n.min(end - off);
         let flags = flags_for(ctx, st);
         match out.last_mut() {

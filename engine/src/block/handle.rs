@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use super::error::{BlockError, BlockResult};
 use super::node::{BlockNode, Kind};
+use super::rbd::LocalImage;
+use super::remote::RemoteLeaf;
 use super::status::{file_status, BlockStatus};
 use crate::buf::{pool, Buf};
 use crate::op::{self, Pipe, SharedFd};
@@ -35,6 +37,10 @@ enum Leaf {
     Null {
         read_zeroes: bool,
     },
+    /// This iothread's image handle (`None`: it could not be opened here,
+    /// and every request fails with EIO).
+    Rbd(Option<LocalImage>),
+    Remote(Rc<dyn RemoteLeaf>),
 }
 
 struct Inner {
@@ -147,6 +153,9 @@ impl BlockHandle {
                 }
                 (Ok(()), buf)
             }
+            Leaf::Rbd(Some(img)) => img.read(self.inner.base + offset, buf).await,
+            Leaf::Remote(leaf) => leaf.read(self.inner.base + offset, buf).await,
+            Leaf::Rbd(None) => (Err(unavailable("read", offset)), buf),
         }
     }
 
@@ -196,6 +205,9 @@ impl BlockHandle {
                 }
                 (Ok(()), buf)
             }
+            Leaf::Rbd(Some(img)) => img.write(self.inner.base + offset, buf, fua).await,
+            Leaf::Remote(leaf) => leaf.write(self.inner.base + offset, buf, fua).await,
+            Leaf::Rbd(None) => (Err(unavailable("write", offset)), buf),
         }
     }
 
@@ -240,6 +252,9 @@ impl BlockHandle {
             Leaf::File { fd, .. } => op::fdatasync(fd)
                 .await
                 .map_err(|e| BlockError::io("flush", 0, e)),
+            Leaf::Rbd(Some(img)) => img.flush().await,
+            Leaf::Remote(leaf) => leaf.flush().await,
+            Leaf::Rbd(None) => Err(unavailable("flush", 0)),
         }
     }
 
@@ -250,8 +265,16 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
+        if !self.inner.node.unmap() {
+            // discard=ignore, as QEMU: the request succeeds and changes nothing.
+            return Ok(());
+        }
+        let at = self.inner.base + offset;
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
+            Leaf::Rbd(Some(img)) => img.discard(at, len).await,
+            Leaf::Remote(leaf) => leaf.discard(at, len).await,
+            Leaf::Rbd(None) => Err(unavailable("discard", offset)),
             Leaf::File { fd, .. } => {
                 let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
                 match op::fallocate(fd, self.inner.base + offset, len, mode).await {
@@ -277,10 +300,15 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
-        let Leaf::File { fd, .. } = &self.inner.leaf else {
-            return Ok(());
-        };
+        let may_unmap = may_unmap && self.inner.node.unmap();
         let at = self.inner.base + offset;
+        let fd = match &self.inner.leaf {
+            Leaf::File { fd, .. } => fd,
+            Leaf::Null { .. } => return Ok(()),
+            Leaf::Rbd(Some(img)) => return img.write_zeroes(at, len, may_unmap).await,
+            Leaf::Remote(leaf) => return leaf.write_zeroes(at, len, may_unmap, fast).await,
+            Leaf::Rbd(None) => return Err(unavailable("write zeroes", offset)),
+        };
         let modes: &[i32] = if may_unmap {
             &[
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
@@ -318,7 +346,7 @@ impl BlockHandle {
 
     /// Status of the run starting at `offset` (at most `max` bytes long);
     /// returns the status and the run's length.
-    pub fn block_status(&self, offset: u64, max: u64) -> BlockResult<(BlockStatus, u64)> {
+    pub async fn block_status(&self, offset: u64, max: u64) -> BlockResult<(BlockStatus, u64)> {
         let size = self.size();
         if offset >= size {
             return Err(BlockError::OutOfRange {
@@ -336,6 +364,9 @@ impl BlockHandle {
                 file_status(fd, self.inner.base + offset, max, leaf_end)
                     .map_err(|e| BlockError::io("block status", offset, e))
             }
+            Leaf::Rbd(Some(img)) => img.block_status(self.inner.base + offset, max),
+            Leaf::Remote(leaf) => leaf.block_status(self.inner.base + offset, max).await,
+            Leaf::Rbd(None) => Ok((BlockStatus::DATA, max)),
         }
     }
 
@@ -374,6 +405,11 @@ impl BlockHandle {
                 node.set_size(size);
                 Ok(())
             }
+            (Kind::Rbd(_), Leaf::Rbd(Some(img))) => {
+                img.resize(size)?;
+                node.set_size(size);
+                Ok(())
+            }
             _ => Err(BlockError::NotSupported),
         }
     }
@@ -400,5 +436,16 @@ fn flatten(node: &Arc<BlockNode>) -> (Leaf, u64) {
             let (leaf, base) = flatten(child);
             (leaf, base + offset)
         }
+        Kind::Rbd(cluster) => {
+            let img = LocalImage::open(cluster)
+                .inspect_err(|e| log::error!("node {}: cannot open rbd image: {e}", node.name()))
+                .ok();
+            (Leaf::Rbd(img), 0)
+        }
+        Kind::Remote(driver) => (Leaf::Remote(driver.open_local()), 0),
     }
+}
+
+fn unavailable(op: &'static str, offset: u64) -> BlockError {
+    BlockError::io(op, offset, std::io::Error::from_raw_os_error(libc::EIO))
 }

@@ -9,7 +9,9 @@
 //!
 //! Drivers: `file` and `host_device` (io_uring reads and writes, `O_DIRECT`
 //! with `cache.direct`, QEMU-compatible OFD locking), `raw` (a window of its
-//! child), `null-co` / `null-aio`. The block layer does not parse wire
+//! child), `null-co` / `null-aio`, `rbd` (librbd, loaded at run time),
+//! and protocol drivers outside the engine through [`remote`]
+//! (the NBD client). The block layer does not parse wire
 //! input; callers pass offsets and lengths, which it bounds-checks again.
 
 mod error;
@@ -17,12 +19,18 @@ mod handle;
 mod lock;
 mod node;
 mod perm;
+mod rbd;
+pub mod remote;
 mod status;
 
 pub use error::{BlockError, BlockResult};
 pub use handle::BlockHandle;
-pub use node::{BlockNode, FileOptions, NodeOptions, NullOptions, PermGuard, RawOptions};
+pub use node::{
+    BlockNode, FileOptions, NodeFlags, NodeOptions, NullOptions, PermGuard, RawOptions,
+    RemoteOptions,
+};
 pub use perm::Perm;
+pub use rbd::RbdOptions;
 pub use status::BlockStatus;
 
 #[cfg(test)]

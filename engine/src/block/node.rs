@@ -15,6 +15,8 @@ use std::sync::Arc;
 use super::error::{BlockError, BlockResult};
 use super::lock;
 use super::perm::{Perm, PermTable};
+use super::rbd::{self, RbdOptions};
+use super::remote::RemoteDriver;
 
 /// Options of the `file` and `host_device` drivers.
 #[derive(Debug, Clone)]
@@ -54,6 +56,34 @@ pub struct RawOptions {
     pub size: Option<u64>,
 }
 
+/// A node whose driver lives outside the engine (see [`super::remote`]).
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// The driver, already connected (it probed the remote for the size).
+    pub driver: Arc<dyn RemoteDriver>,
+    /// Size in bytes.
+    pub size: u64,
+    /// The remote is read-only, or the node was opened so.
+    pub read_only: bool,
+}
+
+/// Options every node has (QEMU's `BlockdevOptions` base members that the
+/// data path obeys).
+#[derive(Debug, Clone, Copy)]
+pub struct NodeFlags {
+    /// `discard=unmap`: discards, and write-zeroes that may unmap, reach the
+    /// store; with `discard=ignore` (QEMU's default) a discard does nothing
+    /// and zeroes are written without unmapping.
+    pub unmap: bool,
+}
+
+impl Default for NodeFlags {
+    /// What [`BlockNode::open`] uses: discards reach the store.
+    fn default() -> NodeFlags {
+        NodeFlags { unmap: true }
+    }
+}
+
 /// What kind of node to open.
 #[derive(Debug, Clone)]
 pub enum NodeOptions {
@@ -63,6 +93,10 @@ pub enum NodeOptions {
     Null(NullOptions),
     /// `raw`.
     Raw(RawOptions),
+    /// `rbd`.
+    Rbd(RbdOptions),
+    /// A driver outside the engine (`nbd`).
+    Remote(RemoteOptions),
 }
 
 #[derive(Debug)]
@@ -82,6 +116,8 @@ pub(crate) enum Kind {
     File(FileState),
     Null { read_zeroes: bool },
     Raw { child: Arc<BlockNode>, offset: u64 },
+    Rbd(Arc<rbd::Cluster>),
+    Remote(Arc<dyn RemoteDriver>),
 }
 
 /// A block node. See the module docs.
@@ -94,6 +130,7 @@ pub struct BlockNode {
     size: AtomicU64,
     read_only: bool,
     perms: PermTable,
+    flags: NodeFlags,
 }
 
 static NEXT_NODE_ID: AtomicU64 = AtomicU64::new(1);
@@ -104,6 +141,16 @@ impl BlockNode {
         name: &str,
         driver: &'static str,
         options: NodeOptions,
+    ) -> BlockResult<Arc<BlockNode>> {
+        Self::open_with(name, driver, options, NodeFlags::default())
+    }
+
+    /// [`BlockNode::open`] with the options every node has.
+    pub fn open_with(
+        name: &str,
+        driver: &'static str,
+        options: NodeOptions,
+        flags: NodeFlags,
     ) -> BlockResult<Arc<BlockNode>> {
         let (kind, size, read_only) = match options {
             NodeOptions::File(o) => open_file(o)?,
@@ -142,6 +189,15 @@ impl BlockNode {
                     ro,
                 )
             }
+            NodeOptions::Rbd(o) => {
+                let (cluster, size) = rbd::open(&o)?;
+                (
+                    Kind::Rbd(cluster),
+                    size,
+                    o.read_only || o.snapshot.is_some(),
+                )
+            }
+            NodeOptions::Remote(o) => (Kind::Remote(o.driver), o.size, o.read_only),
         };
         Ok(Arc::new(BlockNode {
             id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
@@ -151,6 +207,7 @@ impl BlockNode {
             size: AtomicU64::new(size),
             read_only,
             perms: PermTable::default(),
+            flags,
         }))
     }
 
@@ -173,6 +230,18 @@ impl BlockNode {
     pub fn read_only(&self) -> bool {
         self.read_only
     }
+    /// `discard=unmap` in effect: on this node and every node below it.
+    pub fn unmap(&self) -> bool {
+        self.flags.unmap && self.child().is_none_or(|c| c.unmap())
+    }
+    /// What names a remote node's image (`nbd://...`, `pool/image`).
+    pub fn remote_name(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Rbd(c) => Some(c.description.clone()),
+            Kind::Remote(d) => Some(d.filename()),
+            _ => None,
+        }
+    }
     /// The child node, for format drivers.
     pub fn child(&self) -> Option<&Arc<BlockNode>> {
         match &self.kind {
@@ -192,7 +261,7 @@ impl BlockNode {
         match &self.kind {
             Kind::File(f) => f.buffered.is_some(),
             Kind::Raw { child, .. } => child.direct(),
-            Kind::Null { .. } => false,
+            Kind::Null { .. } | Kind::Rbd(_) | Kind::Remote(_) => false,
         }
     }
     /// Users attached with permissions (exports, parents).

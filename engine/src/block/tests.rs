@@ -88,13 +88,13 @@ fn zeroes_discard_and_status() {
     t.handle()
         .block_on(move || async move {
             let h = BlockHandle::open(&n);
-            let (st, len) = h.block_status(0, 1 << 20).expect("status");
+            let (st, len) = h.block_status(0, 1 << 20).await.expect("status");
             assert_eq!((st, len), (BlockStatus::DATA, 1 << 20));
             h.write_zeroes(65536, 65536, true, false)
                 .await
                 .expect("zero");
             h.discard(262144, 65536).await.expect("discard");
-            let (st, len) = h.block_status(65536, 1 << 20).expect("status");
+            let (st, len) = h.block_status(65536, 1 << 20).await.expect("status");
             assert_eq!((st, len), (BlockStatus::HOLE, 65536));
             let (r, b) = h.read(65536, Buf::zeroed(65536)).await;
             r.expect("read");

@@ -109,6 +109,16 @@ impl GatherList {
         self.segs.len()
     }
 
+    /// Empties the list and hands its buffers back, in the order they were
+    /// pushed (for a sender that keeps its payloads, to send them again).
+    pub fn take_bufs(&mut self) -> Vec<Buf> {
+        self.bytes.clear();
+        self.segs.clear();
+        self.iov.clear();
+        self.total = 0;
+        std::mem::take(&mut self.bufs)
+    }
+
     /// Empties the list, returning its buffers to the thread's pool.
     pub fn clear(&mut self) {
         self.bytes.clear();
