@@ -12,5 +12,7 @@ mod nbd;
 mod nbd_qmp;
 #[path = "e2e/qmp.rs"]
 mod qmp;
+#[path = "e2e/rbd.rs"]
+mod rbd;
 #[path = "e2e/reliability.rs"]
 mod reliability;

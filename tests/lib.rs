@@ -8,6 +8,8 @@
 //! QSD itself, which is how the suite is validated; ringstor-only tests then
 //! skip themselves (see [`daemon::skip_on_qsd`]).
 
+#[path = "support/ceph.rs"]
+pub mod ceph;
 #[path = "support/daemon.rs"]
 pub mod daemon;
 #[path = "support/nbdraw.rs"]

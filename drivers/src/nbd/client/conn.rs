@@ -186,10 +186,7 @@ impl Conn {
             _ => return,
         };
         if !self.closed.get() {
-            log::warn!(
-                "nbd client {}: connection lost ({why})",
-                self.shared.opts.export
-            );
+            log::warn!("nbd client {}: connection lost ({why})", self.shared.label);
         }
         // Wake the other task of this connection.
         let _ = nix::sys::socket::shutdown(fd.raw(), nix::sys::socket::Shutdown::Both);
@@ -370,14 +367,18 @@ async fn writer(conn: Weak<Conn>, fd: SharedFd, gen: u64) {
 async fn reconnect(conn: Weak<Conn>, since: Instant) {
     let mut pause = RETRY_MIN;
     loop {
-        let (addrs, export) = {
+        let (addrs, export, label) = {
             let Some(c) = conn.upgrade() else { return };
             if c.closed.get()
                 || !matches!(&*c.link.borrow(), Link::Down { since: s, .. } if *s == since)
             {
                 return;
             }
-            (c.shared.addrs.clone(), c.shared.opts.export.clone())
+            (
+                c.shared.addrs.clone(),
+                c.shared.opts.export.clone(),
+                c.shared.label.clone(),
+            )
         };
         match dial::dial_ring(&addrs, &export).await {
             Ok((fd, info)) => {
@@ -387,12 +388,12 @@ async fn reconnect(conn: Weak<Conn>, since: Instant) {
                 }
                 if info.size != c.shared.info.size {
                     log::error!(
-                        "nbd client {export}: the export changed size on reconnection ({} to {}); not using it",
+                        "nbd client {label}: the export changed size on reconnection ({} to {}); not using it",
                         c.shared.info.size,
                         info.size
                     );
                 } else {
-                    log::info!("nbd client {export}: reconnected");
+                    log::info!("nbd client {label}: reconnected");
                     c.up(fd, info);
                     if let Some(w) = c.writer_waker.take() {
                         w.wake();
@@ -400,7 +401,7 @@ async fn reconnect(conn: Weak<Conn>, since: Instant) {
                     return;
                 }
             }
-            Err(e) => log::debug!("nbd client {export}: reconnect attempt failed: {e}"),
+            Err(e) => log::debug!("nbd client {label}: reconnect attempt failed: {e}"),
         }
         op::sleep(pause).await;
         pause = (pause * 2).min(RETRY_MAX);

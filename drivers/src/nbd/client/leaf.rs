@@ -2,12 +2,16 @@
 //! its connection, using only what the server advertised (no FUA: write
 //! then flush; no WRITE_ZEROES: zeroes written; no TRIM: nothing to do).
 
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use engine::block::remote::{LocalFuture, RemoteLeaf};
 use engine::block::{BlockError, BlockResult, BlockStatus};
 use engine::buf::{pool, Buf};
+use engine::iothread::spawn_local;
+use engine::op;
 
 use super::conn::{Conn, Outcome, Pending};
 use super::Shared;
@@ -28,15 +32,51 @@ fn chunks(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
     })
 }
 
-/// One iothread's leaf; closing it stops the connection's tasks.
+/// How often an iothread checks whether the node of a connection it
+/// keeps is gone.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// This iothread's connections, by node (the node's liveness token).
+    static CONNS: RefCell<Vec<(Weak<()>, Rc<Conn>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One iothread's leaf over the connection it keeps for the node.
 pub(crate) struct NbdLeaf {
     conn: Rc<Conn>,
 }
 
-impl Drop for NbdLeaf {
-    fn drop(&mut self) {
-        self.conn.close();
+/// The connection this iothread keeps for the node, made on first use;
+/// a task closes it once the node is deleted.
+fn local_conn(shared: Arc<Shared>) -> Rc<Conn> {
+    let found = CONNS.with(|c| {
+        c.borrow()
+            .iter()
+            .find(|(w, _)| w.ptr_eq(&shared.alive))
+            .map(|(_, conn)| conn.clone())
+    });
+    if let Some(conn) = found {
+        return conn;
     }
+    let alive = shared.alive.clone();
+    let conn = Conn::open(shared);
+    CONNS.with(|c| c.borrow_mut().push((alive.clone(), conn.clone())));
+    spawn_local(async move {
+        while alive.strong_count() > 0 {
+            op::sleep(REAP_EVERY).await;
+        }
+        CONNS.with(|c| {
+            c.borrow_mut().retain(|(w, conn)| {
+                if w.ptr_eq(&alive) {
+                    conn.close();
+                    false
+                } else {
+                    true
+                }
+            })
+        });
+    });
+    conn
 }
 
 fn to_result(op: &'static str, offset: u64, o: Outcome) -> BlockResult<()> {
@@ -58,7 +98,7 @@ fn to_result(op: &'static str, offset: u64, o: Outcome) -> BlockResult<()> {
 impl NbdLeaf {
     pub(crate) fn open(shared: Arc<Shared>) -> Rc<dyn RemoteLeaf> {
         Rc::new(NbdLeaf {
-            conn: Conn::open(shared),
+            conn: local_conn(shared),
         })
     }
 

@@ -19,6 +19,10 @@
 //! - `reader`: replies in, routed by cookie to the waiting request.
 //! - `leaf`: block operations as NBD commands.
 //!
+//! An iothread's connection lives as long as the node, not as long as
+//! the export's clients: it is kept per thread (`leaf.rs`) and closed once
+//! the node is deleted, like the connection of QEMU's nbd node.
+//!
 //! # Reconnection
 //!
 //! When the connection drops, requests in flight and new ones wait while
@@ -34,7 +38,7 @@ mod reader;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use engine::block::remote::{RemoteDriver, RemoteLeaf};
@@ -75,12 +79,17 @@ pub(crate) struct Shared {
     pub(crate) addrs: Vec<dial::Addr>,
     pub(crate) info: ServerInfo,
     spare: Mutex<Option<OwnedFd>>,
+    /// Dead once the node is gone: each iothread then closes its connection.
+    pub(crate) alive: Weak<()>,
+    /// The server and export, for log lines.
+    pub(crate) label: String,
 }
 
 /// The node's driver: hands each iothread its own connection.
 #[derive(Debug)]
 pub struct NbdClient {
     shared: Arc<Shared>,
+    _alive: Arc<()>,
 }
 
 /// Connects (retrying for `open-timeout`), negotiates, and returns the
@@ -90,14 +99,21 @@ pub fn connect(opts: ClientOptions) -> Result<NodeOptions, DialError> {
     let (fd, info) = dial::dial_blocking(&addrs, &opts)?;
     let read_only = opts.read_only || info.transmission_flags & NBD_FLAG_READ_ONLY != 0;
     let size = info.size;
+    let alive = Arc::new(());
+    let label = filename(&opts);
     let shared = Arc::new(Shared {
+        label,
         opts,
         addrs,
         info,
         spare: Mutex::new(Some(fd)),
+        alive: Arc::downgrade(&alive),
     });
     Ok(NodeOptions::Remote(RemoteOptions {
-        driver: Arc::new(NbdClient { shared }),
+        driver: Arc::new(NbdClient {
+            shared,
+            _alive: alive,
+        }),
         size,
         read_only,
     }))
@@ -116,10 +132,15 @@ impl RemoteDriver for NbdClient {
     }
 
     fn filename(&self) -> String {
-        let export = &self.shared.opts.export;
-        match &self.shared.opts.server {
-            ServerAddr::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
-            ServerAddr::Inet { host, port } => format!("nbd://{host}:{port}/{export}"),
-        }
+        filename(&self.shared.opts)
+    }
+}
+
+/// QEMU's file name of an nbd node.
+fn filename(o: &ClientOptions) -> String {
+    let export = &o.export;
+    match &o.server {
+        ServerAddr::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
+        ServerAddr::Inet { host, port } => format!("nbd://{host}:{port}/{export}"),
     }
 }

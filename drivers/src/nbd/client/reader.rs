@@ -3,7 +3,8 @@
 //! already in the receive buffer is received straight into the request's
 //! buffer. Anything the server gets wrong (bad magic, unknown cookie, a
 //! chunk outside the request) ends the connection, which the connection
-//! treats as a loss (requests are resent after a reconnection).
+//! treats as a loss (requests are resent after a reconnection); so does
+//! an `ESHUTDOWN` reply, as the server is about to go.
 
 use std::rc::{Rc, Weak};
 
@@ -17,6 +18,10 @@ use crate::nbd::proto::client::{
 };
 use crate::nbd::proto::consts::*;
 use crate::nbd::proto::Command;
+
+/// An `ESHUTDOWN` reply: the server is going away, so the request is
+/// not failed but sent again once reconnected.
+const SHUTTING_DOWN: &str = "the server is shutting down";
 
 /// Receive buffer size (also the largest non-data chunk accepted).
 const RECV_BUF: usize = 256 * 1024;
@@ -139,6 +144,9 @@ async fn run(conn: &Weak<Conn>, rx: &mut Rx) -> Result<(), String> {
         let req = p.header.get();
         match header {
             ReplyHeader::Simple { error, .. } => {
+                if error == NBD_ESHUTDOWN {
+                    return Err(SHUTTING_DOWN.into());
+                }
                 if error != 0 {
                     complete(
                         conn,
@@ -193,6 +201,7 @@ async fn run(conn: &Weak<Conn>, rx: &mut Rx) -> Result<(), String> {
                 }
                 if flags & NBD_REPLY_FLAG_DONE != 0 {
                     let outcome = match p.error.borrow_mut().take() {
+                        Some((libc::ESHUTDOWN, _)) => return Err(SHUTTING_DOWN.into()),
                         Some((e, m)) => Outcome::Err(e, m),
                         None => Outcome::Ok,
                     };
