@@ -8,6 +8,8 @@ mod crash;
 mod hostile;
 #[path = "e2e/nbd.rs"]
 mod nbd;
+#[path = "e2e/nbd_client.rs"]
+mod nbd_client;
 #[path = "e2e/nbd_qmp.rs"]
 mod nbd_qmp;
 #[path = "e2e/qmp.rs"]

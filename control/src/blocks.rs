@@ -186,7 +186,10 @@ impl BlockGraph {
                     rbd_json(r),
                 )
             }
-            DriverOptions::Nbd(n) => (nbd_node(n, read_only)?, nbd_json(n)),
+            DriverOptions::Nbd(n) => (
+                nbd_node(n, read_only, opts.base.auto_read_only == Some(true))?,
+                nbd_json(n),
+            ),
         };
         let node = BlockNode::open_with(&name, opts.driver, options, NodeFlags { unmap })?;
         self.next_seq += 1;
@@ -394,7 +397,7 @@ fn nbd_server(a: &SocketAddress) -> Result<drivers::nbd::client::ServerAddr> {
     }
 }
 
-fn nbd_node(n: &NbdDriverOptions, read_only: bool) -> Result<NodeOptions> {
+fn nbd_node(n: &NbdDriverOptions, read_only: bool, auto_read_only: bool) -> Result<NodeOptions> {
     use drivers::nbd::client::{connect, ClientOptions};
     if n.tls_creds.is_some() || n.tls_hostname.is_some() {
         return Err(ControlError::failed(
@@ -412,6 +415,7 @@ fn nbd_node(n: &NbdDriverOptions, read_only: bool) -> Result<NodeOptions> {
         reconnect_delay: std::time::Duration::from_secs(n.reconnect_delay.into()),
         open_timeout: std::time::Duration::from_secs(n.open_timeout.into()),
         read_only,
+        auto_read_only,
     };
     connect(opts).map_err(|e| ControlError::failed(e.to_string()))
 }

@@ -46,6 +46,8 @@ pub enum DialError {
     },
     #[error("Failed to read initial magic: {0}")]
     Io(#[source] std::io::Error),
+    #[error("NBD export is read-only")]
+    ReadOnly,
     #[error(transparent)]
     Handshake(#[from] crate::nbd::proto::ClientHandshakeError),
 }

@@ -68,6 +68,9 @@ pub struct ClientOptions {
     pub open_timeout: Duration,
     /// Open read-only even if the export is writable.
     pub read_only: bool,
+    /// `auto-read-only`: a read-only export makes a read-only node instead
+    /// of an error.
+    pub auto_read_only: bool,
 }
 
 /// What every iothread's connection shares: options, resolved addresses,
@@ -97,7 +100,11 @@ pub struct NbdClient {
 pub fn connect(opts: ClientOptions) -> Result<NodeOptions, DialError> {
     let addrs = dial::resolve(&opts.server)?;
     let (fd, info) = dial::dial_blocking(&addrs, &opts)?;
-    let read_only = opts.read_only || info.transmission_flags & NBD_FLAG_READ_ONLY != 0;
+    let remote_ro = info.transmission_flags & NBD_FLAG_READ_ONLY != 0;
+    if remote_ro && !opts.read_only && !opts.auto_read_only {
+        return Err(DialError::ReadOnly);
+    }
+    let read_only = opts.read_only || remote_ro;
     let size = info.size;
     let alive = Arc::new(());
     let label = filename(&opts);
