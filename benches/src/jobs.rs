@@ -80,6 +80,14 @@ pub fn file_jobs() -> Vec<Job> {
     ]
 }
 
+/// Jobs on the rbd backend: 4k random I/O at qd32.
+pub fn rbd_jobs() -> Vec<Job> {
+    vec![
+        Job::new("randread-4k-qd32", "randread", "4k", 32),
+        Job::new("randwrite-4k-qd32", "randwrite", "4k", 32),
+    ]
+}
+
 /// Jobs on the null backend (protocol + server overhead only).
 pub fn null_jobs() -> Vec<Job> {
     vec![Job::new("null-randread-4k-qd32", "randread", "4k", 32)]
@@ -101,6 +109,9 @@ pub enum BackendKind {
     File(CacheMode),
     /// A null device that reads zeroes (null-co, nbdkit null).
     Null,
+    /// An RBD image on a single-node Ceph cluster the harness starts
+    /// (ringstor and QSD only: both through librbd).
+    Rbd,
 }
 
 /// A set of jobs run against every server with one backend configuration.
@@ -156,7 +167,7 @@ impl Mode {
     }
 }
 
-/// The scenarios of a run in order: page cache, O_DIRECT, null.
+/// The scenarios of a run in order: page cache, O_DIRECT, null, rbd.
 pub fn scenarios(mode: Mode) -> Vec<Scenario> {
     let direct = file_jobs()
         .into_iter()
@@ -177,6 +188,11 @@ pub fn scenarios(mode: Mode) -> Vec<Scenario> {
             id: "null",
             backend: BackendKind::Null,
             jobs: null_jobs(),
+        },
+        Scenario {
+            id: "rbd",
+            backend: BackendKind::Rbd,
+            jobs: rbd_jobs(),
         },
     ]
 }
@@ -204,8 +220,9 @@ mod tests {
         let t = Mode::Short.timing();
         let sc = scenarios(Mode::Short);
         // Four NBD servers for file scenarios and four for null (ringstor,
-        // QSD, nbdkit null, qemu-nbd null-co).
-        let cells: usize = sc.iter().map(|s| s.jobs.len() * 4).sum();
+        // QSD, nbdkit null, qemu-nbd null-co); two for rbd.
+        let servers = |s: &Scenario| if s.backend == BackendKind::Rbd { 2 } else { 4 };
+        let cells: usize = sc.iter().map(|s| s.jobs.len() * servers(s)).sum();
         let starts = sc.len() * 4;
         // Leave a minute for image creation, cache warm-up and reporting.
         assert!(estimate_seconds(&t, cells, starts) < 540.0);

@@ -13,6 +13,7 @@ mod jobs;
 mod machine;
 mod nbd;
 mod qsd;
+mod rbd;
 mod report;
 mod results;
 mod runner;

@@ -63,6 +63,7 @@ impl Transport for Nbd {
                         a.push("--image-opts".into());
                         a.push(format!("driver=null-co,size={size},read-zeroes=on"));
                     }
+                    Backend::Rbd(_) => return None,
                 }
                 a
             }
@@ -82,6 +83,7 @@ impl Transport for Nbd {
                         a.push("null".into());
                         a.push(format!("size={size}"));
                     }
+                    Backend::Rbd(_) => return None,
                 }
                 a
             }

@@ -54,6 +54,15 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
                 cache,
             },
             BackendKind::Null => Backend::Null { size },
+            BackendKind::Rbd => match crate::rbd::RbdImage::prepare(plan.timing.image_mib) {
+                Ok(img) => Backend::Rbd(img),
+                Err(e) => {
+                    let line = format!("SKIP scenario {}: {e}", sc.id);
+                    println!("{line}");
+                    skipped.push(line);
+                    continue;
+                }
+            },
         };
         for (kind, bin) in &plan.servers {
             let Some(spec) = transport.launch(*kind, &backend, &dirs.work) else {
@@ -117,7 +126,7 @@ fn prepare_cache(backend: &BackendKind, image: &Path) -> Result<()> {
     match backend {
         BackendKind::File(CacheMode::PageCache) => image::warm(image),
         BackendKind::File(CacheMode::Direct) => image::evict(image),
-        BackendKind::Null => Ok(()),
+        BackendKind::Null | BackendKind::Rbd => Ok(()),
     }
 }
 

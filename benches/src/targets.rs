@@ -1,5 +1,6 @@
 //! The project's performance targets, judged on the page-cache NBD run
-//! against the best of QSD/nbdkit/qemu-nbd, as PASS/FAIL/SKIP lines.
+//! against the best of QSD/nbdkit/qemu-nbd (the rbd ones against QSD, the
+//! only other server there), as PASS/FAIL/SKIP lines.
 
 use crate::results::Comparison;
 use serde::Serialize;
@@ -79,7 +80,40 @@ pub fn targets() -> Vec<Target> {
             false,
             1.0,
         ),
+        rbd(
+            "rbd-backed NBD 4k randread qd32 IOPS",
+            "randread-4k-qd32",
+            Metric::Throughput,
+        ),
+        rbd(
+            "rbd-backed NBD 4k randwrite qd32 IOPS",
+            "randwrite-4k-qd32",
+            Metric::Throughput,
+        ),
+        rbd(
+            "rbd-backed NBD server CPU per read",
+            "randread-4k-qd32",
+            Metric::CpuPerIo,
+        ),
+        rbd(
+            "rbd-backed NBD server CPU per write",
+            "randwrite-4k-qd32",
+            Metric::CpuPerIo,
+        ),
     ]
+}
+
+/// rbd targets: at least QSD's throughput, at most its CPU per I/O.
+fn rbd(text: &'static str, job: &'static str, metric: Metric) -> Target {
+    let at_least = !matches!(metric, Metric::CpuPerIo);
+    Target {
+        text,
+        scenario: "rbd",
+        job,
+        metric,
+        at_least,
+        threshold: 1.0,
+    }
 }
 
 /// Outcome of one target.

@@ -25,6 +25,8 @@ pub enum Backend {
         /// Advertised size in bytes.
         size: u64,
     },
+    /// An RBD image (see `rbd.rs`).
+    Rbd(crate::rbd::RbdImage),
 }
 
 /// How to start one server's export and how fio reaches it.

@@ -1,6 +1,7 @@
 //! Unit tests for the NBD protocol codec: handshake (`handshake.rs`),
 //! request parsing/validation and reply encoding (`wire.rs`).
 
+mod client;
 mod fuzz_regressions;
 mod handshake;
 mod meta;
