@@ -58,6 +58,8 @@ fn real_main() -> Result<()> {
     let mut scenarios = jobs::scenarios(opts.mode);
     if let Some(f) = &opts.scenarios {
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
+    } else if opts.mode == jobs::Mode::Short {
+        scenarios.retain(jobs::Scenario::in_short_by_default);
     }
     if let Some(f) = &opts.jobs {
         for s in &mut scenarios {

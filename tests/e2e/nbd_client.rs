@@ -45,12 +45,6 @@ impl Nbdkit {
         wait_for(sock);
         Nbdkit { child }
     }
-
-    /// SIGKILL: the server vanishes mid-request, as a crash would.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for Nbdkit {
@@ -309,7 +303,7 @@ fn nbd_client_reconnects_within_reconnect_delay_and_retries() {
     let mut argv = vec![u.clone(), kit_pid.to_string(), "1.5".into()];
     argv.extend(restart);
     let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-    std::mem::forget(kit);
+    // The script kills it; dropping `kit` at the end reaps the zombie.
     let r = run_python(RECONNECT_PY, &args);
     let v: Value = serde_json::from_str(r.success("reconnect script").stdout.trim()).expect("JSON");
     if let Some(pid) = v["kit"].as_i64() {
@@ -367,7 +361,7 @@ fn eio_after_delay(bin: &Path, who: &str) -> Value {
     let kit_pid = kit.child.id();
     let d = chained(bin, &sock, "", ",reconnect-delay=2", ",writable=on");
     let u = nbd_uri("n", &d.path("nbd.sock"));
-    std::mem::forget(kit);
+    // The script kills it; dropping `kit` at the end reaps the zombie.
     let _ = std::fs::remove_file(&sock);
     let argv = [
         u.as_str(),

@@ -146,7 +146,7 @@ fn handshake_blocking(s: &mut Stream, export: &str) -> Result<ServerInfo, DialEr
     let io = s.io();
     let mut hs = ClientHandshake::new(export);
     loop {
-        match hs.next() {
+        match hs.step() {
             Action::Send(b) => io.write_all(&b).map_err(DialError::Io)?,
             Action::Recv(n) => {
                 let mut b = vec![0u8; n];
@@ -230,7 +230,7 @@ async fn recv_exact(fd: &SharedFd, n: usize) -> std::io::Result<Vec<u8>> {
 async fn handshake_ring(fd: &SharedFd, export: &str) -> Result<ServerInfo, DialError> {
     let mut hs = ClientHandshake::new(export);
     loop {
-        match hs.next() {
+        match hs.step() {
             Action::Send(b) => {
                 let mut list = GatherList::new();
                 list.push_bytes(&b);

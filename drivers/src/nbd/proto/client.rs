@@ -129,7 +129,7 @@ pub fn parse_block_status_chunk(payload: &[u8]) -> Result<(u32, Vec<Extent>), Re
     let bad = ReplyParseError::Malformed("BLOCK_STATUS");
     let mut r = Reader::new(payload);
     let id = r.u32().ok_or(bad.clone())?;
-    if r.remaining() == 0 || r.remaining() % 8 != 0 {
+    if r.remaining() == 0 || !r.remaining().is_multiple_of(8) {
         return Err(bad);
     }
     let mut extents = Vec::with_capacity(r.remaining() / 8);

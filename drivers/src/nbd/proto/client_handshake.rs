@@ -3,7 +3,7 @@
 //! (`base:allocation`, `qemu:allocation-depth`) and `NBD_OPT_GO` asking
 //! for block sizes, as QEMU's `nbd_receive_negotiate` does.
 //!
-//! The caller moves bytes: [`ClientHandshake::next`] says what to send or
+//! The caller moves bytes: [`ClientHandshake::step`] says what to send or
 //! how many bytes to read next, [`ClientHandshake::input`] takes exactly
 //! those bytes. The same machine runs over a blocking socket (the first
 //! connection, at `blockdev-add`) and over ring operations (reconnects).
@@ -48,7 +48,7 @@ pub enum ClientHandshakeError {
 /// The next thing to do for the handshake.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Send these bytes, then call `next` again.
+    /// Send these bytes, then call `step` again.
     Send(Vec<u8>),
     /// Read exactly this many bytes and pass them to `input`.
     Recv(usize),
@@ -111,7 +111,7 @@ impl ClientHandshake {
     }
 
     /// What to do next.
-    pub fn next(&mut self) -> Action {
+    pub fn step(&mut self) -> Action {
         if !self.out.is_empty() {
             return Action::Send(std::mem::take(&mut self.out));
         }

@@ -4,7 +4,10 @@
 //! `blockdev-add`, and on an iothread once when it opens its own handle.
 
 use std::ffi::{c_char, CString};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::sync::Arc;
 
 use super::sys::{self, Api, ImageInfo, ImageT, IoctxT, RadosT};
 use crate::block::error::{BlockError, BlockResult};
@@ -41,12 +44,12 @@ pub struct RbdOptions {
 pub(crate) struct Cluster {
     pub(crate) api: &'static Api,
     rados: RadosT,
-    pub(crate) ioctx: IoctxT,
-    pub(crate) image: CString,
-    pub(crate) snap: Option<CString>,
+    ioctx: IoctxT,
     pub(crate) object_size: u64,
-    /// The handle `blockdev-add` opened, for the first iothread to take.
-    spare: Mutex<Option<Image>>,
+    /// The image, shared by every iothread (`None` only while dropping).
+    image: Option<Image>,
+    /// The eventfd librbd writes when a completion of the image is queued.
+    events: OwnedFd,
     pub(crate) description: String,
 }
 
@@ -67,11 +70,10 @@ impl std::fmt::Debug for Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.spare.lock() {
-            s.take();
-        }
-        // SAFETY: no image of this ioctx is open any more (each holds an Arc
-        // of the cluster); the handles are not used again.
+        // The image closes first (rbd_close waits for its requests).
+        self.image.take();
+        // SAFETY: the image of this ioctx is closed (every iothread's
+        // handle held an Arc of the cluster); the handles are not used again.
         unsafe {
             (self.api.rados_ioctx_destroy)(self.ioctx);
             (self.api.rados_shutdown)(self.rados);
@@ -85,14 +87,16 @@ pub(crate) struct Image {
     api: &'static Api,
 }
 
-// SAFETY: an rbd_image_t may be used from any thread, one at a time; an
-// Image is owned by exactly one thread at a time.
+// SAFETY: librbd image handles are thread-safe: every iothread submits to
+// the same one, and it is closed once, when the last user has gone.
 unsafe impl Send for Image {}
+// SAFETY: as for Send: &Image only hands out the pointer librbd synchronises.
+unsafe impl Sync for Image {}
 
 impl Drop for Image {
     fn drop(&mut self) {
-        // SAFETY: ptr came from rbd_open and is closed once, here; the
-        // owner has no operation in flight (see LocalImage's Drop).
+        // SAFETY: ptr came from rbd_open and is closed once, here; librbd
+        // waits for requests still in flight, whose callbacks own their slots.
         let r = unsafe { (self.api.rbd_close)(self.ptr) };
         if r < 0 {
             log::warn!("rbd_close failed: {}", sys::err(r.into()));
@@ -185,6 +189,17 @@ pub(crate) fn open(o: &RbdOptions) -> BlockResult<(Arc<Cluster>, u64)> {
     }
     // SAFETY: rbd_stat filled it (and it started zeroed).
     let info = unsafe { info.assume_init() };
+    let events = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map_err(|e| BlockError::io("rbd eventfd", 0, e.into()))?;
+    let events = OwnedFd::from(events);
+    // SAFETY: open image; the eventfd outlives it (Cluster closes the image
+    // before its fields drop).
+    let r = unsafe {
+        (api.rbd_set_image_notification)(first.ptr, events.as_raw_fd(), sys::EVENT_TYPE_EVENTFD)
+    };
+    if r < 0 {
+        return Err(failed("rbd_set_image_notification".into(), r.into()));
+    }
     std::mem::forget(guard);
     let description = match &o.snapshot {
         Some(s) => format!("{}/{}@{s}", o.pool, o.image),
@@ -194,10 +209,9 @@ pub(crate) fn open(o: &RbdOptions) -> BlockResult<(Arc<Cluster>, u64)> {
         api,
         rados,
         ioctx,
-        image,
-        snap,
         object_size: info.obj_size.max(512),
-        spare: Mutex::new(Some(first)),
+        image: Some(first),
+        events,
         description,
     });
     Ok((cluster, info.size))
@@ -306,23 +320,23 @@ fn open_image(
 }
 
 impl Cluster {
-    /// An image handle for the calling iothread: the one `blockdev-add`
-    /// opened if still unclaimed, else a new one (a blocking `rbd_open`).
-    pub(crate) fn take_image(&self) -> BlockResult<Image> {
-        let spare = self.spare.lock().ok().and_then(|mut s| s.take());
-        match spare {
-            Some(i) => Ok(i),
-            None => {
-                let name = self.image.to_string_lossy().into_owned();
-                open_image(self.api, self.ioctx, &self.image, self.snap.as_ref(), &name)
-            }
-        }
+    /// The completion eventfd (each iothread polls a dup of it).
+    pub(crate) fn events(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+
+    /// The open image (valid while the cluster lives).
+    pub(crate) fn image_ptr(&self) -> ImageT {
+        self.image.as_ref().map_or(std::ptr::null_mut(), |i| i.ptr)
     }
 
     /// Whether block status may come from `rbd_diff_iterate2` (fast-diff
     /// valid, and none of the cases librbd before 1.17 gets wrong for
     /// offsets that are not object-aligned: striping v2, clones).
-    pub(crate) fn diff_usable(&self, img: &Image) -> bool {
+    pub(crate) fn diff_usable(&self) -> bool {
+        let Some(img) = self.image.as_ref() else {
+            return false;
+        };
         let (mut features, mut flags) = (0u64, 0u64);
         // SAFETY: open image, out-pointers.
         let ok = unsafe {

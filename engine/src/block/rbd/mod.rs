@@ -1,10 +1,9 @@
 //! The `rbd` protocol driver: a Ceph RBD image through librbd.
 //!
 //! ```text
-//!  control thread (blockdev-add)          iothread
-//!  Cluster: rados_t + ioctx  ──Arc──►  LocalImage: own rbd_image_t + eventfd
-//!  first Image (probe, size) ──moved─►    aio submit ─► librbd threads
-//!                                          ◄── eventfd in the ring ◄── done
+//!  control thread (blockdev-add)          iothreads A, B, ...
+//!  Cluster: rados_t + ioctx + image ─Arc─► LocalImage ─ rbd_aio_* ─► librbd
+//!                                            ◄── task woken via the ring ◄─┘
 //! ```
 //!
 //! - `sys`: the C API, loaded with `dlopen` (no build-time dependency).
@@ -12,11 +11,9 @@
 //!   opening images.
 //! - `image`: the per-iothread data path and the completion bridge.
 //!
-//! Each iothread opens its own image handle (the first one reuses the
-//! handle `blockdev-add` opened to check the image), because librbd's
-//! completion notification is per image: one eventfd per iothread, read
-//! by that iothread's ring, so completions reach the submitting thread
-//! with no lock or cross-thread hand-off of ours.
+//! Every iothread submits to the one image handle `blockdev-add` opened;
+//! completions wake the submitting task on its own iothread (see
+//! `image.rs` for the bridge, and for why the handle is shared).
 
 mod cluster;
 mod image;

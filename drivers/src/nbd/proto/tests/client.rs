@@ -126,7 +126,7 @@ fn negotiate(export: &str) -> (Result<ServerInfo, ClientHandshakeError>, Option<
     server.advance_output(n);
     let mut negotiated = None;
     for _ in 0..64 {
-        match client.next() {
+        match client.step() {
             Action::Send(b) => {
                 let (used, outcome) = server.feed(&b, &Cat);
                 assert_eq!(used, b.len());
@@ -187,7 +187,7 @@ fn client_handshake_reports_an_unknown_export() {
 #[test]
 fn client_handshake_rejects_a_bad_greeting() {
     let mut c = ClientHandshake::new("");
-    assert_eq!(c.next(), Action::Recv(GREETING_LEN));
+    assert_eq!(c.step(), Action::Recv(GREETING_LEN));
     c.input(&[0u8; GREETING_LEN]);
-    assert_eq!(c.next(), Action::Done(Err(ClientHandshakeError::BadMagic)));
+    assert_eq!(c.step(), Action::Done(Err(ClientHandshakeError::BadMagic)));
 }
