@@ -8,10 +8,14 @@
 //! QSD itself, which is how the suite is validated; ringstor-only tests then
 //! skip themselves (see [`daemon::skip_on_qsd`]).
 
+#[path = "support/bitmaps.rs"]
+pub mod bitmaps;
 #[path = "support/ceph.rs"]
 pub mod ceph;
 #[path = "support/daemon.rs"]
 pub mod daemon;
+#[path = "support/inherit.rs"]
+pub mod inherit;
 #[path = "support/nbdraw.rs"]
 pub mod nbdraw;
 #[path = "support/qmp.rs"]

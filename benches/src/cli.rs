@@ -21,7 +21,8 @@ ratios.svg into DIR (default benches/results/<UTC timestamp>).
                         default benches/results/tmp); removed at the end
   --ringstor-bin PATH   ringstor binary (else $RINGSTOR_BIN, else target/release/ringstor)
   --servers LIST        comma list of ringstor,qsd,nbdkit,qemu-nbd (default all)
-  --scenarios LIST      comma list of page-cache,direct,null (default all)
+  --scenarios LIST      comma list of page-cache,direct,null,null-write-bitmap
+                        (default all; --short leaves out null-write-bitmap)
   --jobs LIST           comma list of job ids (default all)
   --repeats N  --runtime SECONDS  --ramp SECONDS  --image-mib MIB   override the mode
   --pin-server CPUS     run servers under taskset -c CPUS (default: no pinning)

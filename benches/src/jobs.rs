@@ -176,13 +176,14 @@ impl Mode {
     }
 }
 
-/// The scenarios of a run in order: page cache, O_DIRECT, null, rbd.
+/// The scenarios of a run in order: page cache, O_DIRECT, null, rbd, null
+/// writes with a dirty bitmap.
 pub fn scenarios(mode: Mode) -> Vec<Scenario> {
     let direct = file_jobs()
         .into_iter()
         .filter(|j| mode == Mode::Full || j.short_direct)
         .collect();
-    vec![
+    let mut all = vec![
         Scenario {
             id: "page-cache",
             backend: BackendKind::File(CacheMode::PageCache),
@@ -203,7 +204,9 @@ pub fn scenarios(mode: Mode) -> Vec<Scenario> {
             backend: BackendKind::Rbd,
             jobs: rbd_jobs(),
         },
-    ]
+    ];
+    all.push(crate::bitmap::scenario());
+    all
 }
 
 /// Per-fio-invocation overhead (process start, NBD handshake, JSON) and
@@ -232,7 +235,12 @@ mod tests {
             .filter(|s| s.in_short_by_default())
             .collect();
         // Four NBD servers for file scenarios and four for null (ringstor,
-        // QSD, nbdkit null, qemu-nbd null-co).
+        // QSD, nbdkit null, qemu-nbd null-co); the bitmap scenario is not in
+        // a default short run.
+        let sc: Vec<_> = sc
+            .into_iter()
+            .filter(|s| crate::bitmap::in_default_short(s.id))
+            .collect();
         let cells: usize = sc.iter().map(|s| s.jobs.len() * 4).sum();
         let starts = sc.len() * 4;
         // Leave a minute for image creation, cache warm-up and reporting.

@@ -4,6 +4,7 @@
 //! results, with PASS/FAIL lines for the project's targets.
 //! See `benches/README.md`.
 
+mod bitmap;
 mod cli;
 mod cpu;
 mod error;
@@ -14,6 +15,7 @@ mod machine;
 mod nbd;
 mod qsd;
 mod rbd;
+mod recording;
 mod report;
 mod results;
 mod runner;
@@ -59,7 +61,7 @@ fn real_main() -> Result<()> {
     if let Some(f) = &opts.scenarios {
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
     } else if opts.mode == jobs::Mode::Short {
-        scenarios.retain(jobs::Scenario::in_short_by_default);
+        scenarios.retain(|s| s.in_short_by_default() && bitmap::in_default_short(s.id));
     }
     if let Some(f) = &opts.jobs {
         for s in &mut scenarios {
@@ -180,7 +182,8 @@ fn real_main() -> Result<()> {
     skipped.extend(more_skipped);
 
     let comparisons = results::comparisons(&rows);
-    let targets = targets::evaluate(&comparisons);
+    let targets = targets::evaluate(&comparisons, &rows);
+    let recording = recording::costs(&rows);
     let report = RunReport {
         name: name.clone(),
         started_utc,
@@ -195,6 +198,7 @@ fn real_main() -> Result<()> {
         rows,
         comparisons,
         targets,
+        recording,
     };
     write_outputs(&report, &out)?;
     Ok(())
@@ -217,6 +221,15 @@ fn write_outputs(report: &RunReport, out: &Path) -> Result<()> {
     println!("\n{md}");
     for t in &report.targets {
         println!("{}", t.line());
+    }
+    if report
+        .rows
+        .iter()
+        .any(|r| r.server == ServerKind::RingstorNoStats)
+    {
+        for l in recording::lines(&report.recording) {
+            println!("{l}");
+        }
     }
     println!("\nresults: {}", md_path.display());
     Ok(())

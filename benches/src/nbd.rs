@@ -33,7 +33,7 @@ impl Transport for Nbd {
         let sock = dir.join(format!("{}.sock", server.id()));
         let s = sock.to_string_lossy().into_owned();
         let args: Vec<String> = match server {
-            ServerKind::Ringstor | ServerKind::Qsd => {
+            ServerKind::Ringstor | ServerKind::RingstorNoStats | ServerKind::Qsd => {
                 let mut a = qsd::base_args(backend);
                 a.push("--nbd-server".into());
                 a.push(format!("addr.type=unix,addr.path={}", qsd::escape(&s)));
@@ -95,6 +95,10 @@ impl Transport for Nbd {
                 format!("--uri=nbd+unix:///{EXPORT}?socket={s}"),
             ],
             ready_socket: sock,
+            env: match server {
+                ServerKind::RingstorNoStats => vec![("RINGSTOR_STATS".into(), "off".into())],
+                _ => Vec::new(),
+            },
         })
     }
 }

@@ -53,6 +53,8 @@ pub struct RunReport {
     pub comparisons: Vec<Comparison>,
     /// PASS/FAIL/SKIP.
     pub targets: Vec<Outcome>,
+    /// Recording statistics on vs off (with `ringstor-nostats` rows).
+    pub recording: Vec<crate::recording::Cost>,
 }
 
 /// Human description of a scenario id.
@@ -61,6 +63,9 @@ pub fn scenario_title(id: &str) -> &'static str {
         "page-cache" => "file image, page cache (cache.direct=off / writeback / cache=default)",
         "direct" => "file image, O_DIRECT (cache.direct=on / --cache=none / nbdkit cache=none)",
         "null" => "null backend (null-co read-zeroes=on / nbdkit null)",
+        crate::bitmap::SCENARIO => {
+            "null backend, writes, a dirty bitmap on the node disabled then enabled (ringstor, QSD)"
+        }
         _ => "",
     }
 }
@@ -119,6 +124,15 @@ pub fn markdown(r: &RunReport) -> String {
     );
     for t in &r.targets {
         let _ = writeln!(md, "- {}", t.line());
+    }
+    if r.rows
+        .iter()
+        .any(|x| x.server == ServerKind::RingstorNoStats)
+    {
+        let _ = writeln!(md, "\n## Statistics recording: on vs off\n");
+        for l in crate::recording::lines(&r.recording) {
+            let _ = writeln!(md, "- {l}");
+        }
     }
     if !r.skipped.is_empty() {
         let _ = writeln!(md, "\n## Skipped\n");
@@ -246,7 +260,7 @@ pub(crate) mod tests {
             );
         }
         let comparisons = comparisons(&rows);
-        let targets = evaluate(&comparisons);
+        let targets = evaluate(&comparisons, &rows);
         RunReport {
             name: "test".into(),
             started_utc: "2026-01-01T00:00:00".into(),
@@ -261,6 +275,7 @@ pub(crate) mod tests {
             rows,
             comparisons,
             targets,
+            recording: Vec::new(),
         }
     }
 

@@ -143,7 +143,7 @@ pub fn groups(rows: &[Row]) -> Vec<(&str, &str, Vec<&Row>)> {
 pub fn best_other_throughput(group: &[&Row]) -> Option<f64> {
     let others: Vec<f64> = group
         .iter()
-        .filter(|r| r.server != ServerKind::Ringstor)
+        .filter(|r| !r.server.is_ringstor())
         .filter_map(|r| r.throughput())
         .collect();
     best(&others, Better::Higher)
@@ -162,7 +162,7 @@ pub fn comparisons(rows: &[Row]) -> Vec<Comparison> {
         };
         let others: Vec<(&Row, Summaries)> = group
             .iter()
-            .filter(|r| r.server != ServerKind::Ringstor)
+            .filter(|r| !r.server.is_ringstor())
             .filter_map(|r| r.summary.map(|s| (*r, s)))
             .collect();
         let col = |f: fn(&Summaries) -> f64| others.iter().map(|(_, s)| f(s)).collect::<Vec<_>>();

@@ -65,7 +65,10 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
             },
         };
         for (kind, bin) in &plan.servers {
-            let Some(spec) = transport.launch(*kind, &backend, &dirs.work) else {
+            let spec = transport
+                .launch(*kind, &backend, &dirs.work)
+                .and_then(|spec| crate::bitmap::prepare(sc.id, *kind, spec, &dirs.work));
+            let Some(spec) = spec else {
                 let line = format!(
                     "SKIP {} on {}: not supported by this server",
                     kind.id(),
@@ -102,7 +105,27 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
                         continue;
                     }
                 };
+            if let Err(e) = crate::bitmap::setup(sc.id, *kind, &dirs.work) {
+                fail_all(&mut rows, &e);
+                continue;
+            }
             let raw = dirs.out.join("raw").join(sc.id).join(kind.id());
+            if crate::bitmap::interleaves(sc.id) {
+                let rs = crate::bitmap::run_interleaved(
+                    plan,
+                    &mut server,
+                    *kind,
+                    &spec.fio_args,
+                    sc,
+                    &dirs.work,
+                    &raw,
+                );
+                for row in rs {
+                    print_progress(&row);
+                    rows.push(row);
+                }
+                continue;
+            }
             for job in &sc.jobs {
                 let row = run_job(plan, &mut server, &spec.fio_args, job, &raw);
                 let (samples, error) = match row {

@@ -23,6 +23,10 @@ pub enum ServerKind {
     Nbdkit,
     /// `qemu-nbd`.
     QemuNbd,
+    /// ringstor with statistics recording off (`RINGSTOR_STATS=off`): its
+    /// rows against ringstor's measure what recording costs. Only on
+    /// request (`--servers ringstor,ringstor-nostats`).
+    RingstorNoStats,
 }
 
 impl ServerKind {
@@ -41,12 +45,21 @@ impl ServerKind {
             ServerKind::Qsd => "qsd",
             ServerKind::Nbdkit => "nbdkit",
             ServerKind::QemuNbd => "qemu-nbd",
+            ServerKind::RingstorNoStats => "ringstor-nostats",
         }
     }
 
     /// Parse a `--servers` entry.
     pub fn from_id(id: &str) -> Option<ServerKind> {
-        Self::ALL.into_iter().find(|k| k.id() == id)
+        Self::ALL
+            .into_iter()
+            .chain([ServerKind::RingstorNoStats])
+            .find(|k| k.id() == id)
+    }
+
+    /// ringstor, with or without recording: never a server compared with.
+    pub fn is_ringstor(self) -> bool {
+        matches!(self, ServerKind::Ringstor | ServerKind::RingstorNoStats)
     }
 
     fn program(self) -> &'static str {
@@ -55,6 +68,7 @@ impl ServerKind {
             ServerKind::Qsd => "qemu-storage-daemon",
             ServerKind::Nbdkit => "nbdkit",
             ServerKind::QemuNbd => "qemu-nbd",
+            ServerKind::RingstorNoStats => "ringstor",
         }
     }
 }
@@ -72,7 +86,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
 /// of this workspace; the others from `$PATH`.
 pub fn expected_binary(kind: ServerKind, ringstor_bin: Option<&Path>) -> PathBuf {
     match kind {
-        ServerKind::Ringstor => ringstor_bin
+        ServerKind::Ringstor | ServerKind::RingstorNoStats => ringstor_bin
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("RINGSTOR_BIN").map(PathBuf::from))
             .unwrap_or_else(|| {
@@ -136,6 +150,7 @@ impl RunningServer {
             None => Command::new(bin),
         };
         cmd.args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

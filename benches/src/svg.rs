@@ -20,6 +20,7 @@ fn color(k: ServerKind) -> &'static str {
         ServerKind::Qsd => "#1f77b4",
         ServerKind::Nbdkit => "#2ca02c",
         ServerKind::QemuNbd => "#9467bd",
+        ServerKind::RingstorNoStats => "#ff9896",
     }
 }
 

@@ -1,8 +1,10 @@
 //! The project's performance targets, judged on the page-cache NBD run
 //! against the best of QSD/nbdkit/qemu-nbd (the rbd ones against QSD, the
-//! only other server there), as PASS/FAIL/SKIP lines.
+//! only other server there; a cost target against ringstor itself on a
+//! baseline job), as PASS/FAIL/SKIP lines.
 
-use crate::results::Comparison;
+use crate::results::{Comparison, Row};
+use crate::servers::ServerKind;
 use serde::Serialize;
 use std::fmt;
 
@@ -32,6 +34,10 @@ pub struct Target {
     pub at_least: bool,
     /// Bound on the ratio.
     pub threshold: f64,
+    /// `Some(job)`: the ratio is ringstor's throughput on this job over
+    /// ringstor's on that job of the same scenario (the cost of a
+    /// feature), not over the best other server.
+    pub baseline: Option<&'static str>,
 }
 
 /// The targets from the project issue.
@@ -43,6 +49,7 @@ pub fn targets() -> Vec<Target> {
         metric,
         at_least,
         threshold,
+        baseline: None,
     };
     vec![
         t(
@@ -100,6 +107,17 @@ pub fn targets() -> Vec<Target> {
             "randwrite-4k-qd32",
             Metric::CpuPerIo,
         ),
+        Target {
+            scenario: crate::bitmap::SCENARIO,
+            baseline: Some(crate::bitmap::BASELINE_JOB),
+            ..t(
+                "NBD 4k randwrite qd32 IOPS (null node) with a dirty bitmap, vs without",
+                crate::bitmap::JOB,
+                Metric::Throughput,
+                true,
+                0.95,
+            )
+        },
     ]
 }
 
@@ -113,6 +131,7 @@ fn rbd(text: &'static str, job: &'static str, metric: Metric) -> Target {
         metric,
         at_least,
         threshold: 1.0,
+        baseline: None,
     }
 }
 
@@ -159,8 +178,12 @@ impl Outcome {
             .ratio
             .map(|r| format!("{r:.2}x"))
             .unwrap_or_else(|| "n/a".to_string());
+        let versus = match self.target.baseline {
+            Some(b) => format!("ringstor/ringstor on {b}"),
+            None => "ringstor/best".to_string(),
+        };
         let mut s = format!(
-            "{}: {} ({}/{}): ringstor/best = {got}, target {op} {:.2}x",
+            "{}: {} ({}/{}): {versus} = {got}, target {op} {:.2}x",
             self.status,
             self.target.text,
             self.target.scenario,
@@ -175,11 +198,49 @@ impl Outcome {
     }
 }
 
-/// Judge every target against the run's comparisons.
-pub fn evaluate(comparisons: &[Comparison]) -> Vec<Outcome> {
+/// Throughput of `server` on (scenario, job).
+fn throughput(rows: &[Row], server: ServerKind, scenario: &str, job: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.server == server && r.scenario == scenario && r.job == job)
+        .and_then(Row::throughput)
+}
+
+/// A baseline target: `server` on the target's job over itself on the
+/// baseline job of the same scenario.
+fn self_ratio(rows: &[Row], server: ServerKind, t: &Target, baseline: &str) -> Option<f64> {
+    let with = throughput(rows, server, t.scenario, t.job)?;
+    let without = throughput(rows, server, t.scenario, baseline)?;
+    (without > 0.0).then(|| with / without)
+}
+
+fn judge(target: &Target, ratio: Option<f64>) -> Status {
+    match ratio {
+        None => Status::Skip,
+        Some(r) if (target.at_least && r >= target.threshold) => Status::Pass,
+        Some(r) if (!target.at_least && r <= target.threshold) => Status::Pass,
+        Some(_) => Status::Fail,
+    }
+}
+
+/// Judge every target against the run's comparisons and rows.
+pub fn evaluate(comparisons: &[Comparison], rows: &[Row]) -> Vec<Outcome> {
     targets()
         .into_iter()
         .map(|target| {
+            if let Some(baseline) = target.baseline {
+                let ratio = self_ratio(rows, ServerKind::Ringstor, &target, baseline);
+                let note = match (ratio, self_ratio(rows, ServerKind::Qsd, &target, baseline)) {
+                    (None, _) => format!("ringstor not measured on both {baseline} and this job"),
+                    (Some(_), Some(q)) => format!("QSD's own ratio {q:.2}x"),
+                    (Some(_), None) => String::new(),
+                };
+                return Outcome {
+                    status: judge(&target, ratio),
+                    target,
+                    ratio,
+                    note,
+                };
+            }
             let c = comparisons
                 .iter()
                 .find(|c| c.scenario == target.scenario && c.job == target.job);
@@ -188,12 +249,7 @@ pub fn evaluate(comparisons: &[Comparison]) -> Vec<Outcome> {
                 Metric::P50 => c.p50,
                 Metric::CpuPerIo => c.cpu_per_io,
             });
-            let status = match ratio {
-                None => Status::Skip,
-                Some(r) if (target.at_least && r >= target.threshold) => Status::Pass,
-                Some(r) if (!target.at_least && r <= target.threshold) => Status::Pass,
-                Some(_) => Status::Fail,
-            };
+            let status = judge(&target, ratio);
             let mut note = match (c, target.metric) {
                 (Some(c), Metric::P50) => c
                     .p99
@@ -242,18 +298,68 @@ mod tests {
             scenario: "rbd".into(),
             ..cmp("randread-4k-qd32", 1.1, 0.5, 0.9)
         });
-        let o = evaluate(&c);
+        let o = evaluate(&c, &[]);
         let st: Vec<Status> = o.iter().map(|o| o.status).collect();
         use Status::*;
         // The rbd targets: read IOPS and CPU met; no write measured.
         assert_eq!(
             st,
-            vec![Pass, Fail, Pass, Skip, Pass, Pass, Skip, Pass, Skip]
+            vec![Pass, Fail, Pass, Skip, Pass, Pass, Skip, Pass, Skip, Skip]
         );
         assert!(o[4].line().contains("p99 ratio 1.20x"));
         assert!(o[0]
             .line()
             .starts_with("PASS: NBD 4k randread qd32 IOPS, 1 conn"));
         assert!(o[3].line().contains("n/a"));
+    }
+
+    #[test]
+    fn bitmap_cost_is_ringstor_over_itself() {
+        use crate::results::tests::row;
+        let job = crate::bitmap::JOB;
+        let rows = vec![
+            row(
+                crate::bitmap::SCENARIO,
+                crate::bitmap::BASELINE_JOB,
+                ServerKind::Ringstor,
+                100_000.0,
+                50.0,
+                1.0,
+            ),
+            row(
+                crate::bitmap::SCENARIO,
+                job,
+                ServerKind::Ringstor,
+                96_000.0,
+                50.0,
+                1.0,
+            ),
+            row(
+                crate::bitmap::SCENARIO,
+                crate::bitmap::BASELINE_JOB,
+                ServerKind::Qsd,
+                50_000.0,
+                50.0,
+                1.0,
+            ),
+            row(
+                crate::bitmap::SCENARIO,
+                job,
+                ServerKind::Qsd,
+                45_000.0,
+                50.0,
+                1.0,
+            ),
+        ];
+        let o = evaluate(&[], &rows);
+        let b = o.last().expect("bitmap target");
+        assert_eq!(b.status, Status::Pass);
+        assert!((b.ratio.unwrap_or(0.0) - 0.96).abs() < 1e-9);
+        let line = b.line();
+        assert!(
+            line.contains("ringstor/ringstor on null-randwrite-4k-qd32 = 0.96x"),
+            "{line}"
+        );
+        assert!(line.contains("QSD's own ratio 0.90x"), "{line}");
     }
 }

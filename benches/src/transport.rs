@@ -38,6 +38,8 @@ pub struct LaunchSpec {
     pub ready_socket: PathBuf,
     /// fio options that select the engine and target (`--ioengine=...`).
     pub fio_args: Vec<String>,
+    /// Environment of the server process, besides the harness's own.
+    pub env: Vec<(String, String)>,
 }
 
 /// One way of exporting a backend and driving it with fio.

@@ -259,6 +259,13 @@ impl BlockGraph {
         }
     }
 
+    /// Node names, oldest first (QEMU's order for `query-blockstats`).
+    pub fn names_by_age(&self) -> Vec<&str> {
+        let mut list: Vec<(&String, &NodeEntry)> = self.nodes.iter().collect();
+        list.sort_by_key(|(_, e)| e.seq);
+        list.into_iter().map(|(n, _)| n.as_str()).collect()
+    }
+
     /// Removes every node (at exit), parents first.
     pub fn clear(&mut self) {
         self.nodes.clear();
@@ -308,7 +315,7 @@ impl BlockGraph {
         } else if node.driver() == "raw" {
             image["dirty-flag"] = json!(false);
         }
-        json!({
+        let mut info = json!({
             "node-name": name,
             "drv": node.driver(),
             "file": file,
@@ -326,7 +333,11 @@ impl BlockGraph {
             "bps": 0, "bps_rd": 0, "bps_wr": 0,
             "iops": 0, "iops_rd": 0, "iops_wr": 0,
             "write_threshold": 0,
-        })
+        });
+        if let Some(b) = crate::bitmaps::query(node) {
+            info["dirty-bitmaps"] = b;
+        }
+        info
     }
 }
 

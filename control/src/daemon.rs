@@ -18,7 +18,9 @@
 //! command's reply: the control thread waits (bounded) for the drain.
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
@@ -30,9 +32,10 @@ use crate::error::Result;
 use crate::nbd::NbdServer;
 use crate::objects::Objects;
 use crate::placement::Placement;
-use crate::qmp::{EventBus, MonitorAddr, MonitorServer, QmpError, QmpRequest};
+use crate::qmp::{EventBus, MonitorAddr, MonitorFds, MonitorServer, QmpError, QmpRequest};
 use crate::registry::ExportRegistry;
 use crate::secrets::Secrets;
+use crate::stats::StatsHub;
 
 /// How long exports get to drain at `quit` or `nbd-server-stop` before
 /// they are dropped anyway.
@@ -49,6 +52,8 @@ pub enum Internal {
     ExportDrained(String),
     /// SIGTERM, SIGINT or SIGHUP: quit cleanly.
     Signal(nix::sys::signal::Signal),
+    /// A metrics endpoint wants every export's numbers.
+    Metrics(Sender<Vec<crate::stats::ExportView>>),
 }
 
 /// All control-plane state; lives on the control thread.
@@ -60,6 +65,8 @@ pub struct Daemon {
     pub(crate) nbd: Option<NbdServer>,
     pub(crate) exports: ExportRegistry,
     pub(crate) events: EventBus,
+    /// Totals of removed exports (`query-blockstats`).
+    pub(crate) stats: StatsHub,
     /// Set by `quit` or a signal; the loop ends after the current message.
     pub(crate) quit: bool,
     monitors: Vec<MonitorServer>,
@@ -71,6 +78,9 @@ pub struct Daemon {
     pending: VecDeque<Internal>,
     /// Files removed at exit (the pidfile).
     cleanup: Vec<PathBuf>,
+    /// The QMP command being run: its monitor and `getfd` descriptor
+    /// (QEMU's `monitor_cur()`); `None` for the command line.
+    request: Option<(Arc<MonitorFds>, Option<OwnedFd>)>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -94,6 +104,7 @@ impl Daemon {
             nbd: None,
             exports: ExportRegistry::new(internal_tx.clone()),
             events: EventBus::new(),
+            stats: StatsHub::default(),
             quit: false,
             monitors: Vec::new(),
             requests_tx,
@@ -102,6 +113,7 @@ impl Daemon {
             internal_rx,
             pending: VecDeque::new(),
             cleanup: Vec::new(),
+            request: None,
         })
     }
 
@@ -115,6 +127,32 @@ impl Daemon {
         let m = MonitorServer::start(addr, pretty, self.requests_tx.clone(), self.events.clone())?;
         self.monitors.push(m);
         Ok(())
+    }
+
+    /// The monitor the running QMP command came from.
+    pub(crate) fn request_monitor(&self) -> Option<&Arc<MonitorFds>> {
+        self.request.as_ref().map(|(m, _)| m)
+    }
+
+    /// The descriptor passed with the running `getfd`, and its monitor.
+    pub(crate) fn take_request_fd(&mut self) -> Option<(Arc<MonitorFds>, OwnedFd)> {
+        let (monitor, fd) = self.request.as_mut()?;
+        Some((monitor.clone(), fd.take()?))
+    }
+
+    /// Whether a quit signal has arrived, for start-up steps that block
+    /// (`wait=on`); other notices are kept for the control loop.
+    pub fn quit_requested(&mut self) -> bool {
+        while let Ok(m) = self.internal_rx.try_recv() {
+            match m {
+                Internal::Signal(sig) => {
+                    log::info!("received {sig}, quitting");
+                    self.quit = true;
+                }
+                other => self.pending.push_back(other),
+            }
+        }
+        self.quit
     }
 
     /// Removes `path` when the daemon exits.
@@ -159,7 +197,10 @@ impl Daemon {
 
     fn handle_request(&mut self, req: QmpRequest) {
         log::debug!("qmp: {} {:?}", req.command, req.arguments);
+        self.request = Some((req.monitor, req.fd));
         let result = self.execute(&req.command, req.arguments);
+        // A descriptor the command did not take is closed.
+        self.request = None;
         if self.quit {
             // QSD emits the exports' events before quit's reply.
             self.remove_exports(None);
@@ -171,6 +212,7 @@ impl Daemon {
     fn handle_internal(&mut self, m: Internal) {
         match m {
             Internal::ExportDrained(id) => self.export_drained(&id),
+            Internal::Metrics(tx) => self.answer_metrics(tx),
             Internal::Signal(sig) => {
                 log::info!("received {sig}, quitting");
                 self.quit = true;
@@ -179,7 +221,19 @@ impl Daemon {
         }
     }
 
+    /// A scrape: the cumulative numbers of every live export.
+    fn answer_metrics(&mut self, tx: Sender<Vec<crate::stats::ExportView>>) {
+        let views = crate::stats::gather(self, drivers::stats::View::Cumulative, None, false);
+        // The scraper may have given up; nothing to do then.
+        let _ = tx.send(views);
+    }
+
     pub(crate) fn export_drained(&mut self, id: &str) {
+        if let Some(st) = self.exports.stats_of(id) {
+            // Its queues are gone; keep what they did for its node.
+            let threads = crate::stats::threads(self);
+            self.stats.retire(&threads, &st);
+        }
         if self.exports.drained(id) {
             self.events
                 .emit("BLOCK_EXPORT_DELETED", json!({ "id": id }));
@@ -192,6 +246,7 @@ impl Daemon {
         while let Ok(m) = self.internal_rx.try_recv() {
             match m {
                 Internal::ExportDrained(id) => self.export_drained(&id),
+                Internal::Metrics(tx) => self.answer_metrics(tx),
                 other => self.pending.push_back(other),
             }
         }
@@ -234,6 +289,7 @@ impl Daemon {
             }
             match self.internal_rx.recv_timeout(deadline - now) {
                 Ok(Internal::ExportDrained(id)) => self.export_drained(&id),
+                Ok(Internal::Metrics(tx)) => self.answer_metrics(tx),
                 Ok(other) => self.pending.push_back(other),
                 Err(_) => {}
             }

@@ -27,6 +27,9 @@ pub enum ControlError {
     /// Opening or attaching to a block node failed.
     #[error(transparent)]
     Block(#[from] engine::block::BlockError),
+    /// A dirty-bitmap operation was refused.
+    #[error(transparent)]
+    Bitmap(#[from] engine::block::BitmapError),
     /// Starting an iothread failed.
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
@@ -42,6 +45,12 @@ pub enum ControlError {
     /// A monitor could not start.
     #[error(transparent)]
     Monitor(#[from] crate::qmp::MonitorError),
+    /// No listening socket for an address.
+    #[error(transparent)]
+    Listen(#[from] drivers::socket::ListenError),
+    /// An `fd` address names no descriptor the daemon may take.
+    #[error(transparent)]
+    Claim(#[from] drivers::socket::ClaimError),
 }
 
 impl ControlError {

@@ -7,6 +7,7 @@
 //! `drivers`), and none of it is `unsafe`.
 #![forbid(unsafe_code)]
 
+pub mod bitmaps;
 pub mod blocks;
 pub mod cli;
 pub mod commands;
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod logger;
+pub mod metrics;
 pub mod objects;
 pub mod placement;
 pub mod qapi;
@@ -21,6 +23,8 @@ pub mod qmp;
 pub mod registry;
 pub mod secrets;
 pub mod signals;
+pub mod sockets;
+pub mod stats;
 
 /// The NBD server driver the control plane starts.
 pub(crate) use drivers::nbd;

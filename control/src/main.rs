@@ -21,14 +21,13 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
 use control::cli::{self, CliArgs, CliCommand, CliItem};
 use control::commands;
 use control::daemon::Daemon;
 use control::qapi::{Input, Syntax};
-use control::qmp::MonitorAddr;
+use control::qmp::{Chardev, MonitorAddr};
 
 /// Set in the re-executed child of `--daemonize`.
 const DAEMON_CHILD_ENV: &str = "RINGSTOR_DAEMON_CHILD";
@@ -100,6 +99,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // Before the daemon opens anything (and before any thread): which
+    // descriptors it inherited, and systemd's names for them.
+    let parent = child.then(|| nix::unistd::getppid().as_raw() as u32);
+    let activated = drivers::socket::inherited::init(parent);
+    if !activated.is_empty() {
+        log::info!("socket activation: {}", activated.join(", "));
+    }
     match start(args) {
         Ok(mut daemon) => {
             if child {
@@ -120,8 +126,19 @@ fn start(args: CliArgs) -> Result<Daemon, String> {
     let mut d = Daemon::new().map_err(|e| e.desc())?;
     control::signals::spawn_waiter(d.internal_sender())
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    let mut chardevs = Vec::new();
+    let mut chardevs: Vec<(String, Option<Chardev>)> = Vec::new();
+    let mut quit = false;
     for (item, at) in args.items.into_iter().zip(args.locations) {
+        if quit {
+            // The control loop sees the quit flag and shuts down.
+            return Ok(d);
+        }
+        if let CliItem::Chardev(c) = &item {
+            if chardevs.iter().any(|(id, _)| *id == c.id) {
+                d.shutdown();
+                return Err(format!("{at}: Duplicate ID '{}' for chardev", c.id));
+            }
+        }
         let input = |o: cli::ParsedOption| {
             let syntax = if o.keyval {
                 Syntax::Keyval
@@ -135,32 +152,23 @@ fn start(args: CliArgs) -> Result<Daemon, String> {
             CliItem::Object(o) => commands::object_add(&mut d, input(o)).map(drop),
             CliItem::NbdServer(o) => commands::nbd_server_start(&mut d, input(o), false).map(drop),
             CliItem::Export(o) => commands::block_export_add(&mut d, input(o)).map(drop),
-            CliItem::Chardev(c) => {
-                chardevs.push(c);
-                Ok(())
-            }
-            CliItem::Monitor(m) => match chardevs.iter().find(|c| c.id == m.chardev) {
+            CliItem::Chardev(c) => open_chardev(&mut d, &c, &at).map(|opened| match opened {
+                Some(ch) => chardevs.push((c.id, Some(ch))),
+                // A quit signal while `wait=on` waited.
+                None => quit = true,
+            }),
+            CliItem::Monitor(m) => match chardevs.iter_mut().find(|(id, _)| *id == m.chardev) {
                 None => Err(control::ControlError::failed(format!(
                     "chardev \"{}\" not found",
                     m.chardev
                 ))),
-                Some(c) => {
-                    if c.wait {
-                        log::warn!("chardev {}: wait=on is not supported, not waiting", c.id);
-                    }
-                    let addr = match (&c.path, &c.host, &c.port) {
-                        (Some(p), _, _) => MonitorAddr::Unix(PathBuf::from(p)),
-                        (None, Some(h), Some(p)) => MonitorAddr::Tcp {
-                            host: h.clone(),
-                            port: p.clone(),
-                        },
-                        _ => MonitorAddr::Tcp {
-                            host: "0.0.0.0".into(),
-                            port: c.port.clone().unwrap_or_default(),
-                        },
-                    };
-                    d.add_monitor(addr, m.pretty)
-                }
+                Some((_, slot)) => match slot.take() {
+                    None => Err(control::ControlError::failed(format!(
+                        "chardev '{}' is already in use",
+                        m.chardev
+                    ))),
+                    Some(ch) => d.add_monitor(MonitorAddr::Open(ch), m.pretty),
+                },
             },
         };
         if let Err(e) = r {
@@ -183,6 +191,30 @@ fn start(args: CliArgs) -> Result<Daemon, String> {
         d.remove_at_exit(p);
     }
     Ok(d)
+}
+
+/// Opens a `--chardev` where it stands on the command line, as QSD does;
+/// with `server=on,wait=on` (QEMU's default) start-up stops here until a
+/// monitor client connects. `None`: a quit signal came first.
+fn open_chardev(
+    d: &mut Daemon,
+    c: &cli::ChardevOpts,
+    at: &str,
+) -> Result<Option<Chardev>, control::ControlError> {
+    let mut ch = control::sockets::open_chardev(d, c)?;
+    if c.server && c.wait {
+        report(&format!(
+            "{at}: info: QEMU waiting for connection on: {}",
+            ch.describe()
+        ));
+        let connected = ch
+            .wait_for_client(|| d.quit_requested())
+            .map_err(|e| control::ControlError::failed(format!("accept: {e}")))?;
+        if !connected {
+            return Ok(None);
+        }
+    }
+    Ok(Some(ch))
 }
 
 /// `--daemonize`, parent side: run a copy of ourselves and wait for it

@@ -13,8 +13,9 @@ use engine::iothread::{
 use serde_json::{json, Value};
 
 use crate::error::{ControlError, Result};
+use crate::metrics::MetricsServer;
 use crate::placement::Placement;
-use crate::qapi::IothreadOptions;
+use crate::qapi::{IothreadOptions, MetricsOptions};
 
 /// Name of the built-in iothread.
 pub const DEFAULT_IOTHREAD: &str = "ringstor-main";
@@ -30,6 +31,8 @@ pub struct Objects {
     iothreads: BTreeMap<String, IothreadEntry>,
     /// Creation order, for QEMU's listing order.
     order: Vec<String>,
+    /// `metrics` objects (OpenMetrics endpoints).
+    metrics: BTreeMap<String, MetricsServer>,
     placement: Placement,
 }
 
@@ -55,6 +58,7 @@ impl Objects {
             default,
             iothreads: BTreeMap::new(),
             order: Vec::new(),
+            metrics: BTreeMap::new(),
             placement,
         })
     }
@@ -62,6 +66,19 @@ impl Objects {
     /// The default iothread.
     pub fn default_handle(&self) -> &IoThreadHandle {
         self.default.handle()
+    }
+
+    /// Every iothread, the default one first.
+    pub fn all_handles(&self) -> Vec<IoThreadHandle> {
+        std::iter::once(self.default.handle())
+            .chain(
+                self.order
+                    .iter()
+                    .filter_map(|id| self.iothreads.get(id))
+                    .map(|e| e.thread.handle()),
+            )
+            .cloned()
+            .collect()
     }
 
     /// An iothread by object id (`None` for the default one).
@@ -72,8 +89,34 @@ impl Objects {
         }
     }
 
+    /// Fails if an object has this id (checked before the metrics
+    /// socket is opened, so that an `fd` is not used up).
+    pub fn check_new_id(&self, id: &str) -> Result<()> {
+        if self.contains(id) {
+            return Err(duplicate(id));
+        }
+        Ok(())
+    }
+
+    /// `object-add qom-type=metrics`: starts serving at once on
+    /// `listener`, opened from `options.addr`.
+    pub fn add_metrics(
+        &mut self,
+        options: MetricsOptions,
+        listener: drivers::socket::Listener,
+        control: crossbeam_channel::Sender<crate::daemon::Internal>,
+    ) -> Result<()> {
+        self.check_new_id(&options.id)?;
+        let server = MetricsServer::start(&options.id, listener, control)?;
+        self.metrics.insert(options.id, server);
+        Ok(())
+    }
+
     /// `object-add qom-type=iothread`.
     pub fn add_iothread(&mut self, options: IothreadOptions) -> Result<()> {
+        if self.metrics.contains_key(&options.id) {
+            return Err(duplicate(&options.id));
+        }
         if self.iothreads.contains_key(&options.id) {
             return Err(ControlError::failed(format!(
                 "attempt to add duplicate property '{}' to object (type 'container')",
@@ -97,11 +140,15 @@ impl Objects {
 
     /// Whether an object with this id exists.
     pub fn contains(&self, id: &str) -> bool {
-        self.iothreads.contains_key(id)
+        self.iothreads.contains_key(id) || self.metrics.contains_key(id)
     }
 
     /// `object-del`; the caller has checked the iothread is unused.
     pub fn del(&mut self, id: &str) -> Result<()> {
+        if let Some(m) = self.metrics.remove(id) {
+            m.stop();
+            return Ok(());
+        }
         match self.iothreads.remove(id) {
             Some(e) => {
                 self.order.retain(|i| i != id);
@@ -136,9 +183,19 @@ impl Objects {
 
     /// Stops every iothread (at exit, after the exports are gone).
     pub fn stop_all(&mut self) {
+        for (_, m) in std::mem::take(&mut self.metrics) {
+            m.stop();
+        }
         for (_, e) in std::mem::take(&mut self.iothreads) {
             e.thread.stop();
         }
         self.order.clear();
     }
+}
+
+/// QEMU's error for an object id that is taken (by any object type).
+fn duplicate(id: &str) -> ControlError {
+    ControlError::failed(format!(
+        "attempt to add duplicate property '{id}' to object (type 'container')"
+    ))
 }

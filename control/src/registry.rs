@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use drivers::export::{Export, ExportCommon, RemoveMode};
+use drivers::stats::ExportStats;
 use engine::block::{BlockNode, Perm, PermGuard};
 use engine::iothread::IoThreadHandle;
 use serde_json::{json, Value};
@@ -44,6 +45,7 @@ struct ExportEntry {
     /// Object ids of its iothreads (`None`: the default iothread).
     iothreads: Vec<Option<String>>,
     shutting_down: bool,
+    stats: Arc<ExportStats>,
     _perm: PermGuard,
 }
 
@@ -135,6 +137,7 @@ impl ExportRegistry {
                     // The control thread may be gone at exit; nothing to do then.
                     let _ = tx.send(Internal::ExportDrained(id.to_string()));
                 }),
+                stats: ExportStats::new(&base.id, node.name()),
             },
             perm: guard,
             iothreads,
@@ -201,6 +204,7 @@ impl ExportRegistry {
             node_name,
             iothreads: prepared.iothreads,
             shutting_down: false,
+            stats: prepared.common.stats.clone(),
             _perm: prepared.perm,
         });
     }
@@ -263,6 +267,21 @@ impl ExportRegistry {
     /// Forgets a deleted node's home.
     pub fn forget_node(&mut self, name: &str) {
         self.homes.remove(name);
+    }
+
+    /// Each export's id, type, node name and statistics, newest first.
+    pub fn stats_entries(
+        &self,
+    ) -> impl Iterator<Item = (&str, &'static str, &str, &Arc<ExportStats>)> {
+        self.entries
+            .iter()
+            .rev()
+            .map(|e| (e.id.as_str(), e.kind, e.node_name.as_str(), &e.stats))
+    }
+
+    /// The statistics of export `id`.
+    pub fn stats_of(&self, id: &str) -> Option<Arc<ExportStats>> {
+        self.find(id).map(|e| e.stats.clone())
     }
 
     /// `query-block-exports`, newest first like QEMU.

@@ -20,6 +20,8 @@ use std::sync::Arc;
 use engine::block::BlockNode;
 use engine::iothread::IoThreadHandle;
 
+use crate::stats::ExportStats;
+
 /// How to remove an export that has clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoveMode {
@@ -48,6 +50,9 @@ pub struct ExportCommon {
     pub iothreads: Vec<IoThreadHandle>,
     /// See the module's removal contract.
     pub on_drained: DrainedFn,
+    /// Where the export's queues record their I/O (one
+    /// [`crate::stats::QueueRecorder`] per connection or queue).
+    pub stats: Arc<ExportStats>,
 }
 
 impl std::fmt::Debug for ExportCommon {

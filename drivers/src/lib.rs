@@ -5,6 +5,10 @@
 //! iothreads it is given, doing I/O through [`engine::block::BlockHandle`];
 //! it never sees a ring, an fd of the image or a format. What exports have
 //! in common lives in the control plane, behind [`export::Export`].
+//! [`socket`] gives every server that listens its socket, from any QAPI
+//! socket address (including inherited and passed descriptors).
 
 pub mod export;
 pub mod nbd;
+pub mod socket;
+pub mod stats;

@@ -60,6 +60,8 @@ struct Fixture {
     base_iothread: Value,
     /// `FUZZ_TRACE=1`: print each command and its result to stderr.
     trace: bool,
+    /// `metrics` objects added (no query lists them), deleted by `reset`.
+    metrics: Vec<String>,
 }
 
 fn fixture() -> &'static Mutex<Fixture> {
@@ -87,6 +89,7 @@ fn fixture() -> &'static Mutex<Fixture> {
             base_node: Value::Null,
             base_iothread: Value::Null,
             trace: std::env::var_os("FUZZ_TRACE").is_some(),
+            metrics: Vec::new(),
         };
         create_baseline(&mut f.daemon);
         f.base_node = find(
@@ -218,6 +221,10 @@ fn reset(f: &mut Fixture) {
         "nodes left after deleting everything: {extra:?} in {nodes:?}"
     );
 
+    for id in std::mem::take(&mut f.metrics) {
+        // Already deleted by the input itself, or still there.
+        let _ = d.execute("object-del", obj(json!({"id": id})));
+    }
     let threads = query(d, "query-iothreads");
     let keep_io = find(&threads, "id", BASE_IOTHREAD)
         .is_some_and(|e| iothread_identity(&e) == iothread_identity(&f.base_iothread));
@@ -283,6 +290,20 @@ fn templates() -> &'static [(&'static str, Value)] {
                                         "allocation-depth": true, "description": "d"})),
             ("block-export-add", json!({"type": "nbd", "id": "e2", "node-name": "r1",
                                         "iothread": ["io0", "io1"], "bitmaps": ["b0"]})),
+            ("block-dirty-bitmap-add", json!({"node": "null0", "name": "b0"})),
+            ("block-dirty-bitmap-add", json!({"node": "r1", "name": "b1", "granularity": 4096,
+                                              "persistent": false, "disabled": true})),
+            ("block-dirty-bitmap-disable", json!({"node": "null0", "name": "b0"})),
+            ("block-dirty-bitmap-enable", json!({"node": "null0", "name": "b0"})),
+            ("block-dirty-bitmap-clear", json!({"node": "null0", "name": "b0"})),
+            ("block-dirty-bitmap-merge", json!({"node": "null0", "target": "b0",
+                                                "bitmaps": ["b0", {"node": "r1", "name": "b1"}]})),
+            ("block-dirty-bitmap-remove", json!({"node": "null0", "name": "b0"})),
+            ("transaction", json!({"actions": [
+                {"type": "block-dirty-bitmap-add", "data": {"node": "null0", "name": "b2"}},
+                {"type": "block-dirty-bitmap-disable", "data": {"node": "null0", "name": "b0"}},
+                {"type": "abort", "data": {}}],
+                "properties": {"completion-mode": "individual"}})),
             ("block-export-del", json!({"id": "e0"})),
             ("block-export-del", json!({"id": "e1", "mode": "hard"})),
             ("nbd-server-stop", json!({})),
@@ -360,6 +381,13 @@ const MEMBERS: &[&str] = &[
     "cpu",
     "flat",
     "enable",
+    "target",
+    "granularity",
+    "persistent",
+    "disabled",
+    "actions",
+    "properties",
+    "completion-mode",
 ];
 
 /// Strings worth trying: names the templates use, enum values, oddities.
@@ -412,6 +440,13 @@ const STRINGS: &[&str] = &[
     "io_uring",
     "oob",
     "ringstor-main",
+    "b1",
+    "b2",
+    "abort",
+    "grouped",
+    "individual",
+    "block-dirty-bitmap-add",
+    "block-dirty-bitmap-remove",
 ];
 
 fn arb_number(u: &mut Unstructured) -> AResult<Value> {
@@ -630,6 +665,9 @@ fn run_op(f: &mut Fixture, op: Op) {
     }
     let Ok(_) = r else { return };
     let s = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_string);
+    if op.command == "object-add" && s("qom-type").as_deref() == Some("metrics") {
+        f.metrics.extend(s("id"));
+    }
     match op.command.as_str() {
         "blockdev-add" => {
             if let Some(n) = s("node-name") {
@@ -647,7 +685,8 @@ fn run_op(f: &mut Fixture, op: Op) {
                 );
             }
         }
-        "object-add" => {
+        // Only iothreads are listed; a `metrics` object is an endpoint.
+        "object-add" if s("qom-type").as_deref() == Some("iothread") => {
             if let Some(id) = s("id") {
                 assert!(
                     listed(d, "query-iothreads", "id", &id),

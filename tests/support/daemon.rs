@@ -119,14 +119,28 @@ impl Daemon {
         args: Vec<String>,
         wait_for: PathBuf,
     ) -> Result<Daemon, EarlyExit> {
+        Daemon::spawn_with(bin, dir, args, wait_for, |_| {})
+    }
+
+    /// Like [`Daemon::spawn`], with `prepare` adjusting the command first
+    /// (inherited descriptors, environment).
+    pub fn spawn_with(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        args: Vec<String>,
+        wait_for: PathBuf,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Daemon, EarlyExit> {
         let stderr_path = dir.path().join("stderr.log");
         let stderr = fs::File::create(&stderr_path).expect("create stderr log");
-        let child = Command::new(bin)
-            .args(&args)
+        let mut cmd = Command::new(bin);
+        cmd.args(&args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
+            .stderr(stderr);
+        prepare(&mut cmd);
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {} {args:?}: {e}", bin.display()));
         let mut d = Daemon {

@@ -129,6 +129,16 @@ impl Qmp {
         self.read_reply()
     }
 
+    /// Like [`Qmp::send`], passing `fds` with the message (`SCM_RIGHTS`),
+    /// as `getfd` wants.
+    pub fn send_with_fds(&mut self, msg: &Value, fds: &[std::os::fd::RawFd]) -> Value {
+        let mut text = msg.to_string();
+        text.push('\n');
+        crate::inherit::send_with_fds(&self.writer, text.as_bytes(), fds)
+            .expect("sendmsg with SCM_RIGHTS");
+        self.read_reply()
+    }
+
     /// Execute `cmd` with `args` (pass `json!({})` for none).
     pub fn execute(&mut self, cmd: &str, args: Value) -> Result<Value, QmpError> {
         let msg = if args.as_object().is_some_and(|o| o.is_empty()) {

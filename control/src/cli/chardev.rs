@@ -4,7 +4,8 @@
 //! keyval: no dotted keys, the first bare value is the backend, and a bare
 //! later word is a deprecated boolean flag (`server` = `server=on`,
 //! `nowait` = `wait=off`).  ringstor only implements the `socket` backend,
-//! over a UNIX path or TCP host/port, which is all a QMP monitor needs.
+//! over a UNIX path, a TCP host/port or an inherited socket (`fd`), which
+//! is all a QMP monitor needs.
 //!
 //! `--monitor` is keyval (implied key `chardev`) or JSON, deserialized with
 //! [`super::coerce`] like the other QSD options.
@@ -28,6 +29,9 @@ pub struct ChardevOpts {
     pub host: Option<String>,
     /// TCP port or service name, resolved when the socket is opened.
     pub port: Option<String>,
+    /// An inherited listening socket: a descriptor number, or a systemd
+    /// socket-activation name (exclusive with `path` and `host`).
+    pub fd: Option<String>,
     /// Listen (`server=on`) rather than connect.
     pub server: bool,
     /// With `server`, block startup until a client connects (QEMU's
@@ -43,7 +47,9 @@ pub struct MonitorOpts {
 }
 
 /// The QemuOpts keys `--chardev socket` understands here.
-const CHARDEV_KEYS: &[&str] = &["backend", "id", "path", "host", "port", "server", "wait"];
+const CHARDEV_KEYS: &[&str] = &[
+    "backend", "id", "path", "host", "port", "fd", "server", "wait",
+];
 
 /// Parse a `--chardev` argument.  Returns the options and the deprecation
 /// warnings QEMU would print for short-form booleans.
@@ -91,15 +97,29 @@ pub fn parse_chardev(input: &str) -> Result<(ChardevOpts, Vec<String>), CliError
         )));
     }
 
+    // QemuOpts reads an empty `fd=` as no fd.
+    let fd = get("fd").filter(|f| !f.is_empty());
     let (path, host, port) = (get("path"), get("host"), get("port"));
+    if [path.is_some(), host.is_some(), fd.is_some()]
+        .iter()
+        .filter(|&&b| b)
+        .count()
+        > 1
+    {
+        return Err(CliError::Message(
+            "None or one of 'path', 'fd' or 'host' option required.".into(),
+        ));
+    }
     match (&path, &host, &port) {
         (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+        // QEMU ignores `port` next to `fd`.
+        (None, None, _) if fd.is_some() => {}
         (None, Some(_), None) => {
             return Err(CliError::Message("chardev: socket: no port given".into()))
         }
         (None, None, _) => {
             return Err(CliError::Message(
-                "chardev: socket: 'path' or 'host' option required".into(),
+                "chardev: socket: 'path', 'host' or 'fd' option required".into(),
             ))
         }
         (Some(_), _, _) => {
@@ -122,6 +142,7 @@ pub fn parse_chardev(input: &str) -> Result<(ChardevOpts, Vec<String>), CliError
         path,
         host,
         port,
+        fd,
         server,
         wait: wait.unwrap_or(true),
     };

@@ -27,9 +27,13 @@ struct DelArgs {
 /// `blockdev-del`: refused while a parent or an export uses the node.
 pub(super) fn blockdev_del(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {
     let a: DelArgs = from_args(args)?;
-    let exported = d.exports.uses_node(&a.node_name);
+    // A node whose bitmap an export of another node offers is in use too
+    // (QSD 10.0 aborts on an assertion there).
+    let exported =
+        d.exports.uses_node(&a.node_name) || crate::bitmaps::exported_from(&d.blocks, &a.node_name);
     d.blocks.del(&a.node_name, exported)?;
     d.exports.forget_node(&a.node_name);
+    d.stats.forget_node(&a.node_name);
     Ok(Value::Null)
 }
 

@@ -56,20 +56,19 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
                     "NBD server already has export named '{name}'"
                 )));
             }
-            // ringstor has no dirty bitmaps yet, so none can be found.
-            if let Some(b) = nbd.bitmaps.as_ref().and_then(|b| b.first()) {
-                return Err(ControlError::failed(format!(
-                    "Bitmap '{}' is not found",
-                    b.name
-                )));
-            }
+            let bitmaps = crate::bitmaps::for_export(
+                &d.blocks,
+                &node,
+                nbd.bitmaps.as_deref().unwrap_or_default(),
+                prepared.common.writable,
+            )?;
             let export = server.add_export(
                 prepared.common.clone(),
                 NbdExportOptions {
                     name,
                     description: nbd.description,
                     allocation_depth: nbd.allocation_depth.unwrap_or(false),
-                    bitmaps: Vec::new(),
+                    bitmaps,
                 },
             )?;
             d.exports.insert(prepared, export);

@@ -4,11 +4,14 @@
 //! the value of `"return"` (`Value::Null` prints as `{}`). The command
 //! line reuses the same handlers with keyval input.
 
+mod bitmap;
 mod block;
 mod control;
 mod export;
+mod fd;
 mod nbd;
 mod object;
+mod stats;
 
 pub use block::blockdev_add;
 pub use export::block_export_add;
@@ -33,6 +36,7 @@ const COMMANDS: &[(&str, Handler)] = &[
     ("quit", control::quit),
     ("query-commands", control::query_commands),
     ("query-version", control::query_version),
+    ("transaction", bitmap::transaction),
     ("query-block-exports", export::query_block_exports),
     ("block-export-del", export::block_export_del),
     ("block-export-add", export::block_export_add_cmd),
@@ -42,7 +46,17 @@ const COMMANDS: &[(&str, Handler)] = &[
     ("nbd-server-start", nbd::nbd_server_start_cmd),
     ("blockdev-del", block::blockdev_del),
     ("blockdev-add", block::blockdev_add_cmd),
+    ("block-dirty-bitmap-merge", bitmap::merge),
+    ("block-dirty-bitmap-disable", bitmap::disable),
+    ("block-dirty-bitmap-enable", bitmap::enable),
+    ("block-dirty-bitmap-clear", bitmap::clear),
+    ("block-dirty-bitmap-remove", bitmap::remove),
+    ("block-dirty-bitmap-add", bitmap::add),
     ("query-named-block-nodes", block::query_named_block_nodes),
+    ("getfd", fd::getfd),
+    ("closefd", fd::closefd),
+    ("query-blockstats", stats::query_blockstats),
+    ("x-query-export-stats", stats::x_query_export_stats),
 ];
 
 /// Runs command `name`.
@@ -55,6 +69,11 @@ pub fn dispatch(
         Some((_, handler)) => handler(d, args).map_err(QmpError::from),
         None => Err(QmpError::unknown_command(name)),
     }
+}
+
+/// Whether a command of that name exists (`qmp_capabilities` included).
+pub(crate) fn exists(name: &str) -> bool {
+    names().any(|n| n == name)
 }
 
 /// The names for `query-commands`.

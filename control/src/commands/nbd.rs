@@ -1,7 +1,6 @@
 //! `nbd-server-start`, `nbd-server-stop`, and the deprecated
 //! `nbd-server-add` / `nbd-server-remove`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use drivers::export::RemoveMode;
@@ -11,10 +10,10 @@ use super::export::add_export;
 use super::no_args;
 use crate::daemon::{Daemon, HARD_DEL_WAIT};
 use crate::error::{ControlError, Result};
-use crate::nbd::{NbdAddr, NbdServer, NbdServerConfig};
+use crate::nbd::{NbdServer, NbdServerConfig};
 use crate::qapi::{
     from_args, BitmapRef, ExportBase, ExportKind, Input, NbdExportArgs, NbdServerAddOptions,
-    NbdServerOptions, NbdServerRemoveArgs, RemoveModeArg, SocketAddress, Syntax,
+    NbdServerOptions, NbdServerRemoveArgs, RemoveModeArg, Syntax,
 };
 
 const NOT_RUNNING: &str = "NBD server not running";
@@ -38,18 +37,10 @@ pub fn nbd_server_start(d: &mut Daemon, input: Input, legacy: bool) -> Result<Va
     if opts.tls_authz.is_some() {
         return Err(ControlError::failed("TLS is not supported by ringstor yet"));
     }
-    let addr = match opts.addr {
-        SocketAddress::Unix { path } => NbdAddr::Unix(PathBuf::from(path)),
-        SocketAddress::Inet { host, port } => NbdAddr::Tcp { host, port },
-        SocketAddress::Fd { .. } => {
-            return Err(ControlError::failed(
-                "fd socket addresses are not supported by ringstor yet",
-            ))
-        }
-    };
+    let listener = crate::sockets::listen(d, &opts.addr)?;
     let server = NbdServer::start(
         NbdServerConfig {
-            addr,
+            listener,
             max_connections: opts.max_connections,
             handshake_timeout: match opts.handshake_max_seconds {
                 0 => None,

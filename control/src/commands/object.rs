@@ -13,10 +13,18 @@ pub fn object_add(d: &mut Daemon, input: Input) -> Result<Value> {
     match ObjectOptions::parse(input)? {
         ObjectOptions::Iothread(o) if d.secrets.contains(&o.id) => return Err(duplicate(&o.id)),
         ObjectOptions::Iothread(o) => d.objects.add_iothread(o)?,
-        ObjectOptions::Secret(o) if d.secrets.contains(&o.id) || d.objects.contains(&o.id) => {
-            return Err(duplicate(&o.id))
+        ObjectOptions::Secret(o) if d.secrets.contains(&o.id) => return Err(duplicate(&o.id)),
+        ObjectOptions::Secret(o) => {
+            d.objects.check_new_id(&o.id)?;
+            d.secrets.add(o)?
         }
-        ObjectOptions::Secret(o) => d.secrets.add(o)?,
+        ObjectOptions::Metrics(o) if d.secrets.contains(&o.id) => return Err(duplicate(&o.id)),
+        ObjectOptions::Metrics(o) => {
+            d.objects.check_new_id(&o.id)?;
+            let listener = crate::sockets::listen(d, &o.addr)?;
+            let control = d.internal_sender();
+            d.objects.add_metrics(o, listener, control)?
+        }
     }
     Ok(Value::Null)
 }

@@ -2,6 +2,7 @@
 //! member names as in QEMU's schema, and the input layer that gives
 //! QEMU's error messages.
 
+mod bitmap;
 mod block;
 mod export;
 mod input;
@@ -12,6 +13,7 @@ mod remote;
 #[cfg(test)]
 mod tests;
 
+pub use bitmap::{BitmapAction, BitmapAddArgs, BitmapArgs, BitmapMergeArgs, TransactionArgs};
 pub use block::{
     BlockdevBase, BlockdevOptions, BlockdevRef, CacheOptions, DetectZeroes, Discard, DriverOptions,
     FileDriverOptions, NullDriverOptions, OnOffAuto, RawDriverOptions,
@@ -22,7 +24,7 @@ pub use export::{
 };
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
-pub use object::{is_identifier, IothreadOptions, ObjectOptions};
+pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};
 pub use remote::{
     InetServer, NbdDriverOptions, RbdAuthMode, RbdDriverOptions, SecretFormat, SecretOptions,
 };

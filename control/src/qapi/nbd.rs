@@ -114,6 +114,7 @@ pub struct NbdServerOptions {
     pub addr: SocketAddress,
     pub tls_creds: Option<String>,
     pub tls_authz: Option<String>,
+    /// Connections served at once (0: unlimited; default 100, as QEMU's).
     pub max_connections: u32,
     /// Seconds a client may take to finish the handshake; 0 is no limit
     /// (QEMU's default is 10).
@@ -145,7 +146,8 @@ impl NbdServerOptions {
             addr,
             tls_creds: rest.tls_creds,
             tls_authz: rest.tls_authz,
-            max_connections: rest.max_connections.unwrap_or(0),
+            // QEMU's NBD_DEFAULT_MAX_CONNECTIONS since 9.1 (CVE-2024-7409).
+            max_connections: rest.max_connections.unwrap_or(100),
             // QEMU's NBD_DEFAULT_HANDSHAKE_MAX_SECS.
             handshake_max_seconds: rest.handshake_max_seconds.unwrap_or(10),
         })

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::input::{Input, InputError};
+use super::nbd::SocketAddress;
 use super::remote::SecretOptions;
 
 /// QOM types QSD can create that ringstor cannot yet.
@@ -35,11 +36,19 @@ pub struct IothreadOptions {
     pub cpu: Option<usize>,
 }
 
+/// ringstor's `metrics` object: an OpenMetrics endpoint at `addr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsOptions {
+    pub id: String,
+    pub addr: SocketAddress,
+}
+
 /// `ObjectOptions`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectOptions {
     Iothread(IothreadOptions),
     Secret(SecretOptions),
+    Metrics(MetricsOptions),
 }
 
 impl ObjectOptions {
@@ -61,12 +70,31 @@ impl ObjectOptions {
                 }
                 Ok(ObjectOptions::Secret(o))
             }
+            "metrics" => parse_metrics(input).map(ObjectOptions::Metrics),
             t if QEMU_QOM_TYPES.contains(&t) => Err(InputError(format!(
                 "Object type '{t}' is not supported by ringstor yet"
             ))),
             t => Err(InputError::bad_value("qom-type", t)),
         }
     }
+}
+
+fn parse_metrics(mut input: Input) -> Result<MetricsOptions, InputError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Rest {
+        id: String,
+    }
+    let addr = input.take("addr");
+    let rest: Rest = input.clone().parse()?;
+    if !is_identifier(&rest.id) {
+        return Err(InputError("Parameter 'id' expects an identifier".into()));
+    }
+    let addr = match addr {
+        Some(v) => SocketAddress::parse(input.nested("addr", v)?)?,
+        None => return Err(InputError::missing("addr")),
+    };
+    Ok(MetricsOptions { id: rest.id, addr })
 }
 
 /// QEMU's `id_wellformed()`: a letter, then letters, digits, `-`, `.`, `_`.

@@ -161,7 +161,7 @@ fn object_iothread_and_other_types() {
     ))
     .unwrap();
     let ObjectOptions::Iothread(t) = o else {
-        panic!("not an iothread: {o:?}")
+        panic!("not an iothread: {o:?}");
     };
     assert_eq!((t.id.as_str(), t.cpu), ("io0", Some(1)));
     let err = |v| {
@@ -261,6 +261,8 @@ fn nbd_server_flat_and_legacy_addresses() {
     .unwrap();
     assert_eq!(flat, legacy);
     assert_eq!(flat.addr, SocketAddress::Unix { path: "/s".into() });
+    // QSD >= 9.1 caps connections at 100 unless told otherwise.
+    assert_eq!(flat.max_connections, 100);
     let tcp = NbdServerOptions::parse_legacy(input(
         json!({"addr": {"type": "inet", "data": {"host": "::1", "port": "10809"}},
                "max-connections": 4}),
@@ -323,5 +325,37 @@ fn export_union_dispatch() {
     assert_eq!(
         err(json!({"type": "nbd", "id": "e0", "node-name": "f0", "description": long})),
         format!("description '{long}' too long")
+    );
+}
+
+#[test]
+fn object_metrics() {
+    let o = ObjectOptions::parse(input(
+        json!({"qom-type": "metrics", "id": "m0",
+               "addr": {"type": "inet", "host": "127.0.0.1", "port": "9191"}}),
+        Syntax::Json,
+    ))
+    .unwrap();
+    let want = ObjectOptions::Metrics(crate::qapi::MetricsOptions {
+        id: "m0".into(),
+        addr: crate::qapi::SocketAddress::Inet {
+            host: "127.0.0.1".into(),
+            port: "9191".into(),
+        },
+    });
+    assert_eq!(o, want);
+    let err = |v| {
+        ObjectOptions::parse(input(v, Syntax::Json))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err(json!({"qom-type": "metrics", "id": "m0"})),
+        "Parameter 'addr' is missing"
+    );
+    assert_eq!(
+        err(json!({"qom-type": "metrics", "id": "m0", "bogus": 1,
+                   "addr": {"type": "unix", "path": "/x"}})),
+        "Parameter 'bogus' is unexpected"
     );
 }

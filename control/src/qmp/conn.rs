@@ -10,6 +10,7 @@ use super::wire::encode_message;
 use serde_json::Value;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -31,6 +32,15 @@ impl Stream {
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
         })
+    }
+
+    /// Reads what is there, with any descriptors passed along (unix
+    /// sockets only: `SCM_RIGHTS`).
+    pub(crate) fn read_with_fds(&mut self, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+        match self {
+            Stream::Unix(s) => drivers::socket::recv_with_fds(s, buf),
+            Stream::Tcp(s) => s.read(buf).map(|n| (n, Vec::new())),
+        }
     }
 
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {

@@ -85,24 +85,8 @@ impl QmpError {
 /// Why a monitor listener could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
-    #[error("Failed to bind socket to {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("address resolution failed for {host}:{port}: {reason}")]
-    Resolve {
-        host: String,
-        port: String,
-        reason: String,
-    },
-    #[error("Failed to unlink socket {path}: {source}")]
-    Unlink {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] drivers::socket::ListenError),
     #[error("monitor I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

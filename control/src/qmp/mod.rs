@@ -8,13 +8,17 @@
 //! Layout: `lexer` + `parser` turn bytes into JSON values exactly like
 //! QEMU; `wire` prints replies exactly like QEMU; `session` is the
 //! per-connection protocol state machine; `conn` is the shared socket
-//! writer; `event` broadcasts events; `server` runs listeners and
-//! connection threads.
+//! writer; `event` broadcasts events; `chardev` is a listening socket
+//! before its monitor starts (`wait=on`); `fds` holds what `getfd` stored;
+//! `server` runs listeners and connection threads, and receives the
+//! descriptors clients pass (`SCM_RIGHTS`).
 #![forbid(unsafe_code)]
 
+mod chardev;
 mod conn;
 mod error;
 mod event;
+mod fds;
 mod lexer;
 mod parser;
 mod server;
@@ -26,8 +30,10 @@ mod protocol_tests;
 #[cfg(test)]
 mod tests;
 
+pub use chardev::Chardev;
 pub use error::{ErrorClass, MonitorError, QmpError};
 pub use event::EventBus;
+pub use fds::MonitorFds;
 pub use server::MonitorServer;
 /// Parses a whole JSON text (a command-line option) with QEMU's parser and
 /// wording: `Err` is the QEMU error description; several values give
@@ -80,6 +86,7 @@ pub fn fuzz_session<'a>(
 }
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// One command for the control thread. Reply exactly once on `reply` with
 /// the command's return value (`Value::Null` means `{}`) or its error; the
@@ -90,11 +97,18 @@ pub struct QmpRequest {
     pub command: String,
     pub arguments: serde_json::Map<String, serde_json::Value>,
     pub reply: crossbeam_channel::Sender<Result<serde_json::Value, QmpError>>,
+    /// The descriptors the monitor holds (`getfd`), which `fd` socket
+    /// addresses in this command may name.
+    pub monitor: Arc<MonitorFds>,
+    /// For `getfd`: the descriptor the client passed with it (`SCM_RIGHTS`).
+    pub fd: Option<std::os::fd::OwnedFd>,
 }
 
-/// Where a monitor listens (`--chardev socket,path=..` or `host=..,port=..`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a monitor listens (`--chardev socket,path=..` or `host=..,port=..`),
+/// or the chardev already opened (`fd=..`, `wait=on`).
+#[derive(Debug)]
 pub enum MonitorAddr {
     Unix(PathBuf),
     Tcp { host: String, port: String },
+    Open(Chardev),
 }

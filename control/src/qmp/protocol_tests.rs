@@ -169,6 +169,15 @@ fn session_checks_match_qsd() {
             b"{\"exec-oob\":\"query-version\",\"id\":5}",
             "{\"id\": 5, \"error\": {\"class\": \"GenericError\", \"desc\": \"The command query-version does not support OOB\"}}\r\n",
         ),
+        // QSD 10.0 looks the command up before checking for OOB support.
+        (
+            b"{\"exec-oob\":\"nosuch\",\"id\":3}",
+            "{\"id\": 3, \"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command nosuch has not been found\"}}\r\n",
+        ),
+        (
+            b"{\"exec-oob\":\"qmp_capabilities\"}",
+            "{\"error\": {\"class\": \"GenericError\", \"desc\": \"The command qmp_capabilities does not support OOB\"}}\r\n",
+        ),
         (
             b"[1,2]",
             "{\"error\": {\"class\": \"GenericError\", \"desc\": \"QMP input must be a JSON object\"}}\r\n",

@@ -7,21 +7,23 @@
 //! Like QEMU without OOB, a connection reads no further input while its
 //! command runs, so replies come back in request order.
 
+use super::chardev::{Chardev, Socket};
 use super::conn::{MonitorConn, Stream};
 use super::error::{MonitorError, QmpError};
 use super::event::EventBus;
+use super::fds::MonitorFds;
 use super::lexer::JsonStream;
 use super::session::{Action, Session};
 use super::wire::{error_response, greeting, success_response};
 use super::{MonitorAddr, QmpRequest};
 use crossbeam_channel::Sender;
+use drivers::socket::{listen, ListenAddr};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::Value;
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::AsFd;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{self, ErrorKind, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -30,30 +32,12 @@ use std::time::Duration;
 /// Description given when the control thread has gone away.
 const CONTROL_GONE: &str = "ringstor control thread is not running";
 
-enum Listener {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-}
-
-impl Listener {
-    fn accept(&self) -> io::Result<Stream> {
-        match self {
-            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
-            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
-        }
-    }
-
-    fn set_nonblocking(&self) -> io::Result<()> {
-        match self {
-            Listener::Unix(l) => l.set_nonblocking(true),
-            Listener::Tcp(l) => l.set_nonblocking(true),
-        }
-    }
-}
-
 /// What every connection of one listener shares.
 struct Shared {
     pretty: bool,
+    /// Descriptors stored with `getfd`: per monitor, as in QEMU, so they
+    /// outlive the connection that sent them.
+    fds: Arc<MonitorFds>,
     requests: Sender<QmpRequest>,
     events: EventBus,
     conns: Mutex<Vec<Weak<MonitorConn>>>,
@@ -81,35 +65,40 @@ impl std::fmt::Debug for MonitorServer {
 }
 
 impl MonitorServer {
-    /// Binds `addr` and starts accepting monitor connections. Commands go
-    /// to `requests`; events emitted on `events` reach negotiated clients.
+    /// Binds `addr` (or takes the opened chardev) and starts accepting
+    /// monitor connections. Commands go to `requests`; events emitted on
+    /// `events` reach negotiated clients.
     pub fn start(
         addr: MonitorAddr,
         pretty: bool,
         requests: Sender<QmpRequest>,
         events: EventBus,
     ) -> Result<MonitorServer, MonitorError> {
-        let (listener, local_addr, socket_path) = match addr {
-            MonitorAddr::Unix(path) => {
-                let l = bind_unix(&path)?;
-                (Listener::Unix(l), None, Some(path))
-            }
+        let chardev = match addr {
+            MonitorAddr::Unix(path) => Chardev::new(listen(ListenAddr::Unix(path))?),
             MonitorAddr::Tcp { host, port } => {
-                let l = bind_tcp(&host, &port)?;
-                let local = l.local_addr()?;
-                (Listener::Tcp(l), Some(local), None)
+                Chardev::new(listen(ListenAddr::Tcp { host, port })?)
             }
+            MonitorAddr::Open(c) => c,
         };
+        let Some((listener, socket_path, first)) = chardev.take() else {
+            return Err(MonitorError::Io(io::Error::other("chardev already in use")));
+        };
+        let local_addr = listener.local_addr();
         // Non-blocking so a connection that vanishes between poll() and
         // accept() cannot wedge the accept thread.
-        listener.set_nonblocking()?;
+        listener.set_nonblocking(true)?;
         let (wake, wake_rx) = UnixStream::pair()?;
         let shared = Arc::new(Shared {
             pretty,
+            fds: Arc::new(MonitorFds::default()),
             requests,
             events,
             conns: Mutex::new(Vec::new()),
         });
+        if let Some(first) = first {
+            spawn_connection(first, &shared);
+        }
         let thread_shared = Arc::clone(&shared);
         let accept_thread = std::thread::Builder::new()
             .name("qmp-accept".into())
@@ -167,64 +156,11 @@ impl Drop for MonitorServer {
     }
 }
 
-/// Binds a Unix socket. Like QEMU, a leftover socket file from a previous
-/// run is unlinked first; unlike QEMU, any other kind of file is left
-/// alone and reported, so a typo cannot delete user data.
-fn bind_unix(path: &Path) -> Result<UnixListener, MonitorError> {
-    let shown = path.display().to_string();
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            std::fs::remove_file(path).map_err(|source| MonitorError::Unlink {
-                path: shown.clone(),
-                source,
-            })?;
-        }
-    }
-    UnixListener::bind(path).map_err(|source| MonitorError::Bind {
-        addr: shown,
-        source,
-    })
-}
-
-/// Binds TCP `host:port`, trying each resolved address in turn like
-/// QEMU's inet_listen(). An empty host means all IPv4 addresses.
-fn bind_tcp(host: &str, port: &str) -> Result<TcpListener, MonitorError> {
-    let resolve_err = |reason: String| MonitorError::Resolve {
-        host: host.to_string(),
-        port: port.to_string(),
-        reason,
-    };
-    let port_num: u16 = port
-        .parse()
-        .map_err(|_| resolve_err("port is not a number".into()))?;
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    let h = if h.is_empty() { "0.0.0.0" } else { h };
-    let addrs: Vec<SocketAddr> = (h, port_num)
-        .to_socket_addrs()
-        .map_err(|e| resolve_err(e.to_string()))?
-        .collect();
-    let mut last_err = io::Error::new(ErrorKind::AddrNotAvailable, "no address");
-    for a in addrs {
-        match TcpListener::bind(a) {
-            Ok(l) => return Ok(l),
-            Err(e) => last_err = e,
-        }
-    }
-    Err(MonitorError::Bind {
-        addr: format!("{host}:{port}"),
-        source: last_err,
-    })
-}
-
-fn accept_loop(listener: Listener, wake: UnixStream, shared: Arc<Shared>) {
+fn accept_loop(listener: Socket, wake: UnixStream, shared: Arc<Shared>) {
     loop {
         let (ready, woken) = {
-            let lfd = match &listener {
-                Listener::Unix(l) => l.as_fd(),
-                Listener::Tcp(l) => l.as_fd(),
-            };
             let mut fds = [
-                PollFd::new(lfd, PollFlags::POLLIN),
+                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(wake.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
@@ -291,16 +227,31 @@ fn serve_session(reader: &mut Stream, conn: &MonitorConn, shared: &Shared) -> io
     }
     let mut input = SessionInput::new();
     let mut buf = vec![0u8; 16 * 1024];
+    // The descriptors of the last read that carried any, as QEMU's socket
+    // chardev keeps them: `getfd` takes the first and closes the others; a
+    // later batch, or the end of the connection, closes what nobody took.
+    let mut passed: Vec<OwnedFd> = Vec::new();
     loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
+        let n = match reader.read_with_fds(&mut buf) {
+            Ok((0, _)) => return Ok(()),
+            Ok((n, fds)) => {
+                if !fds.is_empty() {
+                    passed = fds;
+                }
+                n
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         let go_on = input.feed(
             &buf[..n],
-            |command, arguments| run_command(&shared.requests, command, arguments),
+            |command, arguments| {
+                let fd = match command.as_str() {
+                    "getfd" => std::mem::take(&mut passed).into_iter().next(),
+                    _ => None,
+                };
+                run_command(shared, command, arguments, fd)
+            },
             |negotiated, response| {
                 if negotiated {
                     conn.set_negotiated();
@@ -373,17 +324,20 @@ fn command_response(result: Result<Value, QmpError>, id: Option<&Value>) -> Valu
 /// Hands a command to the control thread and waits for its answer. If the
 /// client disconnects meanwhile, the answer is simply dropped later.
 fn run_command(
-    requests: &Sender<QmpRequest>,
+    shared: &Shared,
     command: String,
     arguments: serde_json::Map<String, Value>,
+    fd: Option<OwnedFd>,
 ) -> Result<Value, QmpError> {
     let (reply, answer) = crossbeam_channel::bounded(1);
     let req = QmpRequest {
         command,
         arguments,
         reply,
+        monitor: shared.fds.clone(),
+        fd,
     };
-    match requests.send(req) {
+    match shared.requests.send(req) {
         Ok(()) => answer
             .recv()
             .unwrap_or_else(|_| Err(QmpError::generic(CONTROL_GONE))),

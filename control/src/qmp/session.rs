@@ -84,8 +84,12 @@ impl Session {
         }
 
         if oob {
-            // No qemu-storage-daemon command is marked allow-oob, so QSD
-            // refuses every exec-oob that names an existing command.
+            // QEMU looks the command up first; no qemu-storage-daemon
+            // command is marked allow-oob, so every one that exists is
+            // refused.
+            if !crate::commands::exists(&command) {
+                return reply_err(QmpError::unknown_command(&command));
+            }
             return reply_err(QmpError::generic(format!(
                 "The command {command} does not support OOB"
             )));

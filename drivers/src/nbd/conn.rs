@@ -34,6 +34,7 @@ use super::proto::{
 };
 use super::registry::ExportShared;
 use super::request;
+use crate::stats::{peer_name, ErrorKind, Outcome, QueueRecorder, Started};
 
 /// Receive buffer: many pipelined small requests per `recv`.
 const RECV_BUF: usize = 256 * 1024;
@@ -48,6 +49,9 @@ const WATCHDOG_TICK: Duration = Duration::from_secs(5);
 
 /// One chunk of a multi-chunk reply: header bytes and optional data.
 pub(crate) type ReplyPart = (Vec<u8>, Option<(Buf, usize)>);
+
+/// A request whose reply is queued: recorded as finished once it is sent.
+pub(crate) type Done = (Started, Outcome);
 
 /// What the reader hands over to execution.
 pub(crate) struct Conn {
@@ -65,6 +69,8 @@ pub(crate) struct Conn {
     /// For spliced read replies; created on first use, `Err` if pipes
     /// cannot be had (then replies are copied).
     pipe: std::cell::OnceCell<Option<Pipe>>,
+    /// This connection's statistics.
+    pub(crate) rec: QueueRecorder,
 }
 
 /// What the writer sends next, in order.
@@ -74,10 +80,11 @@ enum OutItem {
         list: GatherList,
         replies: usize,
         data: usize,
+        done: Vec<Done>,
     },
     /// The data of a read reply whose header ends the list before it,
     /// spliced from the page cache.
-    Splice { offset: u64, len: usize },
+    Splice { offset: u64, len: usize, done: Done },
 }
 
 #[derive(Default)]
@@ -89,6 +96,8 @@ struct State {
     out_replies: usize,
     /// Read data bytes queued in `out`.
     out_data: usize,
+    /// The requests answered in `out`.
+    out_done: Vec<Done>,
     inflight: usize,
     inflight_bytes: usize,
     writer: Option<Waker>,
@@ -110,6 +119,19 @@ impl State {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        // Replies never sent: their I/O was done, so it still counts.
+        let st = self.st.get_mut();
+        let mut unsent = std::mem::take(&mut st.out_done);
+        for item in st.items.drain(..) {
+            match item {
+                OutItem::List { done, .. } => unsent.extend(done),
+                OutItem::Splice { done, .. } => unsent.push(done),
+            }
+        }
+        let now = self.rec.now();
+        for (t, o) in unsent {
+            self.rec.finish_at(now, t, o);
+        }
         self.export.disconnect(self.conn_id);
     }
 }
@@ -118,21 +140,29 @@ impl Conn {
     /// Runs `add` on the output state to queue one reply, and wakes the
     /// writer. On a broken connection nothing is queued (the closure, and
     /// any buffer it holds, is dropped).
-    fn enqueue(&self, add: impl FnOnce(&mut State)) {
+    fn enqueue(&self, done: Done, add: impl FnOnce(&mut State)) {
         let mut st = self.st.borrow_mut();
         if st.broken {
+            drop(st);
+            self.rec.finish(done.0, done.1);
             return;
         }
         add(&mut st);
         st.out_replies += 1;
+        st.out_done.push(done);
         if let Some(w) = st.writer.take() {
             w.wake();
         }
     }
 
     /// Queues one reply built by `fill`, carrying `data` (sent without a copy).
-    pub(crate) fn reply(&self, fill: impl FnOnce(&mut Vec<u8>), data: Option<(Buf, usize)>) {
-        self.enqueue(|st| {
+    pub(crate) fn reply(
+        &self,
+        done: Done,
+        fill: impl FnOnce(&mut Vec<u8>),
+        data: Option<(Buf, usize)>,
+    ) {
+        self.enqueue(done, |st| {
             st.out.push_with(fill);
             if let Some((b, len)) = data {
                 st.push_data(b, len);
@@ -141,8 +171,8 @@ impl Conn {
     }
 
     /// Queues a reply made of several chunks (they count as one reply).
-    pub(crate) fn reply_parts(&self, parts: Vec<ReplyPart>) {
-        self.enqueue(|st| {
+    pub(crate) fn reply_parts(&self, done: Done, parts: Vec<ReplyPart>) {
+        self.enqueue(done, |st| {
             for (hdr, data) in parts {
                 st.out.push_bytes(&hdr);
                 if let Some((b, len)) = data {
@@ -166,9 +196,17 @@ impl Conn {
     }
 
     /// Queues a read reply whose data the writer splices from the node.
-    pub(crate) fn reply_splice(&self, fill: impl FnOnce(&mut Vec<u8>), offset: u64, len: usize) {
+    pub(crate) fn reply_splice(
+        &self,
+        done: Done,
+        fill: impl FnOnce(&mut Vec<u8>),
+        offset: u64,
+        len: usize,
+    ) {
         let mut st = self.st.borrow_mut();
         if st.broken {
+            drop(st);
+            self.rec.finish(done.0, done.1);
             return;
         }
         st.out.push_with(fill);
@@ -176,15 +214,23 @@ impl Conn {
         let list = std::mem::take(&mut st.out);
         let replies = std::mem::take(&mut st.out_replies);
         let data = std::mem::take(&mut st.out_data);
+        let prior = std::mem::take(&mut st.out_done);
         st.items.push_back(OutItem::List {
             list,
             replies,
             data,
+            done: prior,
         });
-        st.items.push_back(OutItem::Splice { offset, len });
+        st.items.push_back(OutItem::Splice { offset, len, done });
         if let Some(w) = st.writer.take() {
             w.wake();
         }
+    }
+
+    /// The bits of the dirty bitmap with context id `id`.
+    pub(crate) fn bitmap(&self, id: u32) -> Option<&Arc<engine::block::DirtyBitmap>> {
+        let i = id.checked_sub(super::proto::META_ID_DIRTY_BITMAP)?;
+        self.export.bitmap_bits.get(usize::try_from(i).ok()?)
     }
 
     pub(crate) fn reply_to(&self, h: &RequestHeader) -> ReplyTo {
@@ -216,6 +262,10 @@ pub(crate) fn start(
     guard: Box<dyn std::any::Any>,
 ) {
     let handle = BlockHandle::open(&export.common.node);
+    let rec = export.common.stats.queue(
+        conn_id.to_string(),
+        peer_name(std::os::fd::AsFd::as_fd(&fd)),
+    );
     let session = Session {
         structured: neg.structured,
         extended: neg.extended,
@@ -236,6 +286,7 @@ pub(crate) fn start(
         st: RefCell::new(State::default()),
         _guard: guard,
         pipe: std::cell::OnceCell::new(),
+        rec,
     });
     spawn_local(writer(conn.clone()));
     spawn_local(watchdog(Rc::downgrade(&conn)));
@@ -245,7 +296,10 @@ pub(crate) fn start(
             // (the writer ends the connection after them), so a client
             // never sees a reply cut in half. A client that does not read
             // them is the watchdog's.
-            log::info!("nbd: connection to '{}' closing: {e}", conn.export.name);
+            match &e {
+                ReadEnd::Proto(_) => conn.rec.protocol_error(&e),
+                ReadEnd::Io(_) => log::debug!("nbd: connection to '{}': {e}", conn.export.name),
+            }
             let _ = nix::sys::socket::shutdown(conn.fd.raw(), nix::sys::socket::Shutdown::Read);
         }
         let mut st = conn.st.borrow_mut();
@@ -330,6 +384,8 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
     let mut rbuf = Buf::with_capacity(RECV_BUF.max(leftover.len()));
     rbuf.extend_from_slice(&leftover);
     let ext = conn.session.extended;
+    // Every header of one receive arrived at the same moment.
+    let mut received = conn.rec.now();
     loop {
         let mut pos = 0usize;
         // Stopped parsing because the in-flight limits are reached: wait,
@@ -354,7 +410,13 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
                     pos += used;
                     conn.start_request(0);
                     let to = conn.reply_to(&hdr);
-                    conn.reply(|v| reply_error(v, &to, error, error_message(error)), None);
+                    let t = request::start(conn, received, &hdr);
+                    let done = (t, Outcome::Invalid(error_kind(error)));
+                    conn.reply(
+                        done,
+                        |v| reply_error(v, &to, error, error_message(error)),
+                        None,
+                    );
                     if discard_len > u64::from(conn.session.max_payload) {
                         // A payload over the limit is not worth receiving:
                         // answer, then close once the answer is out, as
@@ -401,7 +463,8 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
                         0
                     };
                     conn.start_request(read_bytes);
-                    spawn_local(request::execute(conn.clone(), hdr, payload));
+                    let t = request::start(conn, received, &hdr);
+                    spawn_local(request::execute(conn.clone(), hdr, payload, t));
                 }
             }
         }
@@ -420,9 +483,21 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
         }
         let (r, b) = recv_more(conn, rbuf).await;
         rbuf = b;
+        received = conn.rec.reaped();
         if r? == 0 {
             return Ok(());
         }
+    }
+}
+
+/// How a refused request counts in the statistics.
+pub(crate) fn error_kind(e: NbdErrno) -> ErrorKind {
+    match e {
+        NbdErrno::Perm => ErrorKind::Permission,
+        NbdErrno::Inval | NbdErrno::NoSpc | NbdErrno::Overflow => ErrorKind::Invalid,
+        NbdErrno::NotSup => ErrorKind::NotSupported,
+        NbdErrno::Io => ErrorKind::Io,
+        _ => ErrorKind::Other,
     }
 }
 
@@ -491,10 +566,12 @@ async fn writer(conn: Rc<Conn>) {
                 let list = std::mem::replace(&mut st.out, spare);
                 let replies = std::mem::take(&mut st.out_replies);
                 let data = std::mem::take(&mut st.out_data);
+                let done = std::mem::take(&mut st.out_done);
                 return Poll::Ready(Some(OutItem::List {
                     list,
                     replies,
                     data,
+                    done,
                 }));
             }
             if st.broken || (st.closing && st.inflight == 0) {
@@ -511,13 +588,19 @@ async fn writer(conn: Rc<Conn>) {
                 list,
                 replies,
                 data,
+                done,
             } => {
                 let (r, mut list) = op::send_all(&conn.fd, list).await;
                 list.clear();
                 conn.st.borrow_mut().spare = list;
+                finish_all(&conn, done);
                 (r.is_ok(), replies, data)
             }
-            OutItem::Splice { offset, len } => (splice_out(&conn, offset, len).await, 0, len),
+            OutItem::Splice { offset, len, done } => {
+                let ok = splice_out(&conn, offset, len).await;
+                finish_all(&conn, [done]);
+                (ok, 0, len)
+            }
         };
         let mut st = conn.st.borrow_mut();
         st.sending = false;
@@ -539,6 +622,14 @@ async fn writer(conn: Rc<Conn>) {
             conn.shutdown_socket();
             break;
         }
+    }
+}
+
+/// Records the requests of a batch as finished when its send completed.
+fn finish_all(conn: &Conn, done: impl IntoIterator<Item = Done>) {
+    let now = conn.rec.reaped();
+    for (t, o) in done {
+        conn.rec.finish_at(now, t, o);
     }
 }
 

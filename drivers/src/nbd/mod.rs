@@ -1,7 +1,8 @@
 //! The NBD export driver.
 //!
 //! - `proto/`: the sans-I/O protocol codec and handshake state machine.
-//! - `server`: listener, handshake with a deadline, hand-over to iothreads.
+//! - `server`: accept loop, handshake with a deadline, hand-over to iothreads.
+//! - `gate`: `max-connections` and stopping, for the accept loop.
 //! - `registry`: the exports by name, connection counting, removal.
 //! - `conn`: the transmission phase of one connection (reader, writer).
 //! - `request`: one request against the block handle.
@@ -9,6 +10,7 @@
 
 pub mod client;
 mod conn;
+mod gate;
 mod negotiate;
 pub mod proto;
 mod registry;
@@ -16,7 +18,7 @@ mod request;
 mod server;
 
 pub use registry::NbdExport;
-pub use server::{NbdAddr, NbdError, NbdExportOptions, NbdServer, NbdServerConfig};
+pub use server::{NbdBitmap, NbdError, NbdExportOptions, NbdServer, NbdServerConfig};
 
 #[cfg(test)]
 mod tests;

@@ -11,8 +11,11 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use engine::block::DirtyBitmap;
+
 use super::proto::consts::NBD_MAX_PAYLOAD;
 use super::proto::{transmission_flags, ExportCaps, ExportCatalog, ExportInfo};
+use super::server::NbdBitmap;
 use crate::export::{Export, ExportCommon, ExportError, RemoveMode};
 
 /// How long a hard removal lets in-flight replies go out before it cuts
@@ -28,7 +31,10 @@ pub(crate) struct ExportShared {
     pub(crate) name: String,
     pub(crate) description: String,
     pub(crate) allocation_depth: bool,
+    /// Names of the offered bitmaps (context `qemu:dirty-bitmap:NAME`).
     pub(crate) bitmaps: Vec<String>,
+    /// Their bits, by context index.
+    pub(crate) bitmap_bits: Vec<Arc<DirtyBitmap>>,
     pub(crate) multi_conn: bool,
     /// Round-robin cursor over `common.iothreads`.
     next_thread: AtomicUsize,
@@ -173,7 +179,7 @@ impl Registry {
         name: String,
         description: String,
         allocation_depth: bool,
-        bitmaps: Vec<String>,
+        bitmaps: Vec<NbdBitmap>,
         multi_conn: bool,
     ) -> Result<NbdExport, ExportError> {
         let mut map = self.exports.write().unwrap_or_else(|p| p.into_inner());
@@ -182,12 +188,21 @@ impl Registry {
                 "NBD server already has export named '{name}'"
             )));
         }
+        let mut holds = Vec::with_capacity(bitmaps.len());
+        let mut names = Vec::with_capacity(bitmaps.len());
+        let mut bits = Vec::with_capacity(bitmaps.len());
+        for b in bitmaps {
+            names.push(b.name);
+            bits.push(b.bitmap);
+            holds.push(b.hold);
+        }
         let shared = Arc::new(ExportShared {
             common,
             name: name.clone(),
             description,
             allocation_depth,
-            bitmaps,
+            bitmaps: names,
+            bitmap_bits: bits,
             multi_conn,
             next_thread: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
@@ -199,6 +214,7 @@ impl Registry {
         Ok(NbdExport {
             shared,
             registry: self.clone(),
+            _holds: holds,
         })
     }
 }
@@ -222,6 +238,9 @@ impl ExportCatalog for Registry {
 pub struct NbdExport {
     shared: Arc<ExportShared>,
     registry: Arc<Registry>,
+    /// The offered bitmaps stay busy until the registry drops the export
+    /// (after the last client, as QEMU's `nbd_export_delete`).
+    _holds: Vec<engine::block::BusyGuard>,
 }
 
 impl Export for NbdExport {

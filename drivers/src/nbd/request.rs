@@ -5,16 +5,18 @@ use std::rc::Rc;
 use engine::block::{BlockError, BlockStatus};
 use engine::buf::{pool, Buf};
 
-use super::conn::Conn;
+use super::conn::{error_kind, Conn};
 use super::proto::consts::{
     NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE,
-    NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_FLAG_REQ_ONE, NBD_STATE_HOLE, NBD_STATE_ZERO,
+    NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_FLAG_REQ_ONE, NBD_STATE_DIRTY, NBD_STATE_HOLE,
+    NBD_STATE_ZERO,
 };
 use super::proto::{
     chunk_block_status, chunk_none, chunk_offset_hole, parse_block_status_payload,
     read_data_header, reply_error, reply_ok, Command, Extent, MetaContext, NbdErrno, ReplyMode,
     RequestHeader,
 };
+use crate::stats::{ErrorKind, OpKind, Outcome, Stamp, Started};
 
 /// Reads at least this long are split into data and hole chunks (structured
 /// replies without `DF`); shorter ones are sent as data, which costs the
@@ -30,14 +32,39 @@ fn errno_of(e: &BlockError) -> NbdErrno {
     NbdErrno::from_errno(e.errno())
 }
 
-/// Runs `h` and queues the reply.
-pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Buf>) {
+/// The statistics kind of a command.
+fn op_kind(c: Command) -> OpKind {
+    match c {
+        Command::Read => OpKind::Read,
+        Command::Write => OpKind::Write,
+        Command::Flush => OpKind::Flush,
+        Command::Trim => OpKind::Discard,
+        Command::WriteZeroes => OpKind::WriteZeroes,
+        Command::BlockStatus => OpKind::BlockStatus,
+        Command::Cache | Command::Disc | Command::Unknown(_) => OpKind::Other,
+    }
+}
+
+/// Records `h` as received at `at`.
+pub(crate) fn start(conn: &Conn, at: Stamp, h: &RequestHeader) -> Started {
+    // A flush has no bytes (QEMU counts none either).
+    let len = if h.kind == Command::Flush {
+        0
+    } else {
+        h.length
+    };
+    conn.rec.start_at(at, op_kind(h.kind), h.offset, len)
+}
+
+/// Runs `h` and queues the reply; `t` is its start in the statistics.
+pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Buf>, t: Started) {
     let to = conn.reply_to(&h);
     let result: Result<(), BlockError> = match h.kind {
-        Command::Read => return read(&conn, &h).await,
+        Command::Read => return read(&conn, &h, t).await,
         Command::Write => {
             let Some(buf) = payload else {
                 conn.reply(
+                    (t, Outcome::Invalid(ErrorKind::Invalid)),
                     |v| reply_error(v, &to, NbdErrno::Inval, "write without payload"),
                     None,
                 );
@@ -70,19 +97,20 @@ pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Bu
             }
         }
         Command::Cache => conn.handle.cache(h.offset, h.length),
-        Command::BlockStatus => return block_status(&conn, &h, payload).await,
+        Command::BlockStatus => return block_status(&conn, &h, payload, t).await,
         Command::Disc | Command::Unknown(_) => Err(BlockError::NotSupported),
     };
     match result {
-        Ok(()) => conn.reply(|v| reply_ok(v, &to), None),
+        Ok(()) => conn.reply((t, Outcome::Ok), |v| reply_ok(v, &to), None),
         Err(e) => {
             let msg = e.to_string();
-            conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+            let done = (t, Outcome::of_error(&e));
+            conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
         }
     }
 }
 
-async fn read(conn: &Conn, h: &RequestHeader) {
+async fn read(conn: &Conn, h: &RequestHeader, t: Started) {
     let to = conn.reply_to(h);
     let len = h.length as usize;
     let sparse = conn.mode != ReplyMode::Simple
@@ -91,7 +119,7 @@ async fn read(conn: &Conn, h: &RequestHeader) {
     if sparse {
         if let Ok((st, n)) = conn.handle.block_status(h.offset, h.length).await {
             if n < h.length || st.zero {
-                return sparse_read(conn, h, (st, n)).await;
+                return sparse_read(conn, h, (st, n), t).await;
             }
         }
     }
@@ -99,6 +127,7 @@ async fn read(conn: &Conn, h: &RequestHeader) {
     {
         // The writer splices the page-cache pages to the socket: no copy.
         return conn.reply_splice(
+            (t, Outcome::Ok),
             |v| {
                 let _ = read_data_header(v, &to, true, h.offset, len as u32);
             },
@@ -109,6 +138,7 @@ async fn read(conn: &Conn, h: &RequestHeader) {
     let (r, buf) = conn.handle.read(h.offset, pool::check_out(len)).await;
     match r {
         Ok(()) => conn.reply(
+            (t, Outcome::Ok),
             |v| {
                 let _ = read_data_header(v, &to, true, h.offset, len as u32);
             },
@@ -118,14 +148,15 @@ async fn read(conn: &Conn, h: &RequestHeader) {
             pool::check_in(buf);
             conn.release_read_budget(len);
             let msg = e.to_string();
-            conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+            let done = (t, Outcome::of_error(&e));
+            conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
         }
     }
 }
 
 /// A structured read as data and hole chunks, then a final NONE chunk.
 /// `first` is the status of the run at `h.offset`, already looked up.
-async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64)) {
+async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64), t: Started) {
     let to = conn.reply_to(h);
     let mut parts = Vec::new();
     let mut off = h.offset;
@@ -153,7 +184,8 @@ async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64)) 
                 pool::check_in(buf);
                 conn.release_read_budget(h.length as usize);
                 let msg = e.to_string();
-                conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
+                let done = (t, Outcome::of_error(&e));
+                conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
                 return;
             }
             let _ = read_data_header(&mut hdr, &to, false, off, n as u32);
@@ -165,12 +197,15 @@ async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64)) 
     let _ = chunk_none(&mut done, &to);
     parts.push((done, None));
     conn.release_read_budget(holes);
-    conn.reply_parts(parts);
+    conn.reply_parts((t, Outcome::Ok), parts);
 }
 
-async fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>) {
+async fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>, t: Started) {
     let to = conn.reply_to(h);
-    let fail = |e: NbdErrno, msg: &str| conn.reply(|v| reply_error(v, &to, e, msg), None);
+    let fail = |e: NbdErrno, msg: &str| {
+        let done = (t, Outcome::Invalid(error_kind(e)));
+        conn.reply(done, |v| reply_error(v, &to, e, msg), None)
+    };
     // Which contexts, and how far (the payload form carries both).
     let mut length = h.length;
     let mut wanted: Vec<&(u32, MetaContext)> = conn.contexts.iter().collect();
@@ -210,14 +245,15 @@ async fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>) {
     };
     let mut parts = Vec::with_capacity(wanted.len());
     for (i, (id, ctx)) in wanted.iter().enumerate() {
-        let extents = match collect_extents(conn, ctx, h.offset, length.min(max_len), req_one).await
-        {
-            Ok(e) => e,
-            Err(e) => {
-                let msg = e.to_string();
-                return conn.reply(|v| reply_error(v, &to, errno_of(&e), &msg), None);
-            }
-        };
+        let extents =
+            match collect_extents(conn, *id, ctx, h.offset, length.min(max_len), req_one).await {
+                Ok(e) => e,
+                Err(e) => {
+                    let msg = e.to_string();
+                    let done = (t, Outcome::of_error(&e));
+                    return conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
+                }
+            };
         let mut hdr = Vec::with_capacity(32 + extents.len() * 16);
         let _ = chunk_block_status(&mut hdr, &to, i + 1 == wanted.len(), *id, &extents);
         parts.push((hdr, None));
@@ -225,7 +261,7 @@ async fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>) {
     if parts.is_empty() {
         return fail(NbdErrno::Inval, "no metadata context selected");
     }
-    conn.reply_parts(parts);
+    conn.reply_parts((t, Outcome::Ok), parts);
 }
 
 fn flags_for(ctx: &MetaContext, st: BlockStatus) -> u32 {
@@ -234,35 +270,69 @@ fn flags_for(ctx: &MetaContext, st: BlockStatus) -> u32 {
             (if st.data { 0 } else { NBD_STATE_HOLE }) | (if st.zero { NBD_STATE_ZERO } else { 0 })
         }
         MetaContext::AllocationDepth => st.depth,
-        // No dirty bitmaps exist yet: every range is clean.
+        // Answered from the bitmap itself (`bitmap_extents`).
         MetaContext::DirtyBitmap(_) => 0,
     }
 }
 
+/// Appends a run, merging it into the last one when the flags match;
+/// false when the reply is full.
+fn push_extent(out: &mut Vec<Extent>, length: u64, flags: u32, req_one: bool) -> bool {
+    match out.last_mut() {
+        Some(last) if last.flags == flags => last.length += length,
+        _ => {
+            if out.len() == MAX_EXTENTS || (req_one && !out.is_empty()) {
+                return false;
+            }
+            out.push(Extent { length, flags });
+        }
+    }
+    true
+}
+
 async fn collect_extents(
     conn: &Conn,
+    id: u32,
     ctx: &MetaContext,
     offset: u64,
     length: u64,
     req_one: bool,
 ) -> Result<Vec<Extent>, BlockError> {
+    if let MetaContext::DirtyBitmap(_) = ctx {
+        return Ok(bitmap_extents(conn, id, offset, length, req_one));
+    }
     let mut out: Vec<Extent> = Vec::new();
     let mut off = offset;
     let end = offset + length;
     while off < end {
         let (st, n) = conn.handle.block_status(off, end - off).await?;
         let n = n.min(end - off);
-        let flags = flags_for(ctx, st);
-        match out.last_mut() {
-            Some(last) if last.flags == flags => last.length += n,
-            _ => {
-                if out.len() == MAX_EXTENTS || (req_one && !out.is_empty()) {
-                    break;
-                }
-                out.push(Extent { length: n, flags });
-            }
+        if !push_extent(&mut out, n, flags_for(ctx, st), req_one) {
+            break;
         }
         off += n;
     }
     Ok(out)
+}
+
+/// Dirty (`NBD_STATE_DIRTY`) and clean runs of the bitmap with context id
+/// `id`; past the bitmap's end (it cannot be resized while exported, but
+/// be safe) and without a bitmap, clean.
+fn bitmap_extents(conn: &Conn, id: u32, offset: u64, length: u64, req_one: bool) -> Vec<Extent> {
+    let mut out = Vec::new();
+    let end = offset + length;
+    let mut off = offset;
+    if let Some(bitmap) = conn.bitmap(id) {
+        for e in bitmap.extents(offset, end) {
+            let flags = if e.dirty { NBD_STATE_DIRTY } else { 0 };
+            if !push_extent(&mut out, e.len, flags, req_one) {
+                return out;
+            }
+            off = e.offset + e.len;
+        }
+    }
+    if off < end {
+        push_extent(&mut out, end - off, 0, req_one);
+    }
+    out
 }

@@ -6,51 +6,52 @@
 //! CVE-2024-7409), then moved, as a plain fd plus the negotiated state, to
 //! the iothread the export picks (round robin over its list), where the
 //! transmission phase runs with the socket and the node's I/O on one ring.
+//! At `max-connections` the loop stops accepting until a connection ends
+//! (`gate`), so further clients wait in the listen backlog, as in QEMU.
 
-use std::net::ToSocketAddrs;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use engine::block::{BusyGuard, DirtyBitmap};
 use engine::iothread::{spawn_local, IoThreadHandle};
 use engine::op::{self, SharedFd};
 
 use super::conn;
+use super::gate::{AcceptGate, Slot};
 use super::negotiate::{negotiate, HandshakeEnd};
 use super::registry::Registry;
 use crate::export::{Export, ExportCommon, ExportError};
+use crate::socket::Listener;
+use crate::stats::{peer_name, RateLimit};
 
-/// Where the server listens.
-#[derive(Debug)]
-pub enum NbdAddr {
-    /// A unix socket path (created; removed on stop).
-    Unix(PathBuf),
-    /// A TCP host and port (`port` may be a service name or `0`).
-    Tcp {
-        /// Host name or address.
-        host: String,
-        /// Port.
-        port: String,
-    },
-    /// An already listening socket.
-    Fd(OwnedFd),
-}
+/// Handshake failures are a client's doing: their log lines are limited.
+static HANDSHAKE_LOG: RateLimit = RateLimit::new();
 
 /// `nbd-server-start` arguments.
 #[derive(Debug)]
 pub struct NbdServerConfig {
-    /// Listening address.
-    pub addr: NbdAddr,
+    /// The listening socket (see [`crate::socket::listen`]).
+    pub listener: Listener,
     /// Connections served at once; 0 is unlimited.
     pub max_connections: u32,
     /// Handshakes not finished within this are dropped (`None`: no limit).
     pub handshake_timeout: Option<Duration>,
 }
 
+/// A dirty bitmap an export offers as `qemu:dirty-bitmap:NAME`.
+#[derive(Debug)]
+pub struct NbdBitmap {
+    /// `NAME` of the context.
+    pub name: String,
+    /// The bits block status reports.
+    pub bitmap: Arc<DirtyBitmap>,
+    /// Keeps the bitmap busy until the export is gone.
+    pub hold: BusyGuard,
+}
+
 /// The NBD part of `block-export-add`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct NbdExportOptions {
     /// Export name clients ask for.
     pub name: String,
@@ -58,26 +59,14 @@ pub struct NbdExportOptions {
     pub description: Option<String>,
     /// Offer `qemu:allocation-depth`.
     pub allocation_depth: bool,
-    /// Dirty bitmaps offered as `qemu:dirty-bitmap:NAME`.
-    pub bitmaps: Vec<String>,
+    /// Dirty bitmaps offered as `qemu:dirty-bitmap:NAME`, in context-id order.
+    pub bitmaps: Vec<NbdBitmap>,
 }
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NbdError {
-    /// Binding or listening failed.
-    #[error("Failed to bind socket to {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// What the kernel said.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A TCP address did not resolve.
-    #[error("address resolution failed for {0}")]
-    Resolve(String),
     /// The accept iothread is gone.
     #[error("iothread unavailable: {0}")]
     IoThread(#[from] engine::EngineError),
@@ -85,8 +74,7 @@ pub enum NbdError {
 
 struct ServerShared {
     registry: Arc<Registry>,
-    stopped: AtomicBool,
-    connections: AtomicUsize,
+    gate: Arc<AcceptGate>,
     max_connections: u32,
     handshake_timeout: Option<Duration>,
 }
@@ -94,34 +82,35 @@ struct ServerShared {
 /// A running NBD server. See the module docs.
 pub struct NbdServer {
     shared: Arc<ServerShared>,
-    listener: Mutex<Option<OwnedFd>>,
     unix_path: Option<PathBuf>,
     local_port: Option<u16>,
 }
 
 impl NbdServer {
-    /// Binds and starts accepting on `accept_on`.
+    /// Starts accepting on `accept_on`. The server owns the listening
+    /// socket from now on and closes it when it stops.
     pub fn start(
         config: NbdServerConfig,
         accept_on: IoThreadHandle,
     ) -> Result<NbdServer, NbdError> {
-        let (listener, unix_path, local_port) = bind(config.addr)?;
-        let keep = listener.try_clone().map_err(|e| NbdError::Bind {
-            addr: "listener".into(),
-            source: e,
-        })?;
+        let local_port = config.listener.local_port();
+        let (listener, unix_path) = config.listener.into_parts();
         let shared = Arc::new(ServerShared {
             registry: Arc::new(Registry::default()),
-            stopped: AtomicBool::new(false),
-            connections: AtomicUsize::new(0),
+            gate: AcceptGate::new(config.max_connections),
             max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
         });
         let sh = shared.clone();
-        accept_on.post(move || spawn_local(accept_loop(SharedFd::new(listener), sh)))?;
+        let started = accept_on.post(move || spawn_local(accept_loop(SharedFd::new(listener), sh)));
+        if let Err(e) = started {
+            if let Some(p) = &unix_path {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e.into());
+        }
         Ok(NbdServer {
             shared,
-            listener: Mutex::new(Some(keep)),
             unix_path,
             local_port,
         })
@@ -159,19 +148,14 @@ impl NbdServer {
     }
 
     /// Stops listening. Exports stay until the control plane removes them.
+    /// The accept loop drops its pending accept (cancelling it) and with
+    /// it the listening socket; a socket the daemon was handed is closed,
+    /// never shut down, since its launcher (systemd) may hold a copy.
     pub fn stop(&self) {
-        if self.shared.stopped.swap(true, Ordering::AcqRel) {
+        if self.shared.gate.is_stopped() {
             return;
         }
-        if let Some(l) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            // Wakes the pending accept (it fails with EINVAL), which ends the loop.
-            let _ = nix::sys::socket::shutdown(l.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-        }
+        self.shared.gate.stop();
         if let Some(p) = &self.unix_path {
             let _ = std::fs::remove_file(p);
         }
@@ -184,76 +168,21 @@ impl Drop for NbdServer {
     }
 }
 
-fn bind(addr: NbdAddr) -> Result<(OwnedFd, Option<PathBuf>, Option<u16>), NbdError> {
-    match addr {
-        NbdAddr::Unix(path) => {
-            let shown = path.display().to_string();
-            // QEMU replaces a stale socket; never delete anything else.
-            if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-            let l = std::os::unix::net::UnixListener::bind(&path).map_err(|e| NbdError::Bind {
-                addr: shown,
-                source: e,
-            })?;
-            Ok((l.into(), Some(path), None))
-        }
-        NbdAddr::Tcp { host, port } => {
-            let shown = format!("{host}:{port}");
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let addrs: Vec<_> = (
-                host.as_str(),
-                port.parse::<u16>()
-                    .map_err(|_| NbdError::Resolve(shown.clone()))?,
-            )
-                .to_socket_addrs()
-                .map_err(|_| NbdError::Resolve(shown.clone()))?
-                .collect();
-            let mut last = None;
-            for a in addrs {
-                match std::net::TcpListener::bind(a) {
-                    Ok(l) => {
-                        let port = l.local_addr().map(|a| a.port()).ok();
-                        return Ok((l.into(), None, port));
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(NbdError::Bind {
-                addr: shown,
-                source: last.unwrap_or_else(|| std::io::Error::other("no address")),
-            })
-        }
-        NbdAddr::Fd(fd) => Ok((fd, None, None)),
-    }
-}
-
 /// Send buffer asked for on every connection.
 const SOCKET_BUF: usize = 4 << 20;
 
-/// Releases a server-wide connection slot when dropped.
-struct Slot(Arc<ServerShared>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 async fn accept_loop(listener: SharedFd, shared: Arc<ServerShared>) {
-    loop {
-        let fd = match op::accept(&listener).await {
+    let gate = shared.gate.clone();
+    // At max-connections, no accept is pending: clients wait in the backlog.
+    while let Some(slot) = gate.slot().await {
+        let Some(accepted) = gate.unless_stopped(op::accept(&listener)).await else {
+            break;
+        };
+        let fd = match accepted {
             Ok(fd) => fd,
             Err(e) => {
-                if shared.stopped.load(Ordering::Acquire) {
-                    break;
-                }
                 log::warn!("nbd: accept failed: {e}");
+                drop(slot);
                 if matches!(
                     e.raw_os_error(),
                     Some(libc::EMFILE)
@@ -263,25 +192,12 @@ async fn accept_loop(listener: SharedFd, shared: Arc<ServerShared>) {
                 ) {
                     op::sleep(Duration::from_millis(100)).await;
                 } else if e.raw_os_error() == Some(libc::EINVAL) {
+                    // Not listening any more.
                     break;
                 }
                 continue;
             }
         };
-        if shared.stopped.load(Ordering::Acquire) {
-            break;
-        }
-        let n = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        let slot = Slot(shared.clone());
-        if shared.max_connections != 0 && n > shared.max_connections as usize {
-            log::info!(
-                "nbd: refusing connection: max-connections {} reached",
-                shared.max_connections
-            );
-            drop(fd);
-            drop(slot);
-            continue;
-        }
         let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::TcpNoDelay, &true);
         // A 1 MiB read reply fits the socket in one sendmsg instead of
         // five partial ones (the default is about 208 KiB); the kernel caps
@@ -300,14 +216,20 @@ async fn handshake(fd: SharedFd, shared: Arc<ServerShared>, slot: Slot) {
         Ok(Ok(v)) => v,
         Ok(Err(HandshakeEnd::Closed)) | Ok(Err(HandshakeEnd::Aborted)) => return,
         Ok(Err(e)) => {
-            log::info!("nbd: {e}");
+            let peer = peer_name(std::os::fd::AsFd::as_fd(&fd));
+            HANDSHAKE_LOG.info(format_args!(
+                "nbd: {}: {e}",
+                peer.as_deref().unwrap_or("client")
+            ));
             return;
         }
         Err(op::Elapsed) => {
-            log::info!(
-                "nbd: handshake not finished within {:?}; dropping the client",
+            let peer = peer_name(std::os::fd::AsFd::as_fd(&fd));
+            HANDSHAKE_LOG.info(format_args!(
+                "nbd: {} did not finish the handshake within {:?}; dropping it",
+                peer.as_deref().unwrap_or("client"),
                 shared.handshake_timeout
-            );
+            ));
             return;
         }
     };

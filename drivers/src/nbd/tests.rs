@@ -10,6 +10,7 @@ use engine::iothread::{IoThread, IoThreadConfig};
 
 use super::*;
 use crate::export::{ExportCommon, RemoveMode};
+use crate::socket::ListenAddr;
 
 struct StderrLog;
 impl log::Log for StderrLog {
@@ -61,7 +62,7 @@ fn qemu_io_write_then_read_back() {
     )
     .expect("node");
     let cfg = NbdServerConfig {
-        addr: NbdAddr::Unix(sock.clone()),
+        listener: crate::socket::listen(ListenAddr::Unix(sock.clone())).expect("listen"),
         max_connections: 0,
         handshake_timeout: Some(Duration::from_secs(10)),
     };
@@ -76,6 +77,7 @@ fn qemu_io_write_then_read_back() {
         on_drained: Arc::new(move |id: &str| {
             let _ = tx.send(id.to_string());
         }),
+        stats: crate::stats::ExportStats::new("e0", "disk0"),
     };
     let mut export = server
         .add_export(

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
+use super::bitmap::DirtyTracker;
 use super::error::{BlockError, BlockResult};
 use super::node::{BlockNode, Kind};
 use super::rbd::LocalImage;
@@ -48,6 +49,8 @@ struct Inner {
     leaf: Leaf,
     /// Added to every offset on the way to the leaf (`raw` `offset`).
     base: u64,
+    /// Marks the dirty bitmaps of every node of the chain.
+    dirty: DirtyTracker,
 }
 
 /// A node's data path on the current iothread. See the module docs.
@@ -72,6 +75,7 @@ impl BlockHandle {
             node: node.clone(),
             leaf,
             base,
+            dirty: DirtyTracker::new(node),
         });
         HANDLES.with(|h| {
             let mut h = h.borrow_mut();
@@ -139,11 +143,15 @@ impl BlockHandle {
                     buf = b;
                     match r {
                         Ok(0) => {
-                            // Past the end of the file: zeroes, as a hole would.
+                            // Past the end of the file (the sector-rounded
+                            // tail, a raw window past its child): zeroes, as
+                            // a hole would.
                             let end = buf.len();
                             buf.zero(done..end);
                             break;
                         }
+                        // Short at the end of the file; the next read
+                        // returns 0 (even unaligned under O_DIRECT).
                         Ok(n) => done += n,
                         Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                         Err(e) => {
@@ -169,6 +177,7 @@ impl BlockHandle {
         if let Err(e) = self.check(offset, len) {
             return (Err(e), buf);
         }
+        let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => (Ok(()), buf),
             Leaf::File {
@@ -212,14 +221,16 @@ impl BlockHandle {
     }
 
     /// True when [`Self::read_to_pipe`] can serve `offset..offset+len`
-    /// (a buffered file; `O_DIRECT` data never sits in the page cache).
+    /// (a buffered file; `O_DIRECT` data never sits in the page cache),
+    /// which ends before the file does: a splice cannot return the zeroes
+    /// of the rounded-up tail.
     pub fn can_splice(&self, offset: u64, len: u64) -> bool {
         match &self.inner.leaf {
             Leaf::File { buffered: None, .. } => {
                 offset
                     .checked_add(len)
                     .is_some_and(|end| end <= self.size())
-                    && self.inner.base + offset + len <= self.leaf_size()
+                    && self.inner.base + offset + len <= self.leaf_node().data_end()
             }
             _ => false,
         }
@@ -270,6 +281,7 @@ impl BlockHandle {
             return Ok(());
         }
         let at = self.inner.base + offset;
+        let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
             Leaf::Rbd(Some(img)) => img.discard(at, len).await,
@@ -301,6 +313,7 @@ impl BlockHandle {
         }
         self.check(offset, len)?;
         let may_unmap = may_unmap && self.inner.node.unmap();
+        let _dirty = self.inner.dirty.guard(offset, len);
         let at = self.inner.base + offset;
         let fd = match &self.inner.leaf {
             Leaf::File { fd, .. } => fd,
@@ -370,12 +383,16 @@ impl BlockHandle {
         }
     }
 
-    fn leaf_size(&self) -> u64 {
+    fn leaf_node(&self) -> &Arc<BlockNode> {
         let mut n = &self.inner.node;
         while let Some(c) = n.child() {
             n = c;
         }
-        n.size()
+        n
+    }
+
+    fn leaf_size(&self) -> u64 {
+        self.leaf_node().size()
     }
 
     /// Hints that the range will be read soon.
@@ -403,6 +420,7 @@ impl BlockHandle {
                 nix::unistd::ftruncate(fd, size as i64)
                     .map_err(|e| BlockError::io("truncate", size, e.into()))?;
                 node.set_size(size);
+                node.bitmaps().resize(size);
                 Ok(())
             }
             (Kind::Rbd(_), Leaf::Rbd(Some(img))) => {

@@ -11,9 +11,12 @@
 //! with `cache.direct`, QEMU-compatible OFD locking), `raw` (a window of its
 //! child), `null-co` / `null-aio`, `rbd` (librbd, loaded at run time),
 //! and protocol drivers outside the engine through [`remote`]
-//! (the NBD client). The block layer does not parse wire
+//! (the NBD client). Every node has a set of dirty bitmaps
+//! ([`bitmap`]) that handles mark on every write, write-zeroes and discard,
+//! without a lock. The block layer does not parse wire
 //! input; callers pass offsets and lengths, which it bounds-checks again.
 
+pub mod bitmap;
 mod error;
 mod handle;
 mod lock;
@@ -23,11 +26,12 @@ mod rbd;
 pub mod remote;
 mod status;
 
+pub use bitmap::{BitmapError, BitmapInfo, BitmapSet, BusyGuard, DirtyBitmap, DirtyExtent};
 pub use error::{BlockError, BlockResult};
 pub use handle::BlockHandle;
 pub use node::{
-    BlockNode, FileOptions, NodeFlags, NodeOptions, NullOptions, PermGuard, RawOptions,
-    RemoteOptions,
+    round_to_sector, BlockNode, FileOptions, NodeFlags, NodeOptions, NullOptions, PermGuard,
+    RawOptions, RemoteOptions, SECTOR_SIZE,
 };
 pub use perm::Perm;
 pub use rbd::RbdOptions;

@@ -6,12 +6,21 @@
 //! What every iothread must agree on (the size) is an atomic the data path
 //! reads without a lock; permissions are control-plane state behind a mutex
 //! the data path never takes.
+//!
+//! # Sizes are whole sectors
+//!
+//! QEMU's block layer counts node sizes in 512-byte sectors, so a
+//! 1,000,000-byte image is a 1,000,448-byte disk: the tail past the end of
+//! the file reads as zeroes, and a write there extends the file. Every node
+//! here rounds its size up the same way ([`round_to_sector`]), so every
+//! export type shows the size QSD shows.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::bitmap::BitmapSet;
 use super::error::{BlockError, BlockResult};
 use super::lock;
 use super::perm::{Perm, PermTable};
@@ -102,6 +111,10 @@ pub enum NodeOptions {
 #[derive(Debug)]
 pub(crate) struct FileState {
     pub(crate) file: Arc<File>,
+    /// The file's length when opened or last truncated: where its data
+    /// may end, before the node's size is rounded up to a sector. Writes
+    /// into the tail only make the file longer than this.
+    pub(crate) file_len: AtomicU64,
     /// A second descriptor without `O_DIRECT` for requests the device
     /// alignment does not allow (only when `direct`).
     pub(crate) buffered: Option<Arc<File>>,
@@ -131,9 +144,20 @@ pub struct BlockNode {
     read_only: bool,
     perms: PermTable,
     flags: NodeFlags,
+    /// Dirty bitmaps (`block-dirty-bitmap-*`).
+    bitmaps: Arc<BitmapSet>,
 }
 
 static NEXT_NODE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// QEMU's `BDRV_SECTOR_SIZE`.
+pub const SECTOR_SIZE: u64 = 512;
+
+/// `size` rounded up to a whole number of sectors (see the module docs).
+pub fn round_to_sector(size: u64) -> u64 {
+    size.checked_next_multiple_of(SECTOR_SIZE)
+        .unwrap_or(u64::MAX - (SECTOR_SIZE - 1))
+}
 
 impl BlockNode {
     /// Opens a node named `name` with driver `driver` (QEMU's driver name).
@@ -165,7 +189,7 @@ impl BlockNode {
                 let child_size = o.child.size();
                 if o.offset > child_size {
                     return Err(BlockError::Invalid(format!(
-                        "The sum of offset ({}) and size (0) has to be smaller or equal to the  actual size of the containing file ({child_size})",
+                        "Offset ({}) cannot be greater than size of the containing file ({child_size})",
                         o.offset
                     )));
                 }
@@ -176,7 +200,15 @@ impl BlockNode {
                             o.offset
                         )));
                     }
+                    // Else the rounding would leak past the window.
+                    Some(s) if s % SECTOR_SIZE != 0 => {
+                        return Err(BlockError::Invalid(format!(
+                            "Specified size is not multiple of {SECTOR_SIZE}"
+                        )));
+                    }
                     Some(s) => s,
+                    // With an unaligned offset this may end up to 511 bytes
+                    // past the child, as in QEMU: reads there are zeroes.
                     None => child_size - o.offset,
                 };
                 let ro = o.child.read_only();
@@ -204,10 +236,11 @@ impl BlockNode {
             name: name.to_string(),
             driver,
             kind,
-            size: AtomicU64::new(size),
+            size: AtomicU64::new(round_to_sector(size)),
             read_only,
             perms: PermTable::default(),
             flags,
+            bitmaps: Arc::default(),
         }))
     }
 
@@ -223,8 +256,20 @@ impl BlockNode {
     pub fn size(&self) -> u64 {
         self.size.load(Ordering::Acquire)
     }
+    /// Sets the size after a resize of the file to `size` bytes.
     pub(crate) fn set_size(&self, size: u64) {
-        self.size.store(size, Ordering::Release)
+        if let Kind::File(f) = &self.kind {
+            f.file_len.store(size, Ordering::Release);
+        }
+        self.size.store(round_to_sector(size), Ordering::Release)
+    }
+    /// Where the data of this node's bottom may end: a file's length
+    /// (see `FileState::file_len`), else the size.
+    pub(crate) fn data_end(&self) -> u64 {
+        match &self.kind {
+            Kind::File(f) => f.file_len.load(Ordering::Acquire),
+            _ => self.size(),
+        }
     }
     /// Opened read-only.
     pub fn read_only(&self) -> bool {
@@ -263,6 +308,10 @@ impl BlockNode {
             Kind::Raw { child, .. } => child.direct(),
             Kind::Null { .. } | Kind::Rbd(_) | Kind::Remote(_) => false,
         }
+    }
+    /// The node's dirty bitmaps.
+    pub fn bitmaps(&self) -> &Arc<BitmapSet> {
+        &self.bitmaps
     }
     /// Users attached with permissions (exports, parents).
     pub fn users(&self) -> usize {
@@ -385,6 +434,7 @@ fn open_file(o: FileOptions) -> BlockResult<(Kind, u64, bool)> {
     let align = if o.direct { 4096 } else { 1 };
     let state = FileState {
         file: Arc::new(file),
+        file_len: AtomicU64::new(size),
         buffered,
         align,
         no_flush: o.no_flush,

@@ -182,3 +182,118 @@ fn permissions_conflict_in_process_and_across_descriptions() {
     b.attach("export e1", rw, Perm::ALL)
         .expect("free after release");
 }
+
+/// QEMU counts sizes in sectors: a 1,000,000-byte file is a 1,000,448-byte
+/// node whose tail reads as zeroes and extends the file when written.
+fn unaligned_file_size(direct: bool) {
+    let t = iothread();
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("img");
+    std::fs::write(&path, vec![0xabu8; 1_000_000]).expect("create");
+    let node = file_node(&path, direct);
+    assert_eq!(node.size(), 1_000_448);
+    assert_eq!(node.data_end(), 1_000_000);
+    let n = node.clone();
+    t.handle()
+        .block_on(move || async move {
+            let h = BlockHandle::open(&n);
+            assert!(
+                !h.can_splice(999_424, 1024),
+                "no splice across the end of the file"
+            );
+            assert!(h.can_splice(0, 999_424) || direct);
+            let (r, b) = h.read(999_424, Buf::zeroed(1024)).await;
+            r.expect("tail read");
+            assert!(b.as_slice()[..576].iter().all(|&x| x == 0xab));
+            assert!(b.as_slice()[576..].iter().all(|&x| x == 0));
+            let (st, len) = h.block_status(1_000_000, 448).await.expect("status");
+            assert_eq!((st, len), (BlockStatus::HOLE, 448));
+            let (r, _) = h.write(1_000_400, pattern(48, 5), false).await;
+            r.expect("tail write");
+            let (r, _) = h.read(1_000_400, Buf::zeroed(49)).await;
+            assert!(matches!(r, Err(BlockError::OutOfRange { .. })));
+        })
+        .expect("block_on");
+    let data = std::fs::read(&path).expect("read back");
+    assert_eq!(data.len(), 1_000_448, "the write extended the file");
+    assert!(data[1_000_000..1_000_400].iter().all(|&x| x == 0));
+    assert_eq!(&data[1_000_400..], pattern(48, 5).as_slice());
+}
+
+#[test]
+fn unaligned_file_size_buffered() {
+    unaligned_file_size(false);
+}
+
+#[test]
+fn unaligned_file_size_direct() {
+    unaligned_file_size(true);
+}
+
+#[test]
+fn every_node_rounds_to_sectors_like_qemu() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("img");
+    std::fs::write(&path, vec![0u8; 1_000_000]).expect("create");
+    let file = file_node(&path, false);
+    let raw = |offset: u64, size: Option<u64>| {
+        BlockNode::open(
+            "fmt",
+            "raw",
+            NodeOptions::Raw(RawOptions {
+                child: file.clone(),
+                offset,
+                size,
+            }),
+        )
+    };
+    assert_eq!(raw(0, None).expect("raw").size(), 1_000_448);
+    // The rest of the child past 1000 bytes, rounded up again (QEMU too).
+    assert_eq!(raw(1000, None).expect("raw").size(), 999_936);
+    assert_eq!(raw(512, Some(999_424)).expect("raw").size(), 999_424);
+    let msg = |r: BlockResult<Arc<BlockNode>>| r.map(|_| ()).unwrap_err().to_string();
+    assert_eq!(
+        msg(raw(0, Some(1_000_000))),
+        "Specified size is not multiple of 512"
+    );
+    assert_eq!(
+        msg(raw(2_000_000, None)),
+        "Offset (2000000) cannot be greater than size of the containing file (1000448)"
+    );
+    assert_eq!(
+        msg(raw(512, Some(1_000_000))),
+        "The sum of offset (512) and size (1000000) has to be smaller or equal to the  actual size of the containing file (1000448)"
+    );
+    let null = BlockNode::open(
+        "n",
+        "null-co",
+        NodeOptions::Null(NullOptions {
+            size: 1_000_000,
+            read_zeroes: true,
+        }),
+    )
+    .expect("null");
+    assert_eq!(null.size(), 1_000_448);
+    assert_eq!(round_to_sector(u64::MAX), u64::MAX - 511);
+}
+
+#[test]
+fn direct_read_across_the_end_of_the_file() {
+    let t = iothread();
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("img");
+    std::fs::write(&path, vec![0xcdu8; 8000]).expect("create");
+    let node = file_node(&path, true);
+    assert_eq!(node.size(), 8192);
+    t.handle()
+        .block_on(move || async move {
+            let h = BlockHandle::open(&node);
+            // Aligned, so O_DIRECT: short at 8000, then an unaligned read
+            // there that must give 0, not EINVAL.
+            let (r, b) = h.read(4096, Buf::zeroed(4096)).await;
+            r.expect("read");
+            assert!(b.as_slice()[..3904].iter().all(|&x| x == 0xcd));
+            assert!(b.as_slice()[3904..].iter().all(|&x| x == 0));
+        })
+        .expect("block_on");
+}

@@ -10,13 +10,16 @@
 //! does not hit the global allocator for every request. Small buffers come
 //! first from the iothread's registered arena ([`fixed`]), which the ring
 //! reads and writes with `READ_FIXED`/`WRITE_FIXED` (no page pinning per
-//! operation).
+//! operation). [`zeroed_words`] gives lazily zeroed atomic words (dirty
+//! bitmaps).
 
 mod aligned;
 pub(crate) mod fixed;
 pub mod pool;
+mod zeroed;
 
 pub use aligned::Buf;
+pub use zeroed::zeroed_words;
 
 /// The result of an operation that owned a buffer, with the buffer handed back.
 pub type BufResult<T, B> = (std::io::Result<T>, B);

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Sender};
 
-pub use runtime::spawn_local;
+pub use runtime::{reap_time, spawn_local};
 
 use crate::error::{EngineError, Result};
 use crate::ring::{Ring, RingFeatures};

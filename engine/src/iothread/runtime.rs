@@ -21,6 +21,7 @@ use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use io_uring::opcode;
@@ -47,6 +48,17 @@ pub(crate) struct Runtime {
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
     static CURRENT_ID: Cell<Option<usize>> = const { Cell::new(None) };
+    /// When this thread last reaped completions (see [`reap_time`]).
+    static REAPED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The time this iothread last reaped completions from its ring. For a
+/// task just woken by an operation's completion, that is when the
+/// completion reached user space, had without reading the clock again
+/// (statistics stamp every request with it). Off an iothread, or before
+/// its first reap, the current time.
+pub fn reap_time() -> Instant {
+    REAPED_AT.with(Cell::get).unwrap_or_else(Instant::now)
 }
 
 /// Runs `f` with this thread's runtime. See the module's `# Panics`.
@@ -175,6 +187,9 @@ impl Runtime {
             log::error!("iothread {}: io_uring_enter failed: {e}", self.id);
         }
         ring.reap();
+        if ring.reaped > 0 {
+            REAPED_AT.with(|t| t.set(Some(Instant::now())));
+        }
     }
 
     /// Drops every task and waits (bounded) for the kernel to return every

@@ -100,6 +100,8 @@ pub(crate) struct Ring {
     pub(crate) features: RingFeatures,
     /// A read on the wake eventfd is in the kernel.
     pub(crate) wake_armed: bool,
+    /// Completions the last [`Ring::reap`] took.
+    pub(crate) reaped: usize,
 }
 
 impl Ring {
@@ -135,6 +137,7 @@ impl Ring {
                         ops: Slab::new(),
                         features,
                         wake_armed: false,
+                        reaped: 0,
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -225,6 +228,7 @@ impl Ring {
         let mut woke = false;
         let mut cq = self.uring.completion();
         cq.sync();
+        self.reaped = cq.len();
         for cqe in &mut cq {
             match classify(cqe.user_data()) {
                 Token::Wake => {

@@ -14,6 +14,7 @@ fn unix(id: &str, path: &str, server: bool, wait: bool) -> ChardevOpts {
         path: Some(path.into()),
         host: None,
         port: None,
+        fd: None,
         server,
         wait,
     }
@@ -45,6 +46,20 @@ fn tcp_socket() {
     assert_eq!(
         chardev("socket,id=c,host=h"),
         Err("chardev: socket: no port given".into())
+    );
+}
+
+#[test]
+fn inherited_socket() {
+    let c = chardev("socket,id=m,fd=3,server=on,wait=off").map(|c| (c.fd, c.path, c.host));
+    assert_eq!(c, Ok((Some("3".into()), None, None)));
+    // A name from socket activation; QEMU ignores a port next to fd.
+    let c = chardev("socket,id=m,fd=qmp,port=4,server=on").map(|c| (c.fd, c.wait));
+    assert_eq!(c, Ok((Some("qmp".into()), true)));
+    // QemuOpts treats an empty value as absent.
+    assert_eq!(
+        chardev("socket,id=m,fd=,server=on"),
+        Err("chardev: socket: 'path', 'host' or 'fd' option required".into())
     );
 }
 
@@ -103,7 +118,7 @@ fn chardev_errors() {
         ),
         (
             "socket,id=c",
-            "chardev: socket: 'path' or 'host' option required",
+            "chardev: socket: 'path', 'host' or 'fd' option required",
         ),
         (
             "socket,id=c,id=d,path=/s",
@@ -111,7 +126,19 @@ fn chardev_errors() {
         ),
         (
             "socket,id=c,path=/s,host=h,port=1",
+            "None or one of 'path', 'fd' or 'host' option required.",
+        ),
+        (
+            "socket,id=c,path=/s,port=1",
             "chardev: socket: 'path' cannot be combined with 'host' or 'port'",
+        ),
+        (
+            "socket,id=c,fd=3,path=/s,server=on",
+            "None or one of 'path', 'fd' or 'host' option required.",
+        ),
+        (
+            "socket,id=c,fd=3,host=h,port=1",
+            "None or one of 'path', 'fd' or 'host' option required.",
         ),
         (
             "file,id=c,path=/s",
