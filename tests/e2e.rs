@@ -4,10 +4,14 @@
 mod bitmap_backup;
 #[path = "e2e/bitmaps.rs"]
 mod bitmaps;
+#[path = "e2e/blkio_client.rs"]
+mod blkio_client;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/discard_bitmaps.rs"]
+mod discard_bitmaps;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/inherited.rs"]
@@ -20,6 +24,10 @@ mod nbd_client;
 mod nbd_qmp;
 #[path = "e2e/parity.rs"]
 mod parity;
+#[path = "e2e/qcow2.rs"]
+mod qcow2;
+#[path = "e2e/qcow2_crash.rs"]
+mod qcow2_crash;
 #[path = "e2e/qmp.rs"]
 mod qmp;
 #[path = "e2e/rbd.rs"]
@@ -28,3 +36,11 @@ mod rbd;
 mod reliability;
 #[path = "e2e/stats.rs"]
 mod stats;
+#[path = "e2e/vhost_user_blk.rs"]
+mod vhost_user_blk;
+#[path = "e2e/vhost_user_blk_hostile.rs"]
+mod vhost_user_blk_hostile;
+#[path = "e2e/vhost_user_blk_nodes.rs"]
+mod vhost_user_blk_nodes;
+#[path = "e2e/vhost_user_blk_qmp.rs"]
+mod vhost_user_blk_qmp;

@@ -60,6 +60,7 @@ pub fn scenario() -> Scenario {
         id: SCENARIO,
         backend: BackendKind::Null,
         jobs: vec![job(BASELINE_JOB), job(JOB)],
+        in_short: false,
     }
 }
 

@@ -27,6 +27,9 @@ ratios.svg into DIR (default benches/results/<UTC timestamp>).
   --repeats N  --runtime SECONDS  --ramp SECONDS  --image-mib MIB   override the mode
   --pin-server CPUS     run servers under taskset -c CPUS (default: no pinning)
   --pin-fio CPUS        run fio under taskset -c CPUS (default: no pinning)
+  --transport T         nbd (default), vhost-user-blk (1 queue, 1 iothread) or
+                        vhost-user-blk-2q (2 queues; ringstor on 2 iothreads),
+                        driven by ringstor-vu-load (libblkio) instead of fio
 ";
 
 /// Parsed options.
@@ -62,6 +65,8 @@ pub struct Options {
     pub pin_fio: Option<String>,
     /// `--help` was asked.
     pub help: bool,
+    /// `--transport`.
+    pub transport: String,
 }
 
 fn list(v: &str) -> Vec<String> {
@@ -95,6 +100,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options> {
         pin_server: None,
         pin_fio: None,
         help: false,
+        transport: "nbd".into(),
     };
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -127,6 +133,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options> {
             "--image-mib" => o.image_mib = Some(number(&flag, &value()?)?),
             "--pin-server" => o.pin_server = Some(value()?),
             "--pin-fio" => o.pin_fio = Some(value()?),
+            "--transport" => o.transport = value()?,
             other => return Err(Error::msg(format!("unknown option {other}\n\n{USAGE}"))),
         }
     }

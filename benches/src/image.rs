@@ -4,6 +4,7 @@
 //! scenario, evicted for the O_DIRECT one.
 
 use crate::error::{Context, Result};
+use crate::jobs::Qcow2Layout;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -55,6 +56,46 @@ pub fn evict(path: &Path) -> Result<()> {
         Command::new("dd").args([ifile.as_str(), "iflag=nocache", "count=0", "status=none"]),
         "dd iflag=nocache",
     )
+}
+
+/// A qcow2 image of `size` bytes at `path` (64 KiB clusters), replacing
+/// any, its page cache warm. [`Qcow2Layout::Metadata`]: every cluster
+/// mapped (`preallocation=metadata`), then written once with `qemu-io`, so
+/// reads move real data (of never-written clusters QSD sends hole chunks
+/// found by `SEEK_DATA`, which measures hole detection, not the format)
+/// and writes overwrite in place. [`Qcow2Layout::Sparse`]: empty.
+pub fn create_qcow2(path: &Path, size: u64, layout: Qcow2Layout) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let prealloc = match layout {
+        Qcow2Layout::Metadata => "preallocation=metadata",
+        Qcow2Layout::Sparse => "preallocation=off",
+    };
+    let p = path.to_string_lossy().into_owned();
+    run(
+        Command::new("qemu-img").args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            prealloc,
+            &p,
+            &size.to_string(),
+        ]),
+        "qemu-img create",
+    )?;
+    if layout == Qcow2Layout::Metadata {
+        let fill = format!("write -P 0xa5 0 {size}");
+        run(
+            Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", &fill, &p])
+                .stdout(std::process::Stdio::null()),
+            "qemu-io fill",
+        )?;
+        // Written back before the run, so writes do not wait on writeback.
+        run(Command::new("sync").arg(path), "sync")?;
+    }
+    warm(path)
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {

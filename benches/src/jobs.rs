@@ -88,6 +88,14 @@ pub fn rbd_jobs() -> Vec<Job> {
     ]
 }
 
+/// Jobs on a qcow2 image: the cost of the format layer on small I/O.
+pub fn qcow2_jobs() -> Vec<Job> {
+    vec![
+        Job::new("randread-4k-qd32", "randread", "4k", 32),
+        Job::new("randwrite-4k-qd32", "randwrite", "4k", 32),
+    ]
+}
+
 /// Jobs on the null backend (protocol + server overhead only).
 pub fn null_jobs() -> Vec<Job> {
     vec![Job::new("null-randread-4k-qd32", "randread", "4k", 32)]
@@ -102,11 +110,22 @@ pub enum CacheMode {
     Direct,
 }
 
+/// How a qcow2 scenario's image is laid out when a server starts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Qcow2Layout {
+    /// `preallocation=metadata`: every cluster mapped, data areas holes.
+    Metadata,
+    /// Fresh and sparse: writes allocate clusters as they land.
+    Sparse,
+}
+
 /// What an export is backed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum BackendKind {
     /// The shared preallocated image file.
     File(CacheMode),
+    /// A qcow2 image (page cache), made anew for each server.
+    Qcow2(Qcow2Layout),
     /// A null device that reads zeroes (null-co, nbdkit null).
     Null,
     /// An RBD image on a single-node Ceph cluster the harness starts
@@ -123,15 +142,10 @@ pub struct Scenario {
     pub backend: BackendKind,
     /// Jobs, in run order.
     pub jobs: Vec<Job>,
-}
-
-impl Scenario {
-    /// Whether `--short` runs it without `--scenarios` naming it: the rbd
-    /// scenario needs its own cluster and is left to `--full` or an
-    /// explicit `--scenarios rbd` (its budget: about a minute).
-    pub fn in_short_by_default(&self) -> bool {
-        self.backend != BackendKind::Rbd
-    }
+    /// Part of a `--short` run without `--scenarios` (the qcow2 ones are
+    /// not, to keep it within its budget, nor rbd, which needs its own
+    /// cluster: select them by name).
+    pub in_short: bool,
 }
 
 /// Run length of each fio measurement.
@@ -188,21 +202,38 @@ pub fn scenarios(mode: Mode) -> Vec<Scenario> {
             id: "page-cache",
             backend: BackendKind::File(CacheMode::PageCache),
             jobs: file_jobs(),
+            in_short: true,
         },
         Scenario {
             id: "direct",
             backend: BackendKind::File(CacheMode::Direct),
             jobs: direct,
+            in_short: true,
         },
         Scenario {
             id: "null",
             backend: BackendKind::Null,
             jobs: null_jobs(),
+            in_short: true,
+        },
+        Scenario {
+            id: "qcow2-prealloc",
+            backend: BackendKind::Qcow2(Qcow2Layout::Metadata),
+            jobs: qcow2_jobs(),
+            in_short: false,
+        },
+        Scenario {
+            id: "qcow2-sparse",
+            backend: BackendKind::Qcow2(Qcow2Layout::Sparse),
+            // Writes first, so they allocate into the fresh image.
+            jobs: qcow2_jobs().into_iter().rev().collect(),
+            in_short: false,
         },
         Scenario {
             id: "rbd",
             backend: BackendKind::Rbd,
             jobs: rbd_jobs(),
+            in_short: false,
         },
     ];
     all.push(crate::bitmap::scenario());
@@ -230,9 +261,9 @@ mod tests {
     #[test]
     fn short_run_with_four_servers_fits_ten_minutes() {
         let t = Mode::Short.timing();
-        let sc: Vec<Scenario> = scenarios(Mode::Short)
+        let sc: Vec<_> = scenarios(Mode::Short)
             .into_iter()
-            .filter(|s| s.in_short_by_default())
+            .filter(|s| s.in_short)
             .collect();
         // Four NBD servers for file scenarios and four for null (ringstor,
         // QSD, nbdkit null, qemu-nbd null-co); the bitmap scenario is not in

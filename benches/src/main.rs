@@ -24,6 +24,7 @@ mod stats;
 mod svg;
 mod targets;
 mod transport;
+mod vhost_user_blk;
 mod workdir;
 
 use error::{Context, Error, Result};
@@ -61,7 +62,7 @@ fn real_main() -> Result<()> {
     if let Some(f) = &opts.scenarios {
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
     } else if opts.mode == jobs::Mode::Short {
-        scenarios.retain(|s| s.in_short_by_default() && bitmap::in_default_short(s.id));
+        scenarios.retain(|s| s.in_short && bitmap::in_default_short(s.id));
     }
     if let Some(f) = &opts.jobs {
         for s in &mut scenarios {
@@ -114,7 +115,20 @@ fn real_main() -> Result<()> {
         return Err(Error::msg("no server binary found"));
     }
 
-    let transport = nbd::Nbd;
+    let vu_client = || {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("ringstor-vu-load")))
+            .unwrap_or_default()
+    };
+    let transport: Box<dyn Transport> = match opts.transport.as_str() {
+        "nbd" => Box::new(nbd::Nbd),
+        "vhost-user-blk" | "vhost-user-blk-2q" => Box::new(vhost_user_blk::VhostUserBlk {
+            queues: if opts.transport.ends_with("2q") { 2 } else { 1 },
+            client: vu_client(),
+        }),
+        other => return Err(Error::msg(format!("unknown transport {other}"))),
+    };
     let cells: usize = scenarios.iter().map(|s| s.jobs.len() * present.len()).sum();
     let estimate = estimate_seconds(&timing, cells, scenarios.len() * present.len());
     println!(
@@ -177,12 +191,12 @@ fn real_main() -> Result<()> {
         work: work.path().to_path_buf(),
         out: out.clone(),
     };
-    let (rows, more_skipped) = runner::run(&plan, &transport, &dirs);
+    let (rows, more_skipped) = runner::run(&plan, transport.as_ref(), &dirs);
     drop(work);
     skipped.extend(more_skipped);
 
     let comparisons = results::comparisons(&rows);
-    let targets = targets::evaluate(&comparisons, &rows);
+    let targets = targets::evaluate_for(transport.id(), &comparisons, &rows);
     let recording = recording::costs(&rows);
     let report = RunReport {
         name: name.clone(),

@@ -63,6 +63,9 @@ impl Transport for Nbd {
                         a.push("--image-opts".into());
                         a.push(format!("driver=null-co,size={size},read-zeroes=on"));
                     }
+                    // The qcow2 rows compare ringstor with QSD only.
+                    Backend::Qcow2 { .. } => return None,
+                    // So do the rbd rows (nbdkit and qemu-nbd have no rbd here).
                     Backend::Rbd(_) => return None,
                 }
                 a
@@ -83,6 +86,7 @@ impl Transport for Nbd {
                         a.push("null".into());
                         a.push(format!("size={size}"));
                     }
+                    Backend::Qcow2 { .. } => return None,
                     Backend::Rbd(_) => return None,
                 }
                 a

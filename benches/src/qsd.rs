@@ -36,6 +36,10 @@ pub fn base_args(backend: &Backend) -> Vec<String> {
         Backend::Null { size } => {
             format!("driver=null-co,node-name={NODE},size={size},read-zeroes=on")
         }
+        Backend::Qcow2 { path } => format!(
+            "driver=qcow2,node-name={NODE},file.driver=file,file.filename={},file.aio=io_uring,file.cache.direct=off",
+            escape(&path.to_string_lossy())
+        ),
         Backend::Rbd(r) => {
             return vec![
                 "--object".into(),

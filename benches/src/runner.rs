@@ -45,6 +45,8 @@ pub struct Dirs {
 pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Vec<String>) {
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
+    let client = transport.client();
+    let client = client.as_deref().unwrap_or(&plan.fio);
     let image = dirs.work.join("image.raw");
     let size = plan.timing.image_mib * 1024 * 1024;
     for sc in &plan.scenarios {
@@ -62,6 +64,9 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
                     skipped.push(line);
                     continue;
                 }
+            },
+            BackendKind::Qcow2(_) => Backend::Qcow2 {
+                path: dirs.work.join("image.qcow2"),
             },
         };
         for (kind, bin) in &plan.servers {
@@ -91,7 +96,8 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
                     ));
                 }
             };
-            if let Err(e) = prepare_cache(&sc.backend, &image) {
+            let qcow2 = dirs.work.join("image.qcow2");
+            if let Err(e) = prepare_cache(&sc.backend, &image, &qcow2, size) {
                 fail_all(&mut rows, &e);
                 continue;
             }
@@ -127,7 +133,7 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
                 continue;
             }
             for job in &sc.jobs {
-                let row = run_job(plan, &mut server, &spec.fio_args, job, &raw);
+                let row = run_job(plan, client, &mut server, &spec.fio_args, job, &raw);
                 let (samples, error) = match row {
                     Ok(s) => (s, None),
                     Err((s, e)) => {
@@ -145,17 +151,22 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
     (rows, skipped)
 }
 
-fn prepare_cache(backend: &BackendKind, image: &Path) -> Result<()> {
+/// Puts the backend in the same state for each server: the raw image warm
+/// or evicted, the qcow2 image made anew (so every server allocates into
+/// the same fresh image).
+fn prepare_cache(backend: &BackendKind, image: &Path, qcow2: &Path, size: u64) -> Result<()> {
     match backend {
         BackendKind::File(CacheMode::PageCache) => image::warm(image),
         BackendKind::File(CacheMode::Direct) => image::evict(image),
         BackendKind::Null | BackendKind::Rbd => Ok(()),
+        BackendKind::Qcow2(layout) => image::create_qcow2(qcow2, size, *layout),
     }
 }
 
 /// Warm-up plus repeats; on failure, the samples so far and the error.
 fn run_job(
     plan: &Plan,
+    client: &Path,
     server: &mut RunningServer,
     transport_args: &[String],
     job: &Job,
@@ -168,15 +179,14 @@ fn run_job(
         if plan.timing.ramp_s > 0 {
             let out = raw.join(format!("{}-warmup.json", job.id));
             let args = fio::args(job, plan.timing.ramp_s, transport_args, &out);
-            fio::run(&plan.fio, &args, &out, pin)
-                .map_err(|e| Error::msg(format!("warm-up: {e}")))?;
+            fio::run(client, &args, &out, pin).map_err(|e| Error::msg(format!("warm-up: {e}")))?;
         }
         for i in 1..=plan.timing.repeats {
             server.check_alive()?;
             let out = raw.join(format!("{}-{i}.json", job.id));
             let args = fio::args(job, plan.timing.runtime_s, transport_args, &out);
             let before = process_cpu_seconds(server.pid(), plan.ticks)?;
-            let fio = fio::run(&plan.fio, &args, &out, pin)?;
+            let fio = fio::run(client, &args, &out, pin)?;
             let after = process_cpu_seconds(server.pid(), plan.ticks)?;
             samples.push(Sample {
                 fio,

@@ -119,6 +119,62 @@ pub fn targets() -> Vec<Target> {
             )
         },
     ]
+    .into_iter()
+    .chain(qcow2_targets())
+    .collect()
+}
+
+/// qcow2: at least QSD's IOPS at no more CPU per I/O, on both layouts,
+/// 4k qd32 reads and writes.
+fn qcow2_targets() -> Vec<Target> {
+    const ROWS: [(&str, &str, &str, &str); 4] = [
+        (
+            "qcow2-prealloc",
+            "randread-4k-qd32",
+            "qcow2 preallocated 4k randread qd32 IOPS",
+            "qcow2 preallocated 4k randread qd32 CPU per I/O",
+        ),
+        (
+            "qcow2-prealloc",
+            "randwrite-4k-qd32",
+            "qcow2 preallocated 4k randwrite qd32 IOPS",
+            "qcow2 preallocated 4k randwrite qd32 CPU per I/O",
+        ),
+        (
+            "qcow2-sparse",
+            "randread-4k-qd32",
+            "qcow2 sparse 4k randread qd32 IOPS",
+            "qcow2 sparse 4k randread qd32 CPU per I/O",
+        ),
+        (
+            "qcow2-sparse",
+            "randwrite-4k-qd32",
+            "qcow2 sparse 4k randwrite qd32 IOPS",
+            "qcow2 sparse 4k randwrite qd32 CPU per I/O",
+        ),
+    ];
+    let mut v = Vec::new();
+    for (scenario, job, iops, cpu) in ROWS {
+        v.push(Target {
+            text: iops,
+            scenario,
+            job,
+            metric: Metric::Throughput,
+            at_least: true,
+            threshold: 1.0,
+            baseline: None,
+        });
+        v.push(Target {
+            text: cpu,
+            scenario,
+            job,
+            metric: Metric::CpuPerIo,
+            at_least: false,
+            threshold: 1.0,
+            baseline: None,
+        });
+    }
+    v
 }
 
 /// rbd targets: at least QSD's throughput, at most its CPU per I/O.
@@ -222,10 +278,82 @@ fn judge(target: &Target, ratio: Option<f64>) -> Status {
     }
 }
 
-/// Judge every target against the run's comparisons and rows.
+/// The vhost-user-blk targets (issue 9), against QSD on the same file.
+pub fn vhost_targets(transport: &'static str) -> Vec<Target> {
+    let t = |text, job, metric, at_least, threshold| Target {
+        text,
+        scenario: "page-cache",
+        job,
+        metric,
+        at_least,
+        threshold,
+        baseline: None,
+    };
+    let mut v = vec![
+        t(
+            "vhost-user-blk 4k randread qd32 IOPS",
+            "randread-4k-qd32",
+            Metric::Throughput,
+            true,
+            1.3,
+        ),
+        t(
+            "vhost-user-blk server CPU per read, qd32",
+            "randread-4k-qd32",
+            Metric::CpuPerIo,
+            false,
+            0.5,
+        ),
+    ];
+    for job in [
+        "randwrite-4k-qd32",
+        "randread-4k-qd1",
+        "randwrite-4k-qd1",
+        "seqread-1m-qd8",
+    ] {
+        v.push(t(
+            "vhost-user-blk no row below QSD",
+            job,
+            Metric::Throughput,
+            true,
+            1.0,
+        ));
+    }
+    if transport.ends_with("2q") {
+        for x in &mut v {
+            x.text = match x.metric {
+                Metric::CpuPerIo => "vhost-user-blk 2 queues: server CPU per read, qd32",
+                _ if x.job == "randread-4k-qd32" => {
+                    "vhost-user-blk 2 queues: 4k randread qd32 IOPS"
+                }
+                _ => "vhost-user-blk 2 queues: no row below QSD",
+            };
+        }
+    }
+    v
+}
+
+/// Judge the targets of `transport` against the run's comparisons and rows.
+pub fn evaluate_for(
+    transport: &'static str,
+    comparisons: &[Comparison],
+    rows: &[Row],
+) -> Vec<Outcome> {
+    let list = match transport {
+        "nbd" => targets(),
+        other => vhost_targets(other),
+    };
+    evaluate_list(list, comparisons, rows)
+}
+
+/// Judge every NBD target against the run's comparisons and rows.
+#[cfg(test)]
 pub fn evaluate(comparisons: &[Comparison], rows: &[Row]) -> Vec<Outcome> {
-    targets()
-        .into_iter()
+    evaluate_list(targets(), comparisons, rows)
+}
+
+fn evaluate_list(list: Vec<Target>, comparisons: &[Comparison], rows: &[Row]) -> Vec<Outcome> {
+    list.into_iter()
         .map(|target| {
             if let Some(baseline) = target.baseline {
                 let ratio = self_ratio(rows, ServerKind::Ringstor, &target, baseline);
@@ -301,11 +429,19 @@ mod tests {
         let o = evaluate(&c, &[]);
         let st: Vec<Status> = o.iter().map(|o| o.status).collect();
         use Status::*;
+        assert_eq!(st[..5], [Pass, Fail, Pass, Skip, Pass]);
         // The rbd targets: read IOPS and CPU met; no write measured.
-        assert_eq!(
-            st,
-            vec![Pass, Fail, Pass, Skip, Pass, Pass, Skip, Pass, Skip, Skip]
-        );
+        let rbd: Vec<Status> = o
+            .iter()
+            .filter(|o| o.target.scenario == "rbd")
+            .map(|o| o.status)
+            .collect();
+        assert_eq!(rbd, [Pass, Skip, Pass, Skip]);
+        // The bitmap and qcow2 rows were not run.
+        assert!(o
+            .iter()
+            .filter(|o| !["page-cache", "rbd"].contains(&o.target.scenario))
+            .all(|o| o.status == Skip));
         assert!(o[4].line().contains("p99 ratio 1.20x"));
         assert!(o[0]
             .line()
@@ -352,7 +488,10 @@ mod tests {
             ),
         ];
         let o = evaluate(&[], &rows);
-        let b = o.last().expect("bitmap target");
+        let b = o
+            .iter()
+            .find(|o| o.target.scenario == crate::bitmap::SCENARIO)
+            .expect("bitmap target");
         assert_eq!(b.status, Status::Pass);
         assert!((b.ratio.unwrap_or(0.0) - 0.96).abs() < 1e-9);
         let line = b.line();

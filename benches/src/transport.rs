@@ -20,6 +20,11 @@ pub enum Backend {
         /// Page cache or O_DIRECT.
         cache: CacheMode,
     },
+    /// A qcow2 image (page cache) over a `file` node.
+    Qcow2 {
+        /// Path of the image.
+        path: PathBuf,
+    },
     /// A device that reads zeroes and drops writes.
     Null {
         /// Advertised size in bytes.
@@ -50,4 +55,10 @@ pub trait Transport {
     /// The launch of `server` exporting `backend`, with sockets in `dir`;
     /// `None` when that server cannot serve that backend over this transport.
     fn launch(&self, server: ServerKind, backend: &Backend, dir: &Path) -> Option<LaunchSpec>;
+
+    /// The client run instead of fio (it takes fio's options and writes
+    /// fio's JSON); `None` runs fio.
+    fn client(&self) -> Option<PathBuf> {
+        None
+    }
 }

@@ -23,6 +23,8 @@ use crate::qapi::{
 use crate::qmp::to_qemu_json;
 use crate::secrets::Secrets;
 
+mod qcow2;
+
 /// What the control plane remembers about a node.
 #[derive(Debug)]
 pub struct NodeEntry {
@@ -145,11 +147,7 @@ impl BlockGraph {
                         }
                     },
                     BlockdevRef::Definition(def) => {
-                        // As in QEMU, an inline child inherits `discard`.
-                        let mut def = (**def).clone();
-                        if def.base.discard.is_none() {
-                            def.base.discard = opts.base.discard;
-                        }
+                        let def = inline_child(def);
                         let node = self.open(def, false, created, secrets)?;
                         children.push(node.name().to_string());
                         owned_children.push(node.name().to_string());
@@ -190,6 +188,15 @@ impl BlockGraph {
                 nbd_node(n, read_only, opts.base.auto_read_only == Some(true))?,
                 nbd_json(n),
             ),
+            DriverOptions::Qcow2(q) => {
+                let mut links = qcow2::Links {
+                    created,
+                    children: &mut children,
+                    owned: &mut owned_children,
+                    secrets,
+                };
+                self.qcow2_options(q, read_only, &mut links)?
+            }
         };
         let node = BlockNode::open_with(&name, opts.driver, options, NodeFlags { unmap })?;
         self.next_seq += 1;
@@ -286,11 +293,15 @@ impl BlockGraph {
         let file = match (node.filename(), e.json.get("offset"), e.json.get("size")) {
             (Some(f), _, _) => f.to_string(),
             (None, _, _) if node.driver() == "nbd" => node.remote_name().unwrap_or_default(),
-            (None, None, None) if node.driver() == "raw" => node
-                .child()
-                .and_then(|c| c.filename())
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("json:{}", to_qemu_json(&e.json, false))),
+            (None, None, None)
+                if node.driver() == "raw"
+                    || (node.driver() == "qcow2" && e.json.get("backing").is_none()) =>
+            {
+                node.child()
+                    .and_then(|c| c.filename())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("json:{}", to_qemu_json(&e.json, false)))
+            }
             _ => format!("json:{}", to_qemu_json(&e.json, false)),
         };
         let actual_size = node
@@ -315,6 +326,7 @@ impl BlockGraph {
         } else if node.driver() == "raw" {
             image["dirty-flag"] = json!(false);
         }
+        let backing_file = self.qcow2_image_info(e, &mut image);
         let mut info = json!({
             "node-name": name,
             "drv": node.driver(),
@@ -323,7 +335,7 @@ impl BlockGraph {
             "encrypted": false,
             "active": true,
             "detect_zeroes": e.detect_zeroes.as_str(),
-            "backing_file_depth": 0,
+            "backing_file_depth": Self::backing_depth(node),
             "image": image,
             "cache": {
                 "writeback": true,
@@ -334,6 +346,9 @@ impl BlockGraph {
             "iops": 0, "iops_rd": 0, "iops_wr": 0,
             "write_threshold": 0,
         });
+        if let Some(b) = backing_file {
+            info["backing_file"] = json!(b);
+        }
         if let Some(b) = crate::bitmaps::query(node) {
             info["dirty-bitmaps"] = b;
         }
@@ -442,4 +457,15 @@ fn nbd_json(n: &NbdDriverOptions) -> Value {
         j["export"] = json!(e);
     }
     j
+}
+
+/// An inline child's options: as in QEMU (`bdrv_inherited_options`), a
+/// child opened from its parent's options defaults to `discard=unmap`, the
+/// parent's own `discard` deciding what reaches it.
+pub(super) fn inline_child(def: &BlockdevOptions) -> BlockdevOptions {
+    let mut def = def.clone();
+    if def.base.discard.is_none() {
+        def.base.discard = Some(Discard::Unmap);
+    }
+    def
 }

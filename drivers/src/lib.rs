@@ -12,3 +12,5 @@ pub mod export;
 pub mod nbd;
 pub mod socket;
 pub mod stats;
+pub mod vhost_user_blk;
+pub mod virtio_blk;

@@ -43,6 +43,8 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
     // with `growable`) may share it.
     let shared = match &kind {
         ExportKind::Nbd(_) => Perm::ALL.minus(Perm::RESIZE),
+        // QEMU's vhost-user-blk server follows resizes (config change).
+        ExportKind::VhostUserBlk(_) => Perm::ALL,
     };
     let prepared = d.exports.prepare(&base, &node, &d.objects, shared)?;
     match kind {
@@ -71,6 +73,10 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
                     bitmaps,
                 },
             )?;
+            d.exports.insert(prepared, export);
+        }
+        ExportKind::VhostUserBlk(args) => {
+            let export = super::vhost_user_blk::create(d, &prepared, &args)?;
             d.exports.insert(prepared, export);
         }
     }

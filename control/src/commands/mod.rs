@@ -12,6 +12,7 @@ mod fd;
 mod nbd;
 mod object;
 mod stats;
+mod vhost_user_blk;
 
 pub use block::blockdev_add;
 pub use export::block_export_add;

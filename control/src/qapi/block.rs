@@ -26,6 +26,7 @@ const DRIVERS: &[&str] = &[
     "raw",
     "null-co",
     "null-aio",
+    "qcow2",
     "rbd",
     "nbd",
 ];
@@ -55,7 +56,6 @@ const QEMU_DRIVERS: &[&str] = &[
     "parallels",
     "preallocate",
     "qcow",
-    "qcow2",
     "qed",
     "quorum",
     "replication",
@@ -202,6 +202,7 @@ pub enum DriverOptions {
     HostDevice(FileDriverOptions),
     Raw(RawDriverOptions),
     Null(NullDriverOptions),
+    Qcow2(super::qcow2::Qcow2DriverOptions),
     Rbd(RbdDriverOptions),
     Nbd(NbdDriverOptions),
 }
@@ -240,19 +241,12 @@ impl BlockdevOptions {
             "file" => DriverOptions::File(input.parse()?),
             "host_device" => DriverOptions::HostDevice(input.parse()?),
             "null-co" | "null-aio" => DriverOptions::Null(input.parse()?),
+            "qcow2" => DriverOptions::Qcow2(super::qcow2::parse(input)?),
             "rbd" => DriverOptions::Rbd(input.parse()?),
             "nbd" => DriverOptions::Nbd(NbdDriverOptions::parse(input)?),
             _ => {
-                let file = match input.take("file") {
-                    None => return Err(InputError::missing(&input.path("file"))),
-                    Some(Value::String(s)) => BlockdevRef::Reference(s),
-                    Some(v @ Value::Object(_)) => {
-                        let nested = input.nested("file", v)?;
-                        BlockdevRef::Definition(Box::new(BlockdevOptions::parse(nested)?))
-                    }
-                    Some(_) => {
-                        return Err(InputError::invalid_type(&input.path("file"), "BlockdevRef"))
-                    }
+                let Some(file) = take_ref(&mut input, "file")? else {
+                    return Err(InputError::missing(&input.path("file")));
                 };
                 let rest: RawRest = input.parse()?;
                 DriverOptions::Raw(RawDriverOptions {
@@ -269,4 +263,17 @@ impl BlockdevOptions {
             options,
         })
     }
+}
+
+/// Takes member `name` as a `BlockdevRef` (a node name or an inline node).
+pub(super) fn take_ref(input: &mut Input, name: &str) -> Result<Option<BlockdevRef>, InputError> {
+    Ok(Some(match input.take(name) {
+        None => return Ok(None),
+        Some(Value::String(s)) => BlockdevRef::Reference(s),
+        Some(v @ Value::Object(_)) => {
+            let nested = input.nested(name, v)?;
+            BlockdevRef::Definition(Box::new(BlockdevOptions::parse(nested)?))
+        }
+        Some(_) => return Err(InputError::invalid_type(&input.path(name), "BlockdevRef")),
+    }))
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::input::{Input, InputError};
+use super::vhost_user_blk::VhostUserBlkArgs;
 
 /// Longest NBD export name or description (QEMU's `NBD_MAX_STRING_SIZE`).
 pub const NBD_MAX_STRING_SIZE: usize = 4096;
@@ -129,6 +130,7 @@ impl NbdExportArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExportKind {
     Nbd(NbdExportArgs),
+    VhostUserBlk(VhostUserBlkArgs),
 }
 
 /// `BlockExportOptions`.
@@ -150,7 +152,8 @@ impl BlockExportOptions {
                 nbd.check()?;
                 ExportKind::Nbd(nbd)
             }
-            "vhost-user-blk" | "fuse" | "vduse-blk" => {
+            "vhost-user-blk" => ExportKind::VhostUserBlk(VhostUserBlkArgs::parse(input)?),
+            "fuse" | "vduse-blk" => {
                 return Err(InputError(format!(
                     "Export type '{kind}' is not supported by ringstor yet"
                 )))

@@ -8,7 +8,9 @@ mod export;
 mod input;
 mod nbd;
 mod object;
+mod qcow2;
 mod remote;
+mod vhost_user_blk;
 
 #[cfg(test)]
 mod tests;
@@ -25,6 +27,8 @@ pub use export::{
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
 pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};
+pub use qcow2::{BackingChoice, Qcow2DriverOptions};
 pub use remote::{
     InetServer, NbdDriverOptions, RbdAuthMode, RbdDriverOptions, SecretFormat, SecretOptions,
 };
+pub use vhost_user_blk::VhostUserBlkArgs;

@@ -293,7 +293,9 @@ fn export_union_dispatch() {
         o.base.iothread,
         Some(IothreadSpec(vec!["io0".into(), "io1".into()]))
     );
-    let ExportKind::Nbd(n) = o.kind;
+    let ExportKind::Nbd(n) = o.kind else {
+        panic!("an NBD export");
+    };
     assert_eq!(n.name.as_deref(), Some("disk"));
     let err = |v| {
         BlockExportOptions::parse(input(v, Syntax::Json))

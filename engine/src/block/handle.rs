@@ -9,7 +9,10 @@
 //!
 //! Format translation is done when the handle is opened: a `raw` node with
 //! an `offset` becomes its protocol leaf plus a base offset, so a request
-//! costs one operation whatever the depth of the graph.
+//! costs one operation whatever the depth of the graph. A `qcow2` node is
+//! a leaf of its own ([`super::qcow2`]): it maps each request to extents of
+//! its file child and backing node, and does their I/O through their
+//! handles on the same iothread.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,11 +22,14 @@ use std::sync::Arc;
 use super::bitmap::DirtyTracker;
 use super::error::{BlockError, BlockResult};
 use super::node::{BlockNode, Kind};
+use super::qcow2::Qcow2Handle;
 use super::rbd::LocalImage;
 use super::remote::RemoteLeaf;
 use super::status::{file_status, BlockStatus};
 use crate::buf::{pool, Buf};
 use crate::op::{self, Pipe, SharedFd};
+
+mod vectored;
 
 /// Largest chunk written at once when emulating write-zeroes.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -42,6 +48,8 @@ enum Leaf {
     /// and every request fails with EIO).
     Rbd(Option<LocalImage>),
     Remote(Rc<dyn RemoteLeaf>),
+    /// A format that maps requests itself.
+    Qcow2(Qcow2Handle),
 }
 
 struct Inner {
@@ -129,6 +137,12 @@ impl BlockHandle {
                 buf.as_mut_slice().fill(0);
                 (Ok(()), buf)
             }
+            Leaf::Qcow2(q) => {
+                // Unboxed: `read_into` boxes the recursion into child and backing
+                // handles, so the common request allocates nothing here.
+                q.read_into(self.inner.base + offset, buf, 0, len as usize)
+                    .await
+            }
             Leaf::File {
                 fd,
                 buffered,
@@ -180,6 +194,11 @@ impl BlockHandle {
         let _dirty = self.inner.dirty.guard(offset, len);
         match &self.inner.leaf {
             Leaf::Null { .. } => (Ok(()), buf),
+            Leaf::Qcow2(q) => {
+                let len = len as usize;
+                q.write_from(self.inner.base + offset, buf, 0, len, fua)
+                    .await
+            }
             Leaf::File {
                 fd,
                 buffered,
@@ -217,6 +236,89 @@ impl BlockHandle {
             Leaf::Rbd(Some(img)) => img.write(self.inner.base + offset, buf, fua).await,
             Leaf::Remote(leaf) => leaf.write(self.inner.base + offset, buf, fua).await,
             Leaf::Rbd(None) => (Err(unavailable("write", offset)), buf),
+        }
+    }
+
+    /// Reads `len` bytes at `offset` into `buf[from..from + len]`: how a
+    /// format driver fills one client buffer from several places.
+    pub(crate) async fn read_into(
+        &self,
+        offset: u64,
+        buf: Buf,
+        from: usize,
+        len: usize,
+    ) -> (BlockResult<()>, Buf) {
+        if from.checked_add(len).is_none_or(|end| end > buf.len()) {
+            return (
+                Err(BlockError::Invalid("read beyond its buffer".into())),
+                buf,
+            );
+        }
+        let at = self.inner.base + offset;
+        match &self.inner.leaf {
+            Leaf::File {
+                fd,
+                buffered,
+                align,
+                ..
+            } => {
+                let fd = Self::file_fd(fd, buffered, *align, at, len as u64);
+                super::range_io::read(&fd, at, buf, from, len).await
+            }
+            Leaf::Null { .. } => {
+                let mut buf = buf;
+                buf.zero(from..from + len);
+                (Ok(()), buf)
+            }
+            Leaf::Qcow2(q) => {
+                if let Err(e) = self.check(offset, len as u64) {
+                    return (Err(e), buf);
+                }
+                Box::pin(q.read_into(at, buf, from, len)).await
+            }
+            // A qcow2 image opens only over a file (or a window of one).
+            Leaf::Rbd(_) | Leaf::Remote(_) => (Err(BlockError::NotSupported), buf),
+        }
+    }
+
+    /// Writes `buf[from..from + len]` at `offset` (format drivers).
+    pub(crate) async fn write_from(
+        &self,
+        offset: u64,
+        buf: Buf,
+        from: usize,
+        len: usize,
+        fua: bool,
+    ) -> (BlockResult<()>, Buf) {
+        if from.checked_add(len).is_none_or(|end| end > buf.len()) {
+            return (
+                Err(BlockError::Invalid("write beyond its buffer".into())),
+                buf,
+            );
+        }
+        if self.inner.node.read_only() {
+            return (Err(BlockError::ReadOnly), buf);
+        }
+        let at = self.inner.base + offset;
+        match &self.inner.leaf {
+            Leaf::File {
+                fd,
+                buffered,
+                align,
+                no_flush,
+            } => {
+                let fd = Self::file_fd(fd, buffered, *align, at, len as u64);
+                let flags = if fua && !no_flush { libc::RWF_DSYNC } else { 0 };
+                super::range_io::write(&fd, at, buf, from, len, flags).await
+            }
+            Leaf::Null { .. } => (Ok(()), buf),
+            Leaf::Qcow2(q) => {
+                if let Err(e) = self.check(offset, len as u64) {
+                    return (Err(e), buf);
+                }
+                Box::pin(q.write_from(at, buf, from, len, fua)).await
+            }
+            Leaf::Rbd(_) | Leaf::Remote(_) => (Err(BlockError::NotSupported), buf),
         }
     }
 
@@ -258,6 +360,7 @@ impl BlockHandle {
     pub async fn flush(&self) -> BlockResult<()> {
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
+            Leaf::Qcow2(q) => Box::pin(q.flush()).await,
             Leaf::File { no_flush: true, .. } => Ok(()),
             // The buffered descriptor shares the inode: one fdatasync covers both.
             Leaf::File { fd, .. } => op::fdatasync(fd)
@@ -276,17 +379,23 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
-        if !self.inner.node.unmap() {
-            // discard=ignore, as QEMU: the request succeeds and changes nothing.
+        // discard=ignore, as QEMU: the request succeeds and changes nothing
+        // from the first node that ignores it down (not even its bitmaps).
+        let depth = self.inner.node.discard_depth();
+        if depth == 0 {
             return Ok(());
         }
         let at = self.inner.base + offset;
-        let _dirty = self.inner.dirty.guard(offset, len);
+        let _dirty = self.inner.dirty.guard_top(offset, len, depth);
+        if depth < self.inner.dirty.depth() {
+            return Ok(());
+        }
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
             Leaf::Rbd(Some(img)) => img.discard(at, len).await,
             Leaf::Remote(leaf) => leaf.discard(at, len).await,
             Leaf::Rbd(None) => Err(unavailable("discard", offset)),
+            Leaf::Qcow2(q) => Box::pin(q.discard(at, len)).await,
             Leaf::File { fd, .. } => {
                 let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
                 match op::fallocate(fd, self.inner.base + offset, len, mode).await {
@@ -321,6 +430,7 @@ impl BlockHandle {
             Leaf::Rbd(Some(img)) => return img.write_zeroes(at, len, may_unmap).await,
             Leaf::Remote(leaf) => return leaf.write_zeroes(at, len, may_unmap, fast).await,
             Leaf::Rbd(None) => return Err(unavailable("write zeroes", offset)),
+            Leaf::Qcow2(q) => return Box::pin(q.write_zeroes(at, len, may_unmap, fast)).await,
         };
         let modes: &[i32] = if may_unmap {
             &[
@@ -360,6 +470,39 @@ impl BlockHandle {
     /// Status of the run starting at `offset` (at most `max` bytes long);
     /// returns the status and the run's length.
     pub async fn block_status(&self, offset: u64, max: u64) -> BlockResult<(BlockStatus, u64)> {
+        if let Leaf::Remote(leaf) = &self.inner.leaf {
+            let max = self.status_window(offset, max)?;
+            return leaf.block_status(self.inner.base + offset, max).await;
+        }
+        self.block_status_now(offset, max)
+    }
+
+    /// [`Self::block_status`] without waiting: what format drivers ask of
+    /// their children (every leaf answers at once but a remote one, which
+    /// a qcow2 image does not open over).
+    pub(crate) fn block_status_now(
+        &self,
+        offset: u64,
+        max: u64,
+    ) -> BlockResult<(BlockStatus, u64)> {
+        let max = self.status_window(offset, max)?;
+        match &self.inner.leaf {
+            Leaf::Null { read_zeroes: true } => Ok((BlockStatus::HOLE, max)),
+            Leaf::Null { read_zeroes: false } => Ok((BlockStatus::DATA, max)),
+            Leaf::Qcow2(q) => q.block_status(self.inner.base + offset, max),
+            Leaf::File { fd, .. } => {
+                let leaf_end = self.leaf_size();
+                file_status(fd, self.inner.base + offset, max, leaf_end)
+                    .map_err(|e| BlockError::io("block status", offset, e))
+            }
+            Leaf::Rbd(Some(img)) => img.block_status(self.inner.base + offset, max),
+            Leaf::Rbd(None) => Ok((BlockStatus::DATA, max)),
+            Leaf::Remote(_) => Err(BlockError::NotSupported),
+        }
+    }
+
+    /// `max` cut to the node's end; an error when `offset` is past it.
+    fn status_window(&self, offset: u64, max: u64) -> BlockResult<u64> {
         let size = self.size();
         if offset >= size {
             return Err(BlockError::OutOfRange {
@@ -368,19 +511,7 @@ impl BlockHandle {
                 size,
             });
         }
-        let max = max.min(size - offset).max(1);
-        match &self.inner.leaf {
-            Leaf::Null { read_zeroes: true } => Ok((BlockStatus::HOLE, max)),
-            Leaf::Null { read_zeroes: false } => Ok((BlockStatus::DATA, max)),
-            Leaf::File { fd, .. } => {
-                let leaf_end = self.leaf_size();
-                file_status(fd, self.inner.base + offset, max, leaf_end)
-                    .map_err(|e| BlockError::io("block status", offset, e))
-            }
-            Leaf::Rbd(Some(img)) => img.block_status(self.inner.base + offset, max),
-            Leaf::Remote(leaf) => leaf.block_status(self.inner.base + offset, max).await,
-            Leaf::Rbd(None) => Ok((BlockStatus::DATA, max)),
-        }
+        Ok(max.min(size - offset).max(1))
     }
 
     fn leaf_node(&self) -> &Arc<BlockNode> {
@@ -461,6 +592,7 @@ fn flatten(node: &Arc<BlockNode>) -> (Leaf, u64) {
             (Leaf::Rbd(img), 0)
         }
         Kind::Remote(driver) => (Leaf::Remote(driver.open_local()), 0),
+        Kind::Qcow2(img) => (Leaf::Qcow2(Qcow2Handle::open(img)), 0),
     }
 }
 

@@ -102,6 +102,8 @@ pub enum NodeOptions {
     Null(NullOptions),
     /// `raw`.
     Raw(RawOptions),
+    /// `qcow2`.
+    Qcow2(super::qcow2::Qcow2Options),
     /// `rbd`.
     Rbd(RbdOptions),
     /// A driver outside the engine (`nbd`).
@@ -129,6 +131,7 @@ pub(crate) enum Kind {
     File(FileState),
     Null { read_zeroes: bool },
     Raw { child: Arc<BlockNode>, offset: u64 },
+    Qcow2(Arc<super::qcow2::Image>),
     Rbd(Arc<rbd::Cluster>),
     Remote(Arc<dyn RemoteDriver>),
 }
@@ -221,6 +224,10 @@ impl BlockNode {
                     ro,
                 )
             }
+            NodeOptions::Qcow2(o) => {
+                let (img, size, ro) = super::qcow2::open(name, o)?;
+                (Kind::Qcow2(img), size, ro)
+            }
             NodeOptions::Rbd(o) => {
                 let (cluster, size) = rbd::open(&o)?;
                 (
@@ -275,9 +282,29 @@ impl BlockNode {
     pub fn read_only(&self) -> bool {
         self.read_only
     }
-    /// `discard=unmap` in effect: on this node and every node below it.
+    /// `discard=unmap` in effect: on this node and every `raw` node below
+    /// it down to the leaf a handle reaches (a format node's own children
+    /// decide for themselves when it passes a request on).
     pub fn unmap(&self) -> bool {
-        self.flags.unmap && self.child().is_none_or(|c| c.unmap())
+        self.flags.unmap
+            && match &self.kind {
+                Kind::Raw { child, .. } => child.unmap(),
+                _ => true,
+            }
+    }
+    /// How many nodes of that chain, from this one down, a discard gets
+    /// through: QEMU stops it at the first node with `discard=ignore`, or
+    /// whose driver has no discard (`null-co`), which neither marks its
+    /// dirty bitmaps nor passes it on.
+    pub(crate) fn discard_depth(&self) -> usize {
+        if !self.flags.unmap {
+            return 0;
+        }
+        match &self.kind {
+            Kind::Raw { child, .. } => 1 + child.discard_depth(),
+            Kind::Null { .. } => 0,
+            _ => 1,
+        }
     }
     /// What names a remote node's image (`nbd://...`, `pool/image`).
     pub fn remote_name(&self) -> Option<String> {
@@ -291,6 +318,21 @@ impl BlockNode {
     pub fn child(&self) -> Option<&Arc<BlockNode>> {
         match &self.kind {
             Kind::Raw { child, .. } => Some(child),
+            Kind::Qcow2(img) => Some(&img.file),
+            _ => None,
+        }
+    }
+    /// The backing node of a format node that has one.
+    pub fn backing(&self) -> Option<&Arc<BlockNode>> {
+        match &self.kind {
+            Kind::Qcow2(img) => img.backing.as_ref(),
+            _ => None,
+        }
+    }
+    /// What a qcow2 node reports about its image.
+    pub fn qcow2_info(&self) -> Option<super::qcow2::Qcow2Info> {
+        match &self.kind {
+            Kind::Qcow2(img) => Some(img.info()),
             _ => None,
         }
     }
@@ -306,6 +348,7 @@ impl BlockNode {
         match &self.kind {
             Kind::File(f) => f.buffered.is_some(),
             Kind::Raw { child, .. } => child.direct(),
+            Kind::Qcow2(img) => img.file.direct(),
             Kind::Null { .. } | Kind::Rbd(_) | Kind::Remote(_) => false,
         }
     }

@@ -15,10 +15,12 @@
 
 mod aligned;
 pub(crate) mod fixed;
+pub(crate) mod iovec;
 pub mod pool;
 mod zeroed;
 
 pub use aligned::Buf;
+pub use iovec::IoVecBuf;
 pub use zeroed::zeroed_words;
 
 /// The result of an operation that owned a buffer, with the buffer handed back.

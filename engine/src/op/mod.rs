@@ -21,11 +21,13 @@ mod fd;
 mod fsync;
 mod poll;
 mod read;
+mod readv;
 mod recv;
 mod sendmsg;
 mod splice;
 mod timeout;
 mod write;
+mod writev;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,13 +44,15 @@ pub use fallocate::fallocate;
 pub use fd::SharedFd;
 pub use fsync::{fdatasync, fsync};
 pub use poll::poll_readable;
-pub use read::read_at;
+pub use read::{read_at, read_at_len};
+pub use readv::readv_at;
 pub use recv::recv_into;
 pub use sendmsg::GatherList;
 pub use sendmsg::{send_all, sendmsg};
 pub use splice::Pipe;
 pub use timeout::{sleep, timeout, Elapsed};
-pub use write::write_at;
+pub use write::{write_at, write_at_len};
+pub use writev::writev_at;
 
 /// Data that turns into an output once the kernel completed the operation.
 pub(crate) trait Completable {

@@ -20,14 +20,22 @@ impl Completable for Read {
 
 /// Reads up to `buf.len() - from` bytes at `offset` into `buf[from..]`;
 /// returns how many were read (short at end of file).
-pub async fn read_at(
+pub async fn read_at(fd: &SharedFd, buf: Buf, from: usize, offset: u64) -> BufResult<usize, Buf> {
+    let len = buf.len().saturating_sub(from);
+    read_at_len(fd, buf, from, len, offset).await
+}
+
+/// Reads up to `len` bytes at `offset` into `buf[from..from + len]` (clamped
+/// to the buffer): format drivers fill one client buffer from several places.
+pub async fn read_at_len(
     fd: &SharedFd,
     mut buf: Buf,
     from: usize,
+    len: usize,
     offset: u64,
 ) -> BufResult<usize, Buf> {
     let from = from.min(buf.len());
-    let len = (buf.len() - from).min(u32::MAX as usize) as u32;
+    let len = (buf.len() - from).min(len).min(u32::MAX as usize) as u32;
     // SAFETY: from <= len of the allocation, so the pointer stays inside it.
     let ptr = unsafe { buf.stable_mut_ptr().add(from) };
     let sqe = match buf.fixed_index() {

@@ -27,8 +27,22 @@ pub async fn write_at(
     offset: u64,
     rw_flags: i32,
 ) -> BufResult<usize, Buf> {
+    let len = buf.len().saturating_sub(from);
+    write_at_len(fd, buf, from, len, offset, rw_flags).await
+}
+
+/// Writes `buf[from..from + len]` (clamped to the buffer) at `offset`: format
+/// drivers send one client buffer to several places.
+pub async fn write_at_len(
+    fd: &SharedFd,
+    buf: Buf,
+    from: usize,
+    len: usize,
+    offset: u64,
+    rw_flags: i32,
+) -> BufResult<usize, Buf> {
     let from = from.min(buf.len());
-    let len = (buf.len() - from).min(u32::MAX as usize) as u32;
+    let len = (buf.len() - from).min(len).min(u32::MAX as usize) as u32;
     // SAFETY: from <= len of the allocation, so the pointer stays inside it.
     let ptr = unsafe { buf.stable_ptr().add(from) };
     let sqe = match buf.fixed_index() {

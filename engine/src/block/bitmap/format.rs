@@ -11,6 +11,7 @@ const DEFAULT_GRANULARITY: u64 = 64 * 1024;
 fn cluster_size(node: &BlockNode) -> Option<u64> {
     match &node.kind {
         Kind::File(_) | Kind::Null { .. } | Kind::Raw { .. } | Kind::Remote(_) => None,
+        Kind::Qcow2(img) => Some(img.geo.cluster_size),
         // QEMU's rbd reports the object size as its cluster size.
         Kind::Rbd(c) => Some(c.object_size),
     }
@@ -22,11 +23,16 @@ pub fn default_granularity(node: &BlockNode) -> u64 {
 }
 
 /// Whether a `persistent` bitmap can be stored in the node's image. None
-/// of `file`, `raw` or `null` can (QEMU answers `ENOTSUP` for them too).
+/// of `file`, `raw` or `null` can (QEMU answers `ENOTSUP` for them too);
+/// nor `qcow2` yet: its bitmaps extension is not written (see
+/// `qcow2/mod.rs`).
 pub fn can_store_persistent(node: &BlockNode) -> bool {
     match &node.kind {
-        Kind::File(_) | Kind::Null { .. } | Kind::Raw { .. } | Kind::Rbd(_) | Kind::Remote(_) => {
-            false
-        }
+        Kind::File(_)
+        | Kind::Null { .. }
+        | Kind::Raw { .. }
+        | Kind::Qcow2(_)
+        | Kind::Rbd(_)
+        | Kind::Remote(_) => false,
     }
 }

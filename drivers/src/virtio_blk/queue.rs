@@ -1,0 +1,530 @@
+//! One virtqueue served on the iothread that owns it.
+//!
+//! ```text
+//!  kick eventfd ──READ on the ring──► pop chains ──► parse ──► request tasks
+//!                                                              │ readv/writev
+//!  call eventfd ◄── needs_notification ◄── used ring ◄─────────┘ into guest RAM
+//! ```
+//!
+//! The queue task waits, in one place, for three things: a kick (an
+//! `IORING_OP_READ` on the kick eventfd, on the same ring as the I/O), a
+//! completion batch to signal, or a stop from the transport's control
+//! thread. Request tasks complete into the used ring; the first completion
+//! of a batch wakes the queue task, which runs after the batch (the
+//! executor is FIFO) and signals the call eventfd once, unless EVENT_IDX
+//! says the driver does not want it. With EVENT_IDX the avail ring is
+//! re-checked after notifications are re-enabled, so no kick is lost.
+//!
+//! # Hostile drivers
+//!
+//! A chain that parses badly is answered (IOERR/UNSUPP) when it has a
+//! status byte and completed with length 0 when it has none. A broken ring
+//! (an avail index that jumps by more than the queue size, a head outside
+//! the table, a used ring we cannot write) stops the queue: the virtio
+//! "device needs reset" state, logged once, signalled on the error eventfd,
+//! and reported through [`QueueControl::is_broken`]. Nothing a guest
+//! writes panics: every access goes through vm-memory's checked API.
+
+use std::cell::{Cell, RefCell};
+use std::fs::File;
+use std::future::{poll_fn, Future};
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use engine::buf::{pool, Buf, BufResult};
+use engine::iothread::spawn_local;
+use engine::op::{self, SharedFd};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic};
+
+use super::chain::walk;
+use super::execute::{execute, op_kind, write_status, ExecContext, ExecParams, Outcome};
+use super::request::{parse, parse_descriptors, Rejected, Request};
+use crate::stats::{ErrorKind, QueueRecorder};
+
+/// Where a ring lives and where it stands, as the transport set it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSetup {
+    /// Queue index (for logs).
+    pub index: u16,
+    /// Entries.
+    pub size: u16,
+    /// Guest-physical address of the descriptor table.
+    pub desc_table: u64,
+    /// Guest-physical address of the avail ring.
+    pub avail_ring: u64,
+    /// Guest-physical address of the used ring.
+    pub used_ring: u64,
+    /// First avail entry to serve.
+    pub next_avail: u16,
+    /// Next used entry to fill.
+    pub next_used: u16,
+    /// `VIRTIO_RING_F_EVENT_IDX` negotiated.
+    pub event_idx: bool,
+    /// Heads a previous backend took and never completed (inflight log),
+    /// served first, oldest first.
+    pub resubmit: Vec<u16>,
+}
+
+/// Where a stopped queue ended (`GET_VRING_BASE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEnd {
+    /// First avail entry not served.
+    pub next_avail: u16,
+    /// Next used entry.
+    pub next_used: u16,
+}
+
+/// Records requests in flight in memory that survives the daemon (vhost-user
+/// `INFLIGHT_SHMFD`), so a reconnecting frontend can resubmit them.
+pub trait InflightLog: Send + Sync {
+    /// A chain was taken from the avail ring.
+    fn begin(&self, queue: u16, head: u16);
+    /// Its used entry is about to be written.
+    fn completing(&self, queue: u16, head: u16);
+    /// Its used entry was written; `next_used` is the used index after it.
+    fn end(&self, queue: u16, head: u16, next_used: u16);
+}
+
+/// The `Send` side of a running queue, held by the transport's control
+/// thread: stop it, swap its call/error eventfds, see whether it broke.
+pub struct QueueControl {
+    stop: AtomicBool,
+    broken: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+    call: Mutex<Option<Arc<File>>>,
+    err: Mutex<Option<Arc<File>>>,
+    done: crossbeam_channel::Sender<QueueEnd>,
+}
+
+impl QueueControl {
+    /// A control and the receiver its [`QueueEnd`] arrives on.
+    pub fn new(
+        call: Option<Arc<File>>,
+        err: Option<Arc<File>>,
+    ) -> (Arc<QueueControl>, crossbeam_channel::Receiver<QueueEnd>) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let c = QueueControl {
+            stop: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
+            waker: Mutex::new(None),
+            call: Mutex::new(call),
+            err: Mutex::new(err),
+            done: tx,
+        };
+        (Arc::new(c), rx)
+    }
+
+    /// Asks the queue to stop; its [`QueueEnd`] follows once every request
+    /// in flight has completed.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(w) = lock(&self.waker).take() {
+            w.wake();
+        }
+    }
+
+    /// Replaces the call eventfd (`None`: the driver polls).
+    pub fn set_call(&self, call: Option<Arc<File>>) {
+        *lock(&self.call) = call;
+    }
+
+    /// Replaces the error eventfd.
+    pub fn set_err(&self, err: Option<Arc<File>>) {
+        *lock(&self.err) = err;
+    }
+
+    /// The queue stopped on a broken ring ("device needs reset").
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    fn poll_stop(&self, w: &Waker) -> bool {
+        if self.stop.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut slot = lock(&self.waker);
+        if !slot.as_ref().is_some_and(|old| old.will_wake(w)) {
+            *slot = Some(w.clone());
+        }
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn signal(fd: &File) {
+    // An eventfd write only fails when the counter would overflow, which
+    // means the driver has a signal pending anyway.
+    let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
+}
+
+/// A wake-up between tasks of one iothread.
+#[derive(Default)]
+struct LocalSignal {
+    raised: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl LocalSignal {
+    fn raise(&self) {
+        self.raised.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn poll_take(&self, w: &Waker) -> bool {
+        if self.raised.replace(false) {
+            return true;
+        }
+        *self.waker.borrow_mut() = Some(w.clone());
+        false
+    }
+}
+
+/// State shared by the queue task and its request tasks (one iothread).
+struct Local<M: GuestMemory> {
+    setup: QueueSetup,
+    queue: RefCell<Queue>,
+    mem: RefCell<Arc<M>>,
+    source: GuestMemoryAtomic<M>,
+    ctx: ExecContext,
+    rec: QueueRecorder,
+    control: Arc<QueueControl>,
+    inflight: Option<Arc<dyn InflightLog>>,
+    in_flight: Cell<usize>,
+    notify_pending: Cell<bool>,
+    completed: LocalSignal,
+    broken: Cell<bool>,
+    warned: Cell<bool>,
+}
+
+/// Starts serving a queue on the current iothread.
+///
+/// # Panics
+///
+/// Off an iothread (see `engine::iothread`).
+pub fn spawn_queue<M: GuestMemory + Send + Sync + 'static>(
+    setup: QueueSetup,
+    kick: OwnedFd,
+    memory: GuestMemoryAtomic<M>,
+    params: ExecParams,
+    control: Arc<QueueControl>,
+    inflight: Option<Arc<dyn InflightLog>>,
+) {
+    let mut q = match Queue::new(setup.size.max(1).next_power_of_two()) {
+        Ok(q) => q,
+        Err(e) => {
+            log::warn!(
+                "virtio-blk queue {}: bad size {}: {e}",
+                setup.index,
+                setup.size
+            );
+            control.broken.store(true, Ordering::Release);
+            let _ = control.done.send(QueueEnd {
+                next_avail: setup.next_avail,
+                next_used: setup.next_used,
+            });
+            return;
+        }
+    };
+    q.set_size(setup.size);
+    q.set_desc_table_address(
+        Some(setup.desc_table as u32),
+        Some((setup.desc_table >> 32) as u32),
+    );
+    q.set_avail_ring_address(
+        Some(setup.avail_ring as u32),
+        Some((setup.avail_ring >> 32) as u32),
+    );
+    q.set_used_ring_address(
+        Some(setup.used_ring as u32),
+        Some((setup.used_ring >> 32) as u32),
+    );
+    q.set_next_avail(setup.next_avail);
+    q.set_next_used(setup.next_used);
+    q.set_event_idx(setup.event_idx);
+    q.set_ready(true);
+    let mem = memory.memory().into_inner();
+    let rec = params.stats.queue(setup.index.to_string(), None);
+    let local = Rc::new(Local {
+        setup,
+        queue: RefCell::new(q),
+        mem: RefCell::new(mem),
+        source: memory,
+        rec,
+        ctx: ExecContext::open(params),
+        control,
+        inflight,
+        in_flight: Cell::new(0),
+        notify_pending: Cell::new(false),
+        completed: LocalSignal::default(),
+        broken: Cell::new(false),
+        warned: Cell::new(false),
+    });
+    spawn_local(run(local, SharedFd::new(kick)));
+}
+
+enum Wake {
+    Stop,
+    Completed,
+    Kick(BufResult<usize, Buf>),
+}
+
+type KickRead = Pin<Box<dyn Future<Output = BufResult<usize, Buf>>>>;
+
+fn read_kick(kick: &SharedFd, buf: Buf) -> KickRead {
+    let kick = kick.clone();
+    Box::pin(async move { op::read_at(&kick, buf, 0, 0).await })
+}
+
+async fn run<M: GuestMemory + Send + Sync + 'static>(local: Rc<Local<M>>, kick: SharedFd) {
+    if !local.queue.borrow().is_valid(&**local.mem.borrow()) {
+        local.fail("rings outside guest memory");
+    }
+    local.resubmit();
+    // Requests queued before the kick fd arrived are served now.
+    local.process();
+    let mut pending = read_kick(&kick, pool::check_out(8));
+    loop {
+        let wake = poll_fn(|cx| {
+            if local.control.poll_stop(cx.waker()) {
+                return Poll::Ready(Wake::Stop);
+            }
+            if local.completed.poll_take(cx.waker()) {
+                return Poll::Ready(Wake::Completed);
+            }
+            pending.as_mut().poll(cx).map(Wake::Kick)
+        })
+        .await;
+        match wake {
+            Wake::Stop => break,
+            Wake::Completed => local.notify(),
+            Wake::Kick((r, buf)) => {
+                if let Err(e) = r {
+                    if e.raw_os_error() != Some(libc::EINTR) {
+                        log::warn!("virtio-blk queue {}: kick eventfd: {e}", local.setup.index);
+                        break;
+                    }
+                }
+                pending = read_kick(&kick, buf);
+                local.process();
+            }
+        }
+    }
+    // Dropping the read cancels it; then every request in flight finishes
+    // before the transport learns where the ring stands.
+    drop(pending);
+    poll_fn(|cx| {
+        if local.in_flight.get() == 0 {
+            return Poll::Ready(());
+        }
+        let _ = local.completed.poll_take(cx.waker());
+        if local.in_flight.get() == 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    local.notify();
+    let q = local.queue.borrow();
+    let _ = local.control.done.send(QueueEnd {
+        next_avail: q.next_avail(),
+        next_used: q.next_used(),
+    });
+}
+
+impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
+    /// Stops the queue: the ring itself is unusable ("device needs reset").
+    fn fail(&self, why: &str) {
+        if self.broken.replace(true) {
+            return;
+        }
+        log::warn!(
+            "virtio-blk queue {}: {why}; queue stopped until the driver resets it",
+            self.setup.index
+        );
+        self.control.broken.store(true, Ordering::Release);
+        if let Some(err) = lock(&self.control.err).as_ref() {
+            signal(err);
+        }
+    }
+
+    /// Logs a refused request, once per queue (a guest must not flood the log).
+    fn warn_once(&self, r: &Rejected) {
+        if !self.warned.replace(true) {
+            log::warn!(
+                "virtio-blk queue {}: {} (head {}); answered with status {} (further refusals on this queue are not logged)",
+                self.setup.index,
+                r.reason,
+                r.head,
+                r.code
+            );
+        }
+    }
+
+    /// Starts the chains an inflight log says were lost in a restart.
+    fn resubmit(self: &Rc<Self>) {
+        let mem = self.mem.borrow().clone();
+        let table = GuestAddress(self.setup.desc_table);
+        for &head in &self.setup.resubmit {
+            let descs = walk(&*mem, table, self.setup.size, head);
+            let p = parse_descriptors(head, &*mem, descs.into_iter());
+            self.start(p, &mem);
+        }
+    }
+
+    /// Takes every available chain and starts it.
+    fn process(self: &Rc<Self>) {
+        if self.broken.get() {
+            return;
+        }
+        let mem = self.source.memory().into_inner();
+        *self.mem.borrow_mut() = mem.clone();
+        loop {
+            let mut popped: Vec<Result<Request, Rejected>> = Vec::new();
+            {
+                let mut q = self.queue.borrow_mut();
+                if q.event_idx_enabled() {
+                    if let Err(e) = q.disable_notification(&*mem) {
+                        drop(q);
+                        self.fail(&format!("cannot write the used ring: {e}"));
+                        return;
+                    }
+                }
+                match q.iter(&*mem) {
+                    Ok(iter) => popped.extend(iter.map(parse)),
+                    Err(e) => {
+                        drop(q);
+                        self.fail(&format!("bad avail ring: {e}"));
+                        return;
+                    }
+                }
+            }
+            for p in popped {
+                self.start(p, &mem);
+                if self.broken.get() {
+                    return;
+                }
+            }
+            let mut q = self.queue.borrow_mut();
+            if !q.event_idx_enabled() {
+                return;
+            }
+            match q.enable_notification(&*mem) {
+                Ok(true) => continue,
+                Ok(false) => return,
+                Err(e) => {
+                    drop(q);
+                    self.fail(&format!("cannot write the avail event: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start(self: &Rc<Self>, p: Result<Request, Rejected>, mem: &Arc<M>) {
+        let head = match &p {
+            Ok(r) => r.head,
+            Err(r) => r.head,
+        };
+        if head >= self.setup.size {
+            self.fail(&format!("descriptor head {head} outside the table"));
+            return;
+        }
+        if let Some(l) = &self.inflight {
+            l.begin(self.setup.index, head);
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        match p {
+            Err(r) => {
+                self.warn_once(&r);
+                self.rec.protocol_error(&r.reason);
+                self.complete(
+                    head,
+                    r.status,
+                    Outcome::refused(r.code, ErrorKind::Protocol),
+                );
+            }
+            Ok(req) => {
+                let me = self.clone();
+                let mem = mem.clone();
+                let t = self.rec.start(
+                    op_kind(req.kind),
+                    req.sector.saturating_mul(512),
+                    req.data_len,
+                );
+                spawn_local(async move {
+                    let out = execute(&me.ctx, &mem, &req).await;
+                    me.complete(req.head, Some(req.status), out);
+                    me.rec.finish(t, out.record);
+                });
+            }
+        }
+    }
+
+    fn complete(&self, head: u16, status: Option<GuestAddress>, out: Outcome) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        let mem = self.mem.borrow().clone();
+        if let Some(at) = status {
+            if !write_status(&*mem, at, out.status) {
+                self.fail("cannot write a status byte");
+            }
+        }
+        let len = out.written + u32::from(status.is_some());
+        if let Some(l) = &self.inflight {
+            l.completing(self.setup.index, head);
+        }
+        let r = self.queue.borrow_mut().add_used(&*mem, head, len);
+        match r {
+            Ok(()) => {
+                if let Some(l) = &self.inflight {
+                    l.end(self.setup.index, head, self.queue.borrow().next_used());
+                }
+            }
+            Err(e) => self.fail(&format!("cannot write the used ring: {e}")),
+        }
+        // The first completion of a batch wakes the queue task (which runs
+        // after the batch); the last one in flight wakes a draining stop.
+        let first = !self.notify_pending.replace(true);
+        if first || self.in_flight.get() == 0 {
+            self.completed.raise();
+        }
+    }
+
+    /// Signals the call eventfd for the completions since the last signal,
+    /// unless the driver suppressed it (flags or EVENT_IDX).
+    fn notify(&self) {
+        if !self.notify_pending.replace(false) {
+            return;
+        }
+        let mem = self.mem.borrow().clone();
+        let needed = self
+            .queue
+            .borrow_mut()
+            .needs_notification(&*mem)
+            .unwrap_or(true);
+        if needed {
+            if let Some(call) = lock(&self.control.call).as_ref() {
+                signal(call);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for QueueControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueControl")
+            .field("stop", &self.stop.load(Ordering::Relaxed))
+            .field("broken", &self.broken.load(Ordering::Relaxed))
+            .finish()
+    }
+}

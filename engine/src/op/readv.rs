@@ -1,0 +1,55 @@
+//! `IORING_OP_READV`: a positioned read straight into memory described by
+//! iovecs (guest RAM), kept mapped by the [`IoVecBuf`] the op owns.
+
+use io_uring::opcode;
+
+use super::{Completable, Op, SharedFd};
+use crate::buf::iovec::tail;
+use crate::buf::{BufResult, IoVecBuf};
+use crate::ring::Completion;
+
+struct Readv<B> {
+    _fd: SharedFd,
+    bufs: B,
+    /// The iovecs after a short transfer's first bytes, when resubmitting.
+    _rest: Option<Vec<libc::iovec>>,
+}
+
+impl<B: IoVecBuf> Completable for Readv<B> {
+    type Output = BufResult<usize, B>;
+    fn complete(self, c: Completion) -> Self::Output {
+        (c.into_result().map(|n| n as usize), self.bufs)
+    }
+}
+
+/// Reads into the memory of `bufs`, after its first `skip` bytes, from
+/// `offset`; returns how many bytes were read (short at end of file).
+pub async fn readv_at<B: IoVecBuf + Unpin>(
+    fd: &SharedFd,
+    bufs: B,
+    skip: usize,
+    offset: u64,
+) -> BufResult<usize, B> {
+    let rest = (skip > 0).then(|| tail(bufs.iovecs(), skip));
+    let (ptr, n) = match &rest {
+        Some(r) => (r.as_ptr(), r.len()),
+        None => (bufs.iovecs().as_ptr(), bufs.iovecs().len()),
+    };
+    let n = n.min(libc::UIO_MAXIOV as usize) as u32;
+    let sqe = super::fd::with_fd!(fd, |f| opcode::Readv::new(f, ptr, n).offset(offset).build());
+    // SAFETY: the SQE points at the iovec array, which lives on the heap in
+    // `rest` or inside `bufs` (IoVecBuf: it does not move with the value),
+    // and the iovecs point into memory `bufs` keeps mapped and writable
+    // (IoVecBuf's contract); the op owns both until the terminal completion.
+    unsafe {
+        Op::submit(
+            Readv {
+                _fd: fd.clone(),
+                bufs,
+                _rest: rest,
+            },
+            sqe,
+        )
+    }
+    .await
+}

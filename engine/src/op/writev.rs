@@ -1,0 +1,60 @@
+//! `IORING_OP_WRITEV`: a positioned write straight from memory described by
+//! iovecs (guest RAM), kept mapped by the [`IoVecBuf`] the op owns.
+
+use io_uring::opcode;
+
+use super::{Completable, Op, SharedFd};
+use crate::buf::iovec::tail;
+use crate::buf::{BufResult, IoVecBuf};
+use crate::ring::Completion;
+
+struct Writev<B> {
+    _fd: SharedFd,
+    bufs: B,
+    /// The iovecs after a short transfer's first bytes, when resubmitting.
+    _rest: Option<Vec<libc::iovec>>,
+}
+
+impl<B: IoVecBuf> Completable for Writev<B> {
+    type Output = BufResult<usize, B>;
+    fn complete(self, c: Completion) -> Self::Output {
+        (c.into_result().map(|n| n as usize), self.bufs)
+    }
+}
+
+/// Writes the memory of `bufs`, after its first `skip` bytes, at `offset`
+/// with `rw_flags` (`RWF_DSYNC` for FUA); returns how many bytes were
+/// written.
+pub async fn writev_at<B: IoVecBuf + Unpin>(
+    fd: &SharedFd,
+    bufs: B,
+    skip: usize,
+    offset: u64,
+    rw_flags: i32,
+) -> BufResult<usize, B> {
+    let rest = (skip > 0).then(|| tail(bufs.iovecs(), skip));
+    let (ptr, n) = match &rest {
+        Some(r) => (r.as_ptr(), r.len()),
+        None => (bufs.iovecs().as_ptr(), bufs.iovecs().len()),
+    };
+    let n = n.min(libc::UIO_MAXIOV as usize) as u32;
+    let sqe = super::fd::with_fd!(fd, |f| opcode::Writev::new(f, ptr, n)
+        .offset(offset)
+        .rw_flags(rw_flags)
+        .build());
+    // SAFETY: the SQE points at the iovec array, which lives on the heap in
+    // `rest` or inside `bufs` (IoVecBuf: it does not move with the value),
+    // and the iovecs point into memory `bufs` keeps mapped (IoVecBuf's
+    // contract); the op owns both until the terminal completion.
+    unsafe {
+        Op::submit(
+            Writev {
+                _fd: fd.clone(),
+                bufs,
+                _rest: rest,
+            },
+            sqe,
+        )
+    }
+    .await
+}
