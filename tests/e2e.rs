@@ -44,3 +44,5 @@ mod vhost_user_blk_hostile;
 mod vhost_user_blk_nodes;
 #[path = "e2e/vhost_user_blk_qmp.rs"]
 mod vhost_user_blk_qmp;
+#[path = "e2e/vhost_user_blk_remote.rs"]
+mod vhost_user_blk_remote;
