@@ -6,13 +6,17 @@
 //!
 //! Tests share one cluster while any of them holds it ([`Ceph::shared`]);
 //! the last one to let go stops exactly the two daemons it started (they
-//! also get SIGKILL if the test process dies: `PR_SET_PDEATHSIG`).
+//! also get SIGKILL if the test process dies: `PR_SET_PDEATHSIG`, armed
+//! from a spawner thread that lives as long as the process, since the
+//! signal follows the *thread* that forked: a daemon forked by a test's
+//! thread would die with that test while others still use the cluster).
 
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -77,8 +81,39 @@ fn daemon(prog: &str, args: &[&str], log: &Path) -> Child {
             Ok(())
         });
     }
-    cmd.spawn()
+    spawn_from_lasting_thread(cmd)
         .unwrap_or_else(|e| panic!("spawn {prog}: {e}; run tests/run, which installs Ceph"))
+}
+
+/// A command and where to send the spawned child.
+type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` from a thread that never exits, so that the child's
+/// `PR_SET_PDEATHSIG` fires only when the whole test process goes (see the
+/// module docs). `Child` may be waited on and killed from any thread.
+fn spawn_from_lasting_thread(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    let jobs = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("ceph-spawner".into())
+            .spawn(move || {
+                // The sender lives in a static: this loop (and so the
+                // thread) runs as long as the process.
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawn the ceph spawner thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    jobs.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, tx))
+        .map_err(|_| std::io::Error::other("the ceph spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the ceph spawner thread is gone"))?
 }
 
 impl Ceph {
