@@ -12,6 +12,8 @@ mod cli;
 mod crash;
 #[path = "e2e/discard_bitmaps.rs"]
 mod discard_bitmaps;
+#[path = "e2e/fuse.rs"]
+mod fuse;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/inherited.rs"]
@@ -36,6 +38,8 @@ mod rbd;
 mod reliability;
 #[path = "e2e/stats.rs"]
 mod stats;
+#[path = "e2e/tls.rs"]
+mod tls;
 #[path = "e2e/vhost_user_blk.rs"]
 mod vhost_user_blk;
 #[path = "e2e/vhost_user_blk_hostile.rs"]

@@ -63,6 +63,9 @@ pub struct Daemon {
     /// `secret` objects.
     pub(crate) secrets: Secrets,
     pub(crate) nbd: Option<NbdServer>,
+    /// The `tls-creds` object of the running NBD server (in use: it cannot
+    /// be deleted).
+    pub(crate) nbd_tls_creds: Option<String>,
     pub(crate) exports: ExportRegistry,
     pub(crate) events: EventBus,
     /// Totals of removed exports (`query-blockstats`).
@@ -102,6 +105,7 @@ impl Daemon {
             objects: Objects::new(Placement::from_affinity())?,
             secrets: Secrets::default(),
             nbd: None,
+            nbd_tls_creds: None,
             exports: ExportRegistry::new(internal_tx.clone()),
             events: EventBus::new(),
             stats: StatsHub::default(),

@@ -6,19 +6,48 @@ use serde_json::{Map, Value};
 use super::no_args;
 use crate::daemon::Daemon;
 use crate::error::{ControlError, Result};
+use crate::objects::duplicate;
 use crate::qapi::{from_args, Input, ObjectOptions, Syntax};
+use crate::tls::{check_psk, Authz, ListFile, RuleList};
 
 /// `object-add` / `--object`.
 pub fn object_add(d: &mut Daemon, input: Input) -> Result<Value> {
-    match ObjectOptions::parse(input)? {
-        ObjectOptions::Iothread(o) if d.secrets.contains(&o.id) => return Err(duplicate(&o.id)),
+    let options = ObjectOptions::parse(input)?;
+    // Secrets live in their own table (nodes look them up by id when
+    // opened) but share the objects' id namespace, as in QEMU.
+    if d.secrets.contains(options.id()) {
+        return Err(duplicate(options.id()));
+    }
+    match options {
         ObjectOptions::Iothread(o) => d.objects.add_iothread(o)?,
-        ObjectOptions::Secret(o) if d.secrets.contains(&o.id) => return Err(duplicate(&o.id)),
         ObjectOptions::Secret(o) => {
             d.objects.check_new_id(&o.id)?;
             d.secrets.add(o)?
         }
-        ObjectOptions::Metrics(o) if d.secrets.contains(&o.id) => return Err(duplicate(&o.id)),
+        ObjectOptions::TlsCredsX509(o) => d.objects.add_tls_creds_x509(o)?,
+        ObjectOptions::TlsCredsPsk(o) => {
+            if d.objects.contains(&o.id) {
+                return Err(duplicate(&o.id));
+            }
+            check_psk(&o).map_err(ControlError::Failed)?
+        }
+        ObjectOptions::AuthzSimple(o) => d.objects.add_authz(
+            o.id,
+            Authz::Simple {
+                identity: o.identity,
+            },
+        )?,
+        ObjectOptions::AuthzList(o) => d
+            .objects
+            .add_authz(o.id, Authz::List(RuleList::new(o.list)))?,
+        ObjectOptions::AuthzListFile(o) => {
+            if d.objects.contains(&o.id) {
+                return Err(duplicate(&o.id));
+            }
+            let f = ListFile::open(&o.filename, o.refresh.unwrap_or(true))
+                .map_err(ControlError::Failed)?;
+            d.objects.add_authz(o.id, Authz::ListFile(f))?
+        }
         ObjectOptions::Metrics(o) => {
             d.objects.check_new_id(&o.id)?;
             let listener = crate::sockets::listen(d, &o.addr)?;
@@ -27,13 +56,6 @@ pub fn object_add(d: &mut Daemon, input: Input) -> Result<Value> {
         }
     }
     Ok(Value::Null)
-}
-
-/// QEMU's message for an id already taken by another object.
-fn duplicate(id: &str) -> ControlError {
-    ControlError::failed(format!(
-        "attempt to add duplicate property '{id}' to object (type 'container')"
-    ))
 }
 
 pub(super) fn object_add_cmd(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {
@@ -46,14 +68,19 @@ struct DelArgs {
     id: String,
 }
 
-/// `object-del`: an iothread that exports run on cannot go.
+/// `object-del`: an iothread that exports run on cannot go, nor the TLS
+/// credentials of the running NBD server. An authorization object can:
+/// the server looks its `tls-authz` up per client, so deleting and
+/// re-adding one changes who may connect next.
 pub(super) fn object_del_cmd(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {
     let a: DelArgs = from_args(args)?;
     if d.secrets.del(&a.id) {
         // Nodes read their secret when opened, as in QEMU: it may go.
         return Ok(Value::Null);
     }
-    if d.objects.contains(&a.id) && d.exports.uses_iothread(&a.id) {
+    let iothread_in_use = d.objects.is_iothread(&a.id) && d.exports.uses_iothread(&a.id);
+    let creds_in_use = d.nbd.is_some() && d.nbd_tls_creds.as_deref() == Some(a.id.as_str());
+    if iothread_in_use || creds_in_use {
         return Err(ControlError::failed(format!(
             "object '{}' is in use, can not be deleted",
             a.id

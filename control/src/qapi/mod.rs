@@ -10,6 +10,7 @@ mod nbd;
 mod object;
 mod qcow2;
 mod remote;
+mod tls;
 mod vhost_user_blk;
 
 #[cfg(test)]
@@ -21,8 +22,8 @@ pub use block::{
     FileDriverOptions, NullDriverOptions, OnOffAuto, RawDriverOptions,
 };
 pub use export::{
-    BitmapRef, BlockExportDelArgs, BlockExportOptions, ExportBase, ExportKind, IothreadSpec,
-    NbdExportArgs, RemoveModeArg, NBD_MAX_STRING_SIZE,
+    BitmapRef, BlockExportDelArgs, BlockExportOptions, ExportBase, ExportKind, FuseAllowOtherArg,
+    FuseExportArgs, IothreadSpec, NbdExportArgs, RemoveModeArg, NBD_MAX_STRING_SIZE,
 };
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
@@ -30,5 +31,9 @@ pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};
 pub use qcow2::{BackingChoice, Qcow2DriverOptions};
 pub use remote::{
     InetServer, NbdDriverOptions, RbdAuthMode, RbdDriverOptions, SecretFormat, SecretOptions,
+};
+pub use tls::{
+    AuthzFormat, AuthzListFileOptions, AuthzListOptions, AuthzListRules, AuthzPolicy, AuthzRule,
+    AuthzSimpleOptions, TlsCredsPskOptions, TlsCredsX509Options, TlsEndpoint,
 };
 pub use vhost_user_blk::VhostUserBlkArgs;

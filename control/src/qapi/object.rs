@@ -1,22 +1,23 @@
-//! `ObjectOptions` (`object-add`, `--object`): `iothread` and `secret`.
+//! `ObjectOptions` (`object-add`, `--object`): `iothread`, `secret`, the
+//! TLS credentials and the authorization objects (their properties are in
+//! `tls.rs`).
 
 use serde::Deserialize;
 
 use super::input::{Input, InputError};
 use super::nbd::SocketAddress;
 use super::remote::SecretOptions;
+use super::tls::{
+    AuthzListFileOptions, AuthzListOptions, AuthzSimpleOptions, TlsCredsPskOptions,
+    TlsCredsX509Options,
+};
 
 /// QOM types QSD can create that ringstor cannot yet.
 const QEMU_QOM_TYPES: &[&str] = &[
-    "authz-list",
-    "authz-listfile",
     "authz-pam",
-    "authz-simple",
     "secret_keyring",
     "throttle-group",
     "tls-creds-anon",
-    "tls-creds-psk",
-    "tls-creds-x509",
     "tls-cipher-suites",
     "pr-manager-helper",
 ];
@@ -48,6 +49,11 @@ pub struct MetricsOptions {
 pub enum ObjectOptions {
     Iothread(IothreadOptions),
     Secret(SecretOptions),
+    TlsCredsX509(TlsCredsX509Options),
+    TlsCredsPsk(TlsCredsPskOptions),
+    AuthzSimple(AuthzSimpleOptions),
+    AuthzList(AuthzListOptions),
+    AuthzListFile(AuthzListFileOptions),
     Metrics(MetricsOptions),
 }
 
@@ -58,17 +64,39 @@ impl ObjectOptions {
         match qom_type.as_str() {
             "iothread" => {
                 let o: IothreadOptions = input.parse()?;
-                if !is_identifier(&o.id) {
-                    return Err(InputError("Parameter 'id' expects an identifier".into()));
-                }
+                check_id(&o.id)?;
                 Ok(ObjectOptions::Iothread(o))
             }
             "secret" => {
                 let o: SecretOptions = input.parse()?;
-                if !is_identifier(&o.id) {
-                    return Err(InputError("Parameter 'id' expects an identifier".into()));
-                }
+                check_id(&o.id)?;
                 Ok(ObjectOptions::Secret(o))
+            }
+            "tls-creds-x509" => {
+                let o: TlsCredsX509Options = input.parse()?;
+                check_id(&o.id)?;
+                Ok(ObjectOptions::TlsCredsX509(o))
+            }
+            "tls-creds-psk" => {
+                let o: TlsCredsPskOptions = input.parse()?;
+                check_id(&o.id)?;
+                Ok(ObjectOptions::TlsCredsPsk(o))
+            }
+            "authz-simple" => {
+                let o: AuthzSimpleOptions = input.parse()?;
+                check_id(&o.id)?;
+                Ok(ObjectOptions::AuthzSimple(o))
+            }
+            "authz-list" => {
+                let id = input.take_str("id")?;
+                let list = input.parse()?;
+                check_id(&id)?;
+                Ok(ObjectOptions::AuthzList(AuthzListOptions { id, list }))
+            }
+            "authz-listfile" => {
+                let o: AuthzListFileOptions = input.parse()?;
+                check_id(&o.id)?;
+                Ok(ObjectOptions::AuthzListFile(o))
             }
             "metrics" => parse_metrics(input).map(ObjectOptions::Metrics),
             t if QEMU_QOM_TYPES.contains(&t) => Err(InputError(format!(
@@ -76,6 +104,30 @@ impl ObjectOptions {
             ))),
             t => Err(InputError::bad_value("qom-type", t)),
         }
+    }
+}
+
+impl ObjectOptions {
+    /// The object's id (one namespace for every type, as in QEMU).
+    pub fn id(&self) -> &str {
+        match self {
+            ObjectOptions::Iothread(o) => &o.id,
+            ObjectOptions::Secret(o) => &o.id,
+            ObjectOptions::TlsCredsX509(o) => &o.id,
+            ObjectOptions::TlsCredsPsk(o) => &o.id,
+            ObjectOptions::AuthzSimple(o) => &o.id,
+            ObjectOptions::AuthzList(o) => &o.id,
+            ObjectOptions::AuthzListFile(o) => &o.id,
+            ObjectOptions::Metrics(o) => &o.id,
+        }
+    }
+}
+
+fn check_id(id: &str) -> Result<(), InputError> {
+    if is_identifier(id) {
+        Ok(())
+    } else {
+        Err(InputError("Parameter 'id' expects an identifier".into()))
     }
 }
 

@@ -7,6 +7,8 @@
 //! - `conn`: the transmission phase of one connection (reader, writer).
 //! - `request`: one request against the block handle.
 //! - `client/`: the NBD client block driver (`blockdev-add driver=nbd`).
+//! - `transport`: plaintext or TLS under the handshake and `conn`;
+//!   `tls`: the rustls session on the connection's iothread.
 
 pub mod client;
 mod conn;
@@ -16,6 +18,8 @@ pub mod proto;
 mod registry;
 mod request;
 mod server;
+mod tls;
+mod transport;
 
 pub use registry::NbdExport;
 pub use server::{NbdBitmap, NbdError, NbdExportOptions, NbdServer, NbdServerConfig};
