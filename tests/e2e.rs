@@ -10,6 +10,8 @@ mod blkio_client;
 mod cli;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/discard_bitmaps.rs"]
+mod discard_bitmaps;
 #[path = "e2e/fuse.rs"]
 mod fuse;
 #[path = "e2e/hostile.rs"]
@@ -18,6 +20,8 @@ mod hostile;
 mod inherited;
 #[path = "e2e/nbd.rs"]
 mod nbd;
+#[path = "e2e/nbd_client.rs"]
+mod nbd_client;
 #[path = "e2e/nbd_qmp.rs"]
 mod nbd_qmp;
 #[path = "e2e/parity.rs"]
@@ -30,6 +34,8 @@ mod qcow2_bitmaps;
 mod qcow2_crash;
 #[path = "e2e/qmp.rs"]
 mod qmp;
+#[path = "e2e/rbd.rs"]
+mod rbd;
 #[path = "e2e/reliability.rs"]
 mod reliability;
 #[path = "e2e/stats.rs"]
@@ -46,3 +52,5 @@ mod vhost_user_blk_hostile;
 mod vhost_user_blk_nodes;
 #[path = "e2e/vhost_user_blk_qmp.rs"]
 mod vhost_user_blk_qmp;
+#[path = "e2e/vhost_user_blk_remote.rs"]
+mod vhost_user_blk_remote;

@@ -10,6 +10,8 @@
 
 #[path = "support/bitmaps.rs"]
 pub mod bitmaps;
+#[path = "support/ceph.rs"]
+pub mod ceph;
 #[path = "support/daemon.rs"]
 pub mod daemon;
 #[path = "support/inherit.rs"]

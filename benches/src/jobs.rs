@@ -80,6 +80,14 @@ pub fn file_jobs() -> Vec<Job> {
     ]
 }
 
+/// Jobs on the rbd backend: 4k random I/O at qd32.
+pub fn rbd_jobs() -> Vec<Job> {
+    vec![
+        Job::new("randread-4k-qd32", "randread", "4k", 32),
+        Job::new("randwrite-4k-qd32", "randwrite", "4k", 32),
+    ]
+}
+
 /// Jobs on a qcow2 image: the cost of the format layer on small I/O.
 pub fn qcow2_jobs() -> Vec<Job> {
     vec![
@@ -120,6 +128,9 @@ pub enum BackendKind {
     Qcow2(Qcow2Layout),
     /// A null device that reads zeroes (null-co, nbdkit null).
     Null,
+    /// An RBD image on a single-node Ceph cluster the harness starts
+    /// (ringstor and QSD only: both through librbd).
+    Rbd,
 }
 
 /// How the export is reached (see `crate::transport`).
@@ -148,7 +159,7 @@ impl TransportKind {
 /// A set of jobs run against every server with one backend configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
-    /// Identifier: `page-cache`, `direct`, `null`, `tcp` or `tls`.
+    /// Identifier: `page-cache`, `direct`, `null`, `rbd`, `tcp`, `tls`, ...
     pub id: &'static str,
     /// Backend of the export.
     pub backend: BackendKind,
@@ -157,7 +168,8 @@ pub struct Scenario {
     /// Jobs, in run order.
     pub jobs: Vec<Job>,
     /// Part of a `--short` run without `--scenarios` (the qcow2 ones are
-    /// not, to keep it within its budget: select them by name).
+    /// not, to keep it within its budget, nor rbd, which needs its own
+    /// cluster: select them by name).
     pub in_short: bool,
 }
 
@@ -203,7 +215,7 @@ impl Mode {
     }
 }
 
-/// The scenarios of a run in order: page cache, O_DIRECT, null, null
+/// The scenarios of a run in order: page cache, O_DIRECT, null, rbd, null
 /// writes with a dirty bitmap.
 pub fn scenarios(mode: Mode) -> Vec<Scenario> {
     let direct = file_jobs()
@@ -245,6 +257,13 @@ pub fn scenarios(mode: Mode) -> Vec<Scenario> {
             transport: TransportKind::Unix,
             // Writes first, so they allocate into the fresh image.
             jobs: qcow2_jobs().into_iter().rev().collect(),
+            in_short: false,
+        },
+        Scenario {
+            id: "rbd",
+            backend: BackendKind::Rbd,
+            transport: TransportKind::Unix,
+            jobs: rbd_jobs(),
             in_short: false,
         },
     ];

@@ -15,6 +15,7 @@ mod jobs;
 mod machine;
 mod nbd;
 mod qsd;
+mod rbd;
 mod recording;
 mod report;
 mod results;

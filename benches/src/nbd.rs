@@ -65,6 +65,8 @@ impl Transport for Nbd {
                     }
                     // The qcow2 rows compare ringstor with QSD only.
                     Backend::Qcow2 { .. } => return None,
+                    // So do the rbd rows (nbdkit and qemu-nbd have no rbd here).
+                    Backend::Rbd(_) => return None,
                 }
                 a
             }
@@ -85,6 +87,7 @@ impl Transport for Nbd {
                         a.push(format!("size={size}"));
                     }
                     Backend::Qcow2 { .. } => return None,
+                    Backend::Rbd(_) => return None,
                 }
                 a
             }

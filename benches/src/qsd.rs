@@ -19,7 +19,9 @@ pub fn escape(value: &str) -> String {
 ///
 /// File: `driver=file` with `aio=io_uring` and `cache.direct=on|off`; the
 /// export serves the protocol node directly (no raw format layer).
-/// Null: `driver=null-co` with `read-zeroes=on`.
+/// Null: `driver=null-co` with `read-zeroes=on`. Rbd: a `secret` object
+/// with the key and `driver=rbd` with QEMU's default cache (librbd's
+/// writeback cache on).
 pub fn base_args(backend: &Backend) -> Vec<String> {
     let blockdev = match backend {
         Backend::File { path, cache } => format!(
@@ -38,6 +40,25 @@ pub fn base_args(backend: &Backend) -> Vec<String> {
             "driver=qcow2,node-name={NODE},file.driver=file,file.filename={},file.aio=io_uring,file.cache.direct=off",
             escape(&path.to_string_lossy())
         ),
+        Backend::Rbd(r) => {
+            return vec![
+                "--object".into(),
+                format!("iothread,id={IOTHREAD}"),
+                "--object".into(),
+                format!(
+                    "secret,id=sec0,file={},format=base64",
+                    escape(&r.key_file.to_string_lossy())
+                ),
+                "--blockdev".into(),
+                format!(
+                    "driver=rbd,node-name={NODE},pool={},image={},conf={},user={},key-secret=sec0,discard=unmap",
+                    r.pool,
+                    r.image,
+                    escape(&r.conf.to_string_lossy()),
+                    r.user
+                ),
+            ]
+        }
     };
     vec![
         "--object".into(),

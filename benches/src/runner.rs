@@ -54,6 +54,15 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
                 cache,
             },
             BackendKind::Null => Backend::Null { size },
+            BackendKind::Rbd => match crate::rbd::RbdImage::prepare(plan.timing.image_mib) {
+                Ok(img) => Backend::Rbd(img),
+                Err(e) => {
+                    let line = format!("SKIP scenario {}: {e}", sc.id);
+                    println!("{line}");
+                    skipped.push(line);
+                    continue;
+                }
+            },
             BackendKind::Qcow2(_) => Backend::Qcow2 {
                 path: dirs.work.join("image.qcow2"),
             },
@@ -151,7 +160,7 @@ fn prepare_cache(backend: &BackendKind, image: &Path, qcow2: &Path, size: u64) -
     match backend {
         BackendKind::File(CacheMode::PageCache) => image::warm(image),
         BackendKind::File(CacheMode::Direct) => image::evict(image),
-        BackendKind::Null => Ok(()),
+        BackendKind::Null | BackendKind::Rbd => Ok(()),
         BackendKind::Qcow2(layout) => image::create_qcow2(qcow2, size, *layout),
     }
 }

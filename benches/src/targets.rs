@@ -1,8 +1,9 @@
 //! The project's performance targets, judged on the page-cache NBD run
-//! against the best of QSD/nbdkit/qemu-nbd (or, for a cost target, against
-//! ringstor itself on a baseline job), as PASS/FAIL/SKIP lines. The TLS
-//! targets (issue 11) are judged on the `tls` scenario, where QSD is the
-//! only other server; they SKIP unless `--scenarios tls` ran.
+//! against the best of QSD/nbdkit/qemu-nbd (the rbd ones against QSD, the
+//! only other server there; a cost target against ringstor itself on a
+//! baseline job), as PASS/FAIL/SKIP lines. The TLS targets (issue 11) are
+//! judged on the `tls` scenario, where QSD is the only other server; they
+//! SKIP unless `--scenarios tls` ran.
 
 use crate::results::{Comparison, Row};
 use crate::servers::ServerKind;
@@ -122,6 +123,26 @@ pub fn targets() -> Vec<Target> {
             Metric::CpuPerIo,
             false,
         ),
+        rbd(
+            "rbd-backed NBD 4k randread qd32 IOPS",
+            "randread-4k-qd32",
+            Metric::Throughput,
+        ),
+        rbd(
+            "rbd-backed NBD 4k randwrite qd32 IOPS",
+            "randwrite-4k-qd32",
+            Metric::Throughput,
+        ),
+        rbd(
+            "rbd-backed NBD server CPU per read",
+            "randread-4k-qd32",
+            Metric::CpuPerIo,
+        ),
+        rbd(
+            "rbd-backed NBD server CPU per write",
+            "randwrite-4k-qd32",
+            Metric::CpuPerIo,
+        ),
         Target {
             scenario: crate::bitmap::SCENARIO,
             baseline: Some(crate::bitmap::BASELINE_JOB),
@@ -190,6 +211,20 @@ fn qcow2_targets() -> Vec<Target> {
         });
     }
     v
+}
+
+/// rbd targets: at least QSD's throughput, at most its CPU per I/O.
+fn rbd(text: &'static str, job: &'static str, metric: Metric) -> Target {
+    let at_least = !matches!(metric, Metric::CpuPerIo);
+    Target {
+        text,
+        scenario: "rbd",
+        job,
+        metric,
+        at_least,
+        threshold: 1.0,
+        baseline: None,
+    }
 }
 
 /// A target's `job` that stands for every job of every scenario whose id
@@ -485,12 +520,27 @@ mod tests {
             cmp("randread-4k-qd32-4conn", 1.9, 1.0, 0.3),
             cmp("randread-4k-qd1", 1.0, 0.9, 1.0),
         ];
+        let mut c = c;
+        c.push(Comparison {
+            scenario: "rbd".into(),
+            ..cmp("randread-4k-qd32", 1.1, 0.5, 0.9)
+        });
         let o = evaluate(&c, &[]);
         let st: Vec<Status> = o.iter().map(|o| o.status).collect();
         use Status::*;
-        assert_eq!(st[..6], [Pass, Fail, Pass, Skip, Pass, Skip]);
-        // The TLS and qcow2 rows were not run.
-        assert!(st[6..].iter().all(|s| *s == Skip));
+        assert_eq!(st[..5], [Pass, Fail, Pass, Skip, Pass]);
+        // The rbd targets: read IOPS and CPU met; no write measured.
+        let rbd: Vec<Status> = o
+            .iter()
+            .filter(|o| o.target.scenario == "rbd")
+            .map(|o| o.status)
+            .collect();
+        assert_eq!(rbd, [Pass, Skip, Pass, Skip]);
+        // The TLS, bitmap and qcow2 rows were not run.
+        assert!(o
+            .iter()
+            .filter(|o| !["page-cache", "rbd"].contains(&o.target.scenario))
+            .all(|o| o.status == Skip));
         assert!(o[4].line().contains("p99 ratio 1.20x"));
         assert!(o[0]
             .line()

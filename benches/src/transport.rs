@@ -32,6 +32,8 @@ pub enum Backend {
         /// Advertised size in bytes.
         size: u64,
     },
+    /// An RBD image (see `rbd.rs`).
+    Rbd(crate::rbd::RbdImage),
 }
 
 /// How to start one server's export and how fio reaches it.

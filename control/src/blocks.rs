@@ -10,14 +10,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use engine::block::{BlockNode, FileOptions, NodeOptions, NullOptions, RawOptions};
+use engine::block::{
+    BlockNode, FileOptions, NodeFlags, NodeOptions, NullOptions, RawOptions, RbdOptions,
+};
 use serde_json::{json, Value};
 
 use crate::error::{ControlError, Result};
 use crate::qapi::{
-    is_identifier, BlockdevOptions, BlockdevRef, DetectZeroes, DriverOptions, OnOffAuto,
+    is_identifier, BlockdevOptions, BlockdevRef, DetectZeroes, Discard, DriverOptions,
+    NbdDriverOptions, OnOffAuto, RbdDriverOptions, SocketAddress,
 };
 use crate::qmp::to_qemu_json;
+use crate::secrets::Secrets;
 
 mod qcow2;
 
@@ -54,14 +58,14 @@ impl BlockGraph {
     }
 
     /// `blockdev-add`.
-    pub fn add(&mut self, opts: BlockdevOptions) -> Result<Arc<BlockNode>> {
+    pub fn add(&mut self, opts: BlockdevOptions, secrets: &Secrets) -> Result<Arc<BlockNode>> {
         if opts.base.node_name.is_none() {
             return Err(ControlError::failed(
                 "'node-name' must be specified for the root node",
             ));
         }
         let mut created = Vec::new();
-        match self.open(opts, true, &mut created) {
+        match self.open(opts, true, &mut created, secrets) {
             Ok(node) => Ok(node),
             Err(e) => {
                 // Undo inline children opened before the failure.
@@ -78,6 +82,7 @@ impl BlockGraph {
         opts: BlockdevOptions,
         monitor_owned: bool,
         created: &mut Vec<String>,
+        secrets: &Secrets,
     ) -> Result<Arc<BlockNode>> {
         let name = match &opts.base.node_name {
             Some(n) => {
@@ -94,6 +99,12 @@ impl BlockGraph {
             None => self.auto_name(),
         };
         let read_only = opts.base.read_only.unwrap_or(false);
+        let unmap = opts.base.discard == Some(Discard::Unmap);
+        if opts.base.detect_zeroes == Some(DetectZeroes::Unmap) && !unmap {
+            return Err(ControlError::failed(
+                "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap",
+            ));
+        }
         let direct = opts.cache.direct.unwrap_or(false);
         let no_flush = opts.cache.no_flush.unwrap_or(false);
         let mut children = Vec::new();
@@ -136,7 +147,8 @@ impl BlockGraph {
                         }
                     },
                     BlockdevRef::Definition(def) => {
-                        let node = self.open((**def).clone(), false, created)?;
+                        let def = inline_child(def);
+                        let node = self.open(def, false, created, secrets)?;
                         children.push(node.name().to_string());
                         owned_children.push(node.name().to_string());
                         node
@@ -163,16 +175,30 @@ impl BlockGraph {
                     j,
                 )
             }
+            DriverOptions::Rbd(r) => {
+                if r.snapshot.is_some() && !read_only && opts.base.auto_read_only != Some(true) {
+                    return Err(ControlError::failed("rbd snapshots are read-only"));
+                }
+                (
+                    NodeOptions::Rbd(rbd_options(r, read_only, direct, secrets)?),
+                    rbd_json(r),
+                )
+            }
+            DriverOptions::Nbd(n) => (
+                nbd_node(n, read_only, opts.base.auto_read_only == Some(true))?,
+                nbd_json(n),
+            ),
             DriverOptions::Qcow2(q) => {
                 let mut links = qcow2::Links {
                     created,
                     children: &mut children,
                     owned: &mut owned_children,
+                    secrets,
                 };
                 self.qcow2_options(q, read_only, &mut links)?
             }
         };
-        let node = BlockNode::open(&name, opts.driver, options)?;
+        let node = BlockNode::open_with(&name, opts.driver, options, NodeFlags { unmap })?;
         self.next_seq += 1;
         self.nodes.insert(
             name.clone(),
@@ -266,6 +292,7 @@ impl BlockGraph {
         // child shows the child's; anything else shows `json:{...}`.
         let file = match (node.filename(), e.json.get("offset"), e.json.get("size")) {
             (Some(f), _, _) => f.to_string(),
+            (None, _, _) if node.driver() == "nbd" => node.remote_name().unwrap_or_default(),
             (None, None, None)
                 if node.driver() == "raw"
                     || (node.driver() == "qcow2" && e.json.get("backing").is_none()) =>
@@ -327,4 +354,118 @@ impl BlockGraph {
         }
         info
     }
+}
+
+fn rbd_options(
+    r: &RbdDriverOptions,
+    read_only: bool,
+    direct: bool,
+    secrets: &Secrets,
+) -> Result<RbdOptions> {
+    let key = r
+        .key_secret
+        .as_deref()
+        .map(|id| secrets.lookup_base64(id))
+        .transpose()?;
+    Ok(RbdOptions {
+        pool: r.pool.clone(),
+        namespace: r.namespace.clone(),
+        image: r.image.clone(),
+        conf: r.conf.clone(),
+        snapshot: r.snapshot.clone(),
+        user: r.user.clone(),
+        auth_client_required: r
+            .auth_client_required
+            .iter()
+            .flatten()
+            .map(|m| m.as_str().to_string())
+            .collect(),
+        key,
+        servers: r
+            .server
+            .iter()
+            .flatten()
+            .map(|s| (s.host.clone(), s.port.clone()))
+            .collect(),
+        read_only: read_only || r.snapshot.is_some(),
+        cache: !direct,
+    })
+}
+
+/// The options QEMU prints in an rbd node's `json:{...}` name (never the key).
+fn rbd_json(r: &RbdDriverOptions) -> Value {
+    let mut j = json!({"driver": "rbd", "pool": r.pool, "image": r.image});
+    for (k, v) in [
+        ("namespace", &r.namespace),
+        ("snapshot", &r.snapshot),
+        ("conf", &r.conf),
+        ("user", &r.user),
+        ("key-secret", &r.key_secret),
+    ] {
+        if let Some(v) = v {
+            j[k] = json!(v);
+        }
+    }
+    j
+}
+
+fn nbd_server(a: &SocketAddress) -> Result<drivers::nbd::client::ServerAddr> {
+    use drivers::nbd::client::ServerAddr;
+    match a {
+        SocketAddress::Unix { path } => Ok(ServerAddr::Unix(path.into())),
+        SocketAddress::Inet { host, port } => Ok(ServerAddr::Inet {
+            host: host.clone(),
+            port: port.clone(),
+        }),
+        SocketAddress::Fd { .. } => Err(ControlError::failed(
+            "An fd server address is not supported by the nbd driver of ringstor yet",
+        )),
+    }
+}
+
+fn nbd_node(n: &NbdDriverOptions, read_only: bool, auto_read_only: bool) -> Result<NodeOptions> {
+    use drivers::nbd::client::{connect, ClientOptions};
+    if n.tls_creds.is_some() || n.tls_hostname.is_some() {
+        return Err(ControlError::failed(
+            "TLS for the nbd driver ('tls-creds') is not supported by ringstor yet",
+        ));
+    }
+    if n.x_dirty_bitmap.is_some() {
+        return Err(ControlError::failed(
+            "'x-dirty-bitmap' of the nbd driver is not supported by ringstor",
+        ));
+    }
+    let opts = ClientOptions {
+        server: nbd_server(&n.server)?,
+        export: n.export.clone().unwrap_or_default(),
+        reconnect_delay: std::time::Duration::from_secs(n.reconnect_delay.into()),
+        open_timeout: std::time::Duration::from_secs(n.open_timeout.into()),
+        read_only,
+        auto_read_only,
+    };
+    connect(opts).map_err(|e| ControlError::failed(e.to_string()))
+}
+
+fn nbd_json(n: &NbdDriverOptions) -> Value {
+    let server = match &n.server {
+        SocketAddress::Unix { path } => json!({"type": "unix", "path": path}),
+        SocketAddress::Inet { host, port } => json!({"type": "inet", "host": host, "port": port}),
+        SocketAddress::Fd { name } => json!({"type": "fd", "str": name}),
+    };
+    let mut j = json!({"driver": "nbd", "server": server});
+    if let Some(e) = &n.export {
+        j["export"] = json!(e);
+    }
+    j
+}
+
+/// An inline child's options: as in QEMU (`bdrv_inherited_options`), a
+/// child opened from its parent's options defaults to `discard=unmap`, the
+/// parent's own `discard` deciding what reaches it.
+pub(super) fn inline_child(def: &BlockdevOptions) -> BlockdevOptions {
+    let mut def = def.clone();
+    if def.base.discard.is_none() {
+        def.base.discard = Some(Discard::Unmap);
+    }
+    def
 }

@@ -34,6 +34,7 @@ use crate::objects::Objects;
 use crate::placement::Placement;
 use crate::qmp::{EventBus, MonitorAddr, MonitorFds, MonitorServer, QmpError, QmpRequest};
 use crate::registry::ExportRegistry;
+use crate::secrets::Secrets;
 use crate::stats::StatsHub;
 
 /// How long exports get to drain at `quit` or `nbd-server-stop` before
@@ -59,6 +60,8 @@ pub enum Internal {
 pub struct Daemon {
     pub(crate) blocks: BlockGraph,
     pub(crate) objects: Objects,
+    /// `secret` objects.
+    pub(crate) secrets: Secrets,
     pub(crate) nbd: Option<NbdServer>,
     /// The `tls-creds` object of the running NBD server (in use: it cannot
     /// be deleted).
@@ -100,6 +103,7 @@ impl Daemon {
         Ok(Daemon {
             blocks: BlockGraph::default(),
             objects: Objects::new(Placement::from_affinity())?,
+            secrets: Secrets::default(),
             nbd: None,
             nbd_tls_creds: None,
             exports: ExportRegistry::new(internal_tx.clone()),

@@ -22,6 +22,7 @@ pub mod placement;
 pub mod qapi;
 pub mod qmp;
 pub mod registry;
+pub mod secrets;
 pub mod signals;
 pub mod sockets;
 pub mod stats;

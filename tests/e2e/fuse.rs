@@ -96,7 +96,7 @@ pub fn fuse_daemon(size: u64, fill: Fill, blockdev_extra: &str) -> FuseDaemon {
         "iothread,id=io1".into(),
         "--blockdev".into(),
         format!(
-            "driver=file,node-name=disk0,filename={}{blockdev_extra}",
+            "driver=file,node-name=disk0,filename={},discard=unmap{blockdev_extra}",
             img.display()
         ),
         "--chardev".into(),

@@ -24,9 +24,11 @@ fn vhost_daemon_with(size: u64, extra: &str, more: &[&str]) -> (Daemon, PathBuf,
     let export = format!(
         "type=vhost-user-blk,id=vu0,node-name=disk0,addr.type=unix,addr.path={{dir}}/vhost.sock{extra}"
     );
+    // discard=unmap: these tests see discards punch the file (QEMU's
+    // default, ignore, would make them succeed without effect).
     let mut args = vec![
         "--blockdev",
-        "driver=file,node-name=disk0,filename={dir}/disk.img",
+        "driver=file,node-name=disk0,filename={dir}/disk.img,discard=unmap",
         "--object",
         "iothread,id=io0",
     ];

@@ -28,23 +28,32 @@ pub struct BitmapDaemon {
 impl BitmapDaemon {
     /// Starts `bin` with a sparse image of `size` bytes.
     pub fn start(bin: &Path, size: u64) -> BitmapDaemon {
+        Self::start_with(
+            bin,
+            size,
+            &["driver=file,node-name=disk0,filename={dir}/disk.img,discard=unmap"],
+            |_| {},
+        )
+    }
+
+    /// Starts `bin` with other `--blockdev`s (the top one named `disk0`)
+    /// over `{dir}/disk.img`, which `prepare` may remake first.
+    pub fn start_with(
+        bin: &Path,
+        size: u64,
+        blockdevs: &[&str],
+        prepare: impl Fn(&Path),
+    ) -> BitmapDaemon {
         let dir = scratch();
         let img = dir.path().join("disk.img");
         make_sparse(&img, size);
-        let d = Daemon::start_bin(
-            bin,
-            dir,
-            &[
-                "--object",
-                "iothread,id=io0",
-                "--object",
-                "iothread,id=io1",
-                "--blockdev",
-                "driver=file,node-name=disk0,filename={dir}/disk.img,discard=unmap",
-                "--nbd-server",
-                "addr.type=unix,addr.path={dir}/nbd.sock",
-            ],
-        );
+        prepare(&img);
+        let mut args = vec!["--object", "iothread,id=io0", "--object", "iothread,id=io1"];
+        for b in blockdevs {
+            args.extend(["--blockdev", b]);
+        }
+        args.extend(["--nbd-server", "addr.type=unix,addr.path={dir}/nbd.sock"]);
+        let d = Daemon::start_bin(bin, dir, &args);
         let q = d.qmp();
         let qsd = bin
             .file_name()
@@ -115,11 +124,16 @@ impl BitmapDaemon {
 
     /// `count` of bitmap `name` on `disk0`.
     pub fn count(&mut self, name: &str) -> u64 {
-        let list = self.bitmaps("disk0");
+        self.count_on("disk0", name)
+    }
+
+    /// `count` of bitmap `name` on `node`.
+    pub fn count_on(&mut self, node: &str, name: &str) -> u64 {
+        let list = self.bitmaps(node);
         list.as_array()
             .and_then(|l| l.iter().find(|b| b["name"] == name))
             .and_then(|b| b["count"].as_u64())
-            .unwrap_or_else(|| panic!("no bitmap {name} on disk0: {list}"))
+            .unwrap_or_else(|| panic!("no bitmap {name} on {node}: {list}"))
     }
 }
 

@@ -11,12 +11,14 @@ use serde_json::{json, Map, Value};
 use super::{BlockGraph, NodeEntry};
 use crate::error::{ControlError, Result};
 use crate::qapi::{BackingChoice, BlockdevOptions, BlockdevRef, Input, Qcow2DriverOptions, Syntax};
+use crate::secrets::Secrets;
 
 /// Nodes a new node uses and owns, as [`BlockGraph`] records them.
 pub(super) struct Links<'a> {
     pub(super) created: &'a mut Vec<String>,
     pub(super) children: &'a mut Vec<String>,
     pub(super) owned: &'a mut Vec<String>,
+    pub(super) secrets: &'a Secrets,
 }
 
 impl BlockGraph {
@@ -37,7 +39,12 @@ impl BlockGraph {
                 ))),
             },
             BlockdevRef::Definition(def) => {
-                let node = self.open((**def).clone(), false, links.created)?;
+                let node = self.open(
+                    super::inline_child(def),
+                    false,
+                    links.created,
+                    links.secrets,
+                )?;
                 links.children.push(node.name().to_string());
                 links.owned.push(node.name().to_string());
                 Ok(node)
@@ -114,7 +121,9 @@ impl BlockGraph {
             None => {
                 // Probe: qcow2 by its magic, anything else is raw.
                 let opts = BlockdevOptions::parse(Input::new(file_opts.clone(), Syntax::Json))?;
-                let probe = self.open(opts, false, links.created).map_err(fail)?;
+                let probe = self
+                    .open(opts, false, links.created, links.secrets)
+                    .map_err(fail)?;
                 let fmt = if qcow2::is_qcow2(&probe) {
                     "qcow2"
                 } else {
@@ -133,7 +142,9 @@ impl BlockGraph {
         opts.insert("file".into(), Value::Object(file_opts));
         let opts =
             BlockdevOptions::parse(Input::new(opts, Syntax::Json)).map_err(|e| fail(e.into()))?;
-        let node = self.open(opts, false, links.created).map_err(fail)?;
+        let node = self
+            .open(opts, false, links.created, links.secrets)
+            .map_err(fail)?;
         links.children.push(node.name().to_string());
         links.owned.push(node.name().to_string());
         Ok(Some(node))

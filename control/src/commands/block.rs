@@ -10,7 +10,7 @@ use crate::qapi::{from_args, BlockdevOptions, Input, Syntax};
 /// `blockdev-add` / `--blockdev`.
 pub fn blockdev_add(d: &mut Daemon, input: Input) -> Result<Value> {
     let opts = BlockdevOptions::parse(input)?;
-    d.blocks.add(opts)?;
+    d.blocks.add(opts, &d.secrets)?;
     Ok(Value::Null)
 }
 

@@ -12,8 +12,18 @@ use crate::tls::{check_psk, Authz, ListFile, RuleList};
 
 /// `object-add` / `--object`.
 pub fn object_add(d: &mut Daemon, input: Input) -> Result<Value> {
-    match ObjectOptions::parse(input)? {
+    let options = ObjectOptions::parse(input)?;
+    // Secrets live in their own table (nodes look them up by id when
+    // opened) but share the objects' id namespace, as in QEMU.
+    if d.secrets.contains(options.id()) {
+        return Err(duplicate(options.id()));
+    }
+    match options {
         ObjectOptions::Iothread(o) => d.objects.add_iothread(o)?,
+        ObjectOptions::Secret(o) => {
+            d.objects.check_new_id(&o.id)?;
+            d.secrets.add(o)?
+        }
         ObjectOptions::TlsCredsX509(o) => d.objects.add_tls_creds_x509(o)?,
         ObjectOptions::TlsCredsPsk(o) => {
             if d.objects.contains(&o.id) {
@@ -64,6 +74,10 @@ struct DelArgs {
 /// re-adding one changes who may connect next.
 pub(super) fn object_del_cmd(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {
     let a: DelArgs = from_args(args)?;
+    if d.secrets.del(&a.id) {
+        // Nodes read their secret when opened, as in QEMU: it may go.
+        return Ok(Value::Null);
+    }
     let iothread_in_use = d.objects.is_iothread(&a.id) && d.exports.uses_iothread(&a.id);
     let creds_in_use = d.nbd.is_some() && d.nbd_tls_creds.as_deref() == Some(a.id.as_str());
     if iothread_in_use || creds_in_use {

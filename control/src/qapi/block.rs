@@ -1,12 +1,15 @@
 //! `BlockdevOptions` (`blockdev-add`, `--blockdev`) for the drivers
-//! ringstor has: `file`, `host_device`, `raw`, `null-co`, `null-aio`.
+//! ringstor has: `file`, `host_device`, `raw`, `null-co`, `null-aio`,
+//! `rbd`, `nbd` (their options: `remote.rs`).
 //!
 //! The union is split by hand (serde's `flatten` defeats
 //! `deny_unknown_fields`): the base members go into [`BlockdevBase`], the
 //! rest into the driver's struct.
 //!
-//! Accepted and ignored, as they change nothing for ringstor: `aio` (always
-//! io_uring), `aio-max-batch`, `auto-read-only`, `discard`, `detect-zeroes`
+//! `discard` (`ignore`, QEMU's default, or `unmap`) decides whether
+//! discards reach the store, for every driver. Accepted and ignored, as
+//! they change nothing for ringstor: `aio` (always
+//! io_uring), `aio-max-batch`, `auto-read-only`, `detect-zeroes`
 //! (reported back by `query-named-block-nodes`), `force-share`,
 //! `latency-ns`.
 
@@ -14,9 +17,19 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::input::{Input, InputError};
+use super::remote::{NbdDriverOptions, RbdDriverOptions};
 
 /// Drivers known to ringstor.
-const DRIVERS: &[&str] = &["file", "host_device", "raw", "null-co", "null-aio", "qcow2"];
+const DRIVERS: &[&str] = &[
+    "file",
+    "host_device",
+    "raw",
+    "null-co",
+    "null-aio",
+    "qcow2",
+    "rbd",
+    "nbd",
+];
 
 /// Drivers QEMU has that ringstor does not (so the error says so).
 const QEMU_DRIVERS: &[&str] = &[
@@ -38,7 +51,6 @@ const QEMU_DRIVERS: &[&str] = &[
     "io_uring",
     "iscsi",
     "luks",
-    "nbd",
     "nfs",
     "nvme",
     "parallels",
@@ -46,7 +58,6 @@ const QEMU_DRIVERS: &[&str] = &[
     "qcow",
     "qed",
     "quorum",
-    "rbd",
     "replication",
     "snapshot-access",
     "ssh",
@@ -192,6 +203,8 @@ pub enum DriverOptions {
     Raw(RawDriverOptions),
     Null(NullDriverOptions),
     Qcow2(super::qcow2::Qcow2DriverOptions),
+    Rbd(RbdDriverOptions),
+    Nbd(NbdDriverOptions),
 }
 
 /// `BlockdevOptions`.
@@ -229,6 +242,8 @@ impl BlockdevOptions {
             "host_device" => DriverOptions::HostDevice(input.parse()?),
             "null-co" | "null-aio" => DriverOptions::Null(input.parse()?),
             "qcow2" => DriverOptions::Qcow2(super::qcow2::parse(input)?),
+            "rbd" => DriverOptions::Rbd(input.parse()?),
+            "nbd" => DriverOptions::Nbd(NbdDriverOptions::parse(input)?),
             _ => {
                 let Some(file) = take_ref(&mut input, "file")? else {
                     return Err(InputError::missing(&input.path("file")));

@@ -9,6 +9,7 @@ mod input;
 mod nbd;
 mod object;
 mod qcow2;
+mod remote;
 mod tls;
 mod vduse_blk;
 mod vhost_user_blk;
@@ -18,7 +19,7 @@ mod tests;
 
 pub use bitmap::{BitmapAction, BitmapAddArgs, BitmapArgs, BitmapMergeArgs, TransactionArgs};
 pub use block::{
-    BlockdevBase, BlockdevOptions, BlockdevRef, CacheOptions, DetectZeroes, DriverOptions,
+    BlockdevBase, BlockdevOptions, BlockdevRef, CacheOptions, DetectZeroes, Discard, DriverOptions,
     FileDriverOptions, NullDriverOptions, OnOffAuto, RawDriverOptions,
 };
 pub use export::{
@@ -29,6 +30,9 @@ pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
 pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};
 pub use qcow2::{BackingChoice, Qcow2DriverOptions};
+pub use remote::{
+    InetServer, NbdDriverOptions, RbdAuthMode, RbdDriverOptions, SecretFormat, SecretOptions,
+};
 pub use tls::{
     AuthzFormat, AuthzListFileOptions, AuthzListOptions, AuthzListRules, AuthzPolicy, AuthzRule,
     AuthzSimpleOptions, TlsCredsPskOptions, TlsCredsX509Options, TlsEndpoint,

@@ -1,11 +1,12 @@
-//! `ObjectOptions` (`object-add`, `--object`): `iothread`, the TLS
-//! credentials and the authorization objects (their properties are in
+//! `ObjectOptions` (`object-add`, `--object`): `iothread`, `secret`, the
+//! TLS credentials and the authorization objects (their properties are in
 //! `tls.rs`).
 
 use serde::Deserialize;
 
 use super::input::{Input, InputError};
 use super::nbd::SocketAddress;
+use super::remote::SecretOptions;
 use super::tls::{
     AuthzListFileOptions, AuthzListOptions, AuthzSimpleOptions, TlsCredsPskOptions,
     TlsCredsX509Options,
@@ -14,7 +15,6 @@ use super::tls::{
 /// QOM types QSD can create that ringstor cannot yet.
 const QEMU_QOM_TYPES: &[&str] = &[
     "authz-pam",
-    "secret",
     "secret_keyring",
     "throttle-group",
     "tls-creds-anon",
@@ -48,6 +48,7 @@ pub struct MetricsOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectOptions {
     Iothread(IothreadOptions),
+    Secret(SecretOptions),
     TlsCredsX509(TlsCredsX509Options),
     TlsCredsPsk(TlsCredsPskOptions),
     AuthzSimple(AuthzSimpleOptions),
@@ -65,6 +66,11 @@ impl ObjectOptions {
                 let o: IothreadOptions = input.parse()?;
                 check_id(&o.id)?;
                 Ok(ObjectOptions::Iothread(o))
+            }
+            "secret" => {
+                let o: SecretOptions = input.parse()?;
+                check_id(&o.id)?;
+                Ok(ObjectOptions::Secret(o))
             }
             "tls-creds-x509" => {
                 let o: TlsCredsX509Options = input.parse()?;
@@ -97,6 +103,22 @@ impl ObjectOptions {
                 "Object type '{t}' is not supported by ringstor yet"
             ))),
             t => Err(InputError::bad_value("qom-type", t)),
+        }
+    }
+}
+
+impl ObjectOptions {
+    /// The object's id (one namespace for every type, as in QEMU).
+    pub fn id(&self) -> &str {
+        match self {
+            ObjectOptions::Iothread(o) => &o.id,
+            ObjectOptions::Secret(o) => &o.id,
+            ObjectOptions::TlsCredsX509(o) => &o.id,
+            ObjectOptions::TlsCredsPsk(o) => &o.id,
+            ObjectOptions::AuthzSimple(o) => &o.id,
+            ObjectOptions::AuthzList(o) => &o.id,
+            ObjectOptions::AuthzListFile(o) => &o.id,
+            ObjectOptions::Metrics(o) => &o.id,
         }
     }
 }

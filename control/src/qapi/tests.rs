@@ -181,6 +181,73 @@ fn object_iothread_and_other_types() {
 }
 
 #[test]
+fn secret_objects_and_remote_drivers_parse_as_qemu() {
+    let o = ObjectOptions::parse(input(
+        json!({"qom-type": "secret", "id": "s0", "file": "/k", "format": "base64"}),
+        Syntax::Keyval,
+    ))
+    .unwrap();
+    let ObjectOptions::Secret(s) = o else {
+        panic!("not a secret: {o:?}")
+    };
+    assert_eq!(
+        (s.file.as_deref(), s.format),
+        (Some("/k"), Some(SecretFormat::Base64))
+    );
+    let err = |v| {
+        ObjectOptions::parse(input(v, Syntax::Json))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err(json!({"qom-type": "secret", "id": "s", "format": "hex"})),
+        "Parameter 'format' does not accept value 'hex'"
+    );
+    // QSD's working rbd form, as keyval input (`server.0.host=...`).
+    let b = BlockdevOptions::parse(input(
+        json!({"driver": "rbd", "node-name": "r", "pool": "rbd", "image": "img",
+               "conf": "/c", "user": "u", "key-secret": "s0", "discard": "unmap",
+               "auth-client-required": ["cephx", "none"],
+               "server": [{"host": "::1", "port": "6789"}]}),
+        Syntax::Keyval,
+    ))
+    .unwrap();
+    assert_eq!(b.base.discard, Some(Discard::Unmap));
+    let DriverOptions::Rbd(r) = b.options else {
+        panic!("not rbd")
+    };
+    assert_eq!(
+        r.auth_client_required,
+        Some(vec![RbdAuthMode::Cephx, RbdAuthMode::None])
+    );
+    assert_eq!(r.server.as_ref().map(|s| s[0].host.as_str()), Some("::1"));
+    let b = BlockdevOptions::parse(input(
+        json!({"driver": "nbd", "node-name": "n", "export": "e", "reconnect-delay": "5",
+               "server": {"type": "inet", "host": "localhost", "port": "10809"}}),
+        Syntax::Keyval,
+    ))
+    .unwrap();
+    let DriverOptions::Nbd(n) = b.options else {
+        panic!("not nbd")
+    };
+    assert_eq!((n.reconnect_delay, n.open_timeout), (5, 0));
+    assert_eq!(
+        n.server,
+        SocketAddress::Inet {
+            host: "localhost".into(),
+            port: "10809".into()
+        }
+    );
+    let e = BlockdevOptions::parse(input(
+        json!({"driver": "nbd", "node-name": "n"}),
+        Syntax::Json,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert_eq!(e, "Parameter 'server' is missing");
+}
+
+#[test]
 fn tls_and_authz_objects_parse_with_qemu_errors() {
     let parse = |v, syntax| ObjectOptions::parse(input(v, syntax)).map_err(|e| e.to_string());
     let o = parse(

@@ -248,7 +248,7 @@ impl Exec {
                 Ok(()) => Reply::ok(),
                 Err(errno) => Reply::error(errno),
             },
-            Operation::Lseek { offset, whence } => match self.lseek(offset, whence) {
+            Operation::Lseek { offset, whence } => match self.lseek(offset, whence).await {
                 Ok(o) => Reply::lseek(o),
                 Err(errno) => Reply::error(errno),
             },
@@ -447,7 +447,7 @@ impl Exec {
 
     /// `SEEK_DATA` / `SEEK_HOLE` from block status; the end of the file is
     /// a hole, as for any file.
-    fn lseek(&self, mut offset: u64, whence: u32) -> Result<u64, i32> {
+    async fn lseek(&self, mut offset: u64, whence: u32) -> Result<u64, i32> {
         if whence != SEEK_DATA && whence != SEEK_HOLE {
             return Err(libc::EINVAL);
         }
@@ -463,6 +463,7 @@ impl Exec {
             let (status, n) = self
                 .handle
                 .block_status(offset, size - offset)
+                .await
                 .map_err(|e| errno_of(&e))?;
             if status.data == (whence == SEEK_DATA) {
                 return Ok(offset);

@@ -6,9 +6,11 @@
 //! - `registry`: the exports by name, connection counting, removal.
 //! - `conn`: the transmission phase of one connection (reader, writer).
 //! - `request`: one request against the block handle.
+//! - `client/`: the NBD client block driver (`blockdev-add driver=nbd`).
 //! - `transport`: plaintext or TLS under the handshake and `conn`;
 //!   `tls`: the rustls session on the connection's iothread.
 
+pub mod client;
 mod conn;
 mod gate;
 mod negotiate;

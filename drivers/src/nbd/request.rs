@@ -97,7 +97,7 @@ pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Bu
             }
         }
         Command::Cache => conn.handle.cache(h.offset, h.length),
-        Command::BlockStatus => return block_status(&conn, &h, payload, t),
+        Command::BlockStatus => return block_status(&conn, &h, payload, t).await,
         Command::Disc | Command::Unknown(_) => Err(BlockError::NotSupported),
     };
     match result {
@@ -117,7 +117,7 @@ async fn read(conn: &Conn, h: &RequestHeader, t: Started) {
         && h.flags & NBD_CMD_FLAG_DF == 0
         && h.length >= SPARSE_READ_MIN;
     if sparse {
-        if let Ok((st, n)) = conn.handle.block_status(h.offset, h.length) {
+        if let Ok((st, n)) = conn.handle.block_status(h.offset, h.length).await {
             if n < h.length || st.zero {
                 return sparse_read(conn, h, (st, n), t).await;
             }
@@ -172,6 +172,7 @@ async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64), 
             None => conn
                 .handle
                 .block_status(off, end - off)
+                .await
                 .unwrap_or((BlockStatus::DATA, end - off)),
         };
         let n = n.min(end - off);
@@ -202,7 +203,7 @@ async fn sparse_read(conn: &Conn, h: &RequestHeader, first: (BlockStatus, u64), 
     conn.reply_parts((t, Outcome::Ok), parts);
 }
 
-fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>, t: Started) {
+async fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>, t: Started) {
     let to = conn.reply_to(h);
     let fail = |e: NbdErrno, msg: &str| {
         let done = (t, Outcome::Invalid(error_kind(e)));
@@ -247,15 +248,15 @@ fn block_status(conn: &Conn, h: &RequestHeader, payload: Option<Buf>, t: Started
     };
     let mut parts = Vec::with_capacity(wanted.len());
     for (i, (id, ctx)) in wanted.iter().enumerate() {
-        let extents = match collect_extents(conn, *id, ctx, h.offset, length.min(max_len), req_one)
-        {
-            Ok(e) => e,
-            Err(e) => {
-                let msg = e.to_string();
-                let done = (t, Outcome::of_error(&e));
-                return conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
-            }
-        };
+        let extents =
+            match collect_extents(conn, *id, ctx, h.offset, length.min(max_len), req_one).await {
+                Ok(e) => e,
+                Err(e) => {
+                    let msg = e.to_string();
+                    let done = (t, Outcome::of_error(&e));
+                    return conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
+                }
+            };
         let mut hdr = Vec::with_capacity(32 + extents.len() * 16);
         let _ = chunk_block_status(&mut hdr, &to, i + 1 == wanted.len(), *id, &extents);
         parts.push((hdr, None));
@@ -292,7 +293,7 @@ fn push_extent(out: &mut Vec<Extent>, length: u64, flags: u32, req_one: bool) ->
     true
 }
 
-fn collect_extents(
+async fn collect_extents(
     conn: &Conn,
     id: u32,
     ctx: &MetaContext,
@@ -307,7 +308,7 @@ fn collect_extents(
     let mut off = offset;
     let end = offset + length;
     while off < end {
-        let (st, n) = conn.handle.block_status(off, end - off)?;
+        let (st, n) = conn.handle.block_status(off, end - off).await?;
         let n = n.min(end - off);
         if !push_extent(&mut out, n, flags_for(ctx, st), req_one) {
             break;

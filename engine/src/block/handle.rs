@@ -23,6 +23,8 @@ use super::bitmap::DirtyTracker;
 use super::error::{BlockError, BlockResult};
 use super::node::{BlockNode, Kind};
 use super::qcow2::Qcow2Handle;
+use super::rbd::LocalImage;
+use super::remote::RemoteLeaf;
 use super::status::{file_status, BlockStatus};
 use crate::buf::{pool, Buf};
 use crate::op::{self, Pipe, SharedFd};
@@ -42,6 +44,10 @@ enum Leaf {
     Null {
         read_zeroes: bool,
     },
+    /// This iothread's image handle (`None`: it could not be opened here,
+    /// and every request fails with EIO).
+    Rbd(Option<LocalImage>),
+    Remote(Rc<dyn RemoteLeaf>),
     /// A format that maps requests itself.
     Qcow2(Qcow2Handle),
 }
@@ -169,6 +175,9 @@ impl BlockHandle {
                 }
                 (Ok(()), buf)
             }
+            Leaf::Rbd(Some(img)) => img.read(self.inner.base + offset, buf).await,
+            Leaf::Remote(leaf) => leaf.read(self.inner.base + offset, buf).await,
+            Leaf::Rbd(None) => (Err(unavailable("read", offset)), buf),
         }
     }
 
@@ -224,6 +233,9 @@ impl BlockHandle {
                 }
                 (Ok(()), buf)
             }
+            Leaf::Rbd(Some(img)) => img.write(self.inner.base + offset, buf, fua).await,
+            Leaf::Remote(leaf) => leaf.write(self.inner.base + offset, buf, fua).await,
+            Leaf::Rbd(None) => (Err(unavailable("write", offset)), buf),
         }
     }
 
@@ -264,6 +276,8 @@ impl BlockHandle {
                 }
                 Box::pin(q.read_into(at, buf, from, len)).await
             }
+            // A qcow2 image opens only over a file (or a window of one).
+            Leaf::Rbd(_) | Leaf::Remote(_) => (Err(BlockError::NotSupported), buf),
         }
     }
 
@@ -304,6 +318,7 @@ impl BlockHandle {
                 }
                 Box::pin(q.write_from(at, buf, from, len, fua)).await
             }
+            Leaf::Rbd(_) | Leaf::Remote(_) => (Err(BlockError::NotSupported), buf),
         }
     }
 
@@ -351,6 +366,9 @@ impl BlockHandle {
             Leaf::File { fd, .. } => op::fdatasync(fd)
                 .await
                 .map_err(|e| BlockError::io("flush", 0, e)),
+            Leaf::Rbd(Some(img)) => img.flush().await,
+            Leaf::Remote(leaf) => leaf.flush().await,
+            Leaf::Rbd(None) => Err(unavailable("flush", 0)),
         }
     }
 
@@ -361,10 +379,23 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
-        let _dirty = self.inner.dirty.guard(offset, len);
+        // discard=ignore, as QEMU: the request succeeds and changes nothing
+        // from the first node that ignores it down (not even its bitmaps).
+        let depth = self.inner.node.discard_depth();
+        if depth == 0 {
+            return Ok(());
+        }
+        let at = self.inner.base + offset;
+        let _dirty = self.inner.dirty.guard_top(offset, len, depth);
+        if depth < self.inner.dirty.depth() {
+            return Ok(());
+        }
         match &self.inner.leaf {
             Leaf::Null { .. } => Ok(()),
-            Leaf::Qcow2(q) => Box::pin(q.discard(self.inner.base + offset, len)).await,
+            Leaf::Rbd(Some(img)) => img.discard(at, len).await,
+            Leaf::Remote(leaf) => leaf.discard(at, len).await,
+            Leaf::Rbd(None) => Err(unavailable("discard", offset)),
+            Leaf::Qcow2(q) => Box::pin(q.discard(at, len)).await,
             Leaf::File { fd, .. } => {
                 let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
                 match op::fallocate(fd, self.inner.base + offset, len, mode).await {
@@ -392,6 +423,8 @@ impl BlockHandle {
             // qcow2 allocates clusters as they are written and cannot
             // promise space ahead; fallocate(2) callers expect EOPNOTSUPP.
             Leaf::Qcow2(_) => Err(BlockError::NotSupported),
+            // Neither librbd nor the NBD protocol can reserve space.
+            Leaf::Rbd(_) | Leaf::Remote(_) => Err(BlockError::NotSupported),
         }
     }
 
@@ -408,15 +441,17 @@ impl BlockHandle {
             return Err(BlockError::ReadOnly);
         }
         self.check(offset, len)?;
+        let may_unmap = may_unmap && self.inner.node.unmap();
         let _dirty = self.inner.dirty.guard(offset, len);
-        if let Leaf::Qcow2(q) = &self.inner.leaf {
-            let at = self.inner.base + offset;
-            return Box::pin(q.write_zeroes(at, len, may_unmap, fast)).await;
-        }
-        let Leaf::File { fd, .. } = &self.inner.leaf else {
-            return Ok(());
-        };
         let at = self.inner.base + offset;
+        let fd = match &self.inner.leaf {
+            Leaf::File { fd, .. } => fd,
+            Leaf::Null { .. } => return Ok(()),
+            Leaf::Rbd(Some(img)) => return img.write_zeroes(at, len, may_unmap).await,
+            Leaf::Remote(leaf) => return leaf.write_zeroes(at, len, may_unmap, fast).await,
+            Leaf::Rbd(None) => return Err(unavailable("write zeroes", offset)),
+            Leaf::Qcow2(q) => return Box::pin(q.write_zeroes(at, len, may_unmap, fast)).await,
+        };
         let modes: &[i32] = if may_unmap {
             &[
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
@@ -454,16 +489,23 @@ impl BlockHandle {
 
     /// Status of the run starting at `offset` (at most `max` bytes long);
     /// returns the status and the run's length.
-    pub fn block_status(&self, offset: u64, max: u64) -> BlockResult<(BlockStatus, u64)> {
-        let size = self.size();
-        if offset >= size {
-            return Err(BlockError::OutOfRange {
-                offset,
-                len: max,
-                size,
-            });
+    pub async fn block_status(&self, offset: u64, max: u64) -> BlockResult<(BlockStatus, u64)> {
+        if let Leaf::Remote(leaf) = &self.inner.leaf {
+            let max = self.status_window(offset, max)?;
+            return leaf.block_status(self.inner.base + offset, max).await;
         }
-        let max = max.min(size - offset).max(1);
+        self.block_status_now(offset, max)
+    }
+
+    /// [`Self::block_status`] without waiting: what format drivers ask of
+    /// their children (every leaf answers at once but a remote one, which
+    /// a qcow2 image does not open over).
+    pub(crate) fn block_status_now(
+        &self,
+        offset: u64,
+        max: u64,
+    ) -> BlockResult<(BlockStatus, u64)> {
+        let max = self.status_window(offset, max)?;
         match &self.inner.leaf {
             Leaf::Null { read_zeroes: true } => Ok((BlockStatus::HOLE, max)),
             Leaf::Null { read_zeroes: false } => Ok((BlockStatus::DATA, max)),
@@ -473,7 +515,23 @@ impl BlockHandle {
                 file_status(fd, self.inner.base + offset, max, leaf_end)
                     .map_err(|e| BlockError::io("block status", offset, e))
             }
+            Leaf::Rbd(Some(img)) => img.block_status(self.inner.base + offset, max),
+            Leaf::Rbd(None) => Ok((BlockStatus::DATA, max)),
+            Leaf::Remote(_) => Err(BlockError::NotSupported),
         }
+    }
+
+    /// `max` cut to the node's end; an error when `offset` is past it.
+    fn status_window(&self, offset: u64, max: u64) -> BlockResult<u64> {
+        let size = self.size();
+        if offset >= size {
+            return Err(BlockError::OutOfRange {
+                offset,
+                len: max,
+                size,
+            });
+        }
+        Ok(max.min(size - offset).max(1))
     }
 
     fn leaf_node(&self) -> &Arc<BlockNode> {
@@ -516,6 +574,11 @@ impl BlockHandle {
                 node.bitmaps().resize(size);
                 Ok(())
             }
+            (Kind::Rbd(_), Leaf::Rbd(Some(img))) => {
+                img.resize(size)?;
+                node.set_size(size);
+                Ok(())
+            }
             _ => Err(BlockError::NotSupported),
         }
     }
@@ -542,6 +605,17 @@ fn flatten(node: &Arc<BlockNode>) -> (Leaf, u64) {
             let (leaf, base) = flatten(child);
             (leaf, base + offset)
         }
+        Kind::Rbd(cluster) => {
+            let img = LocalImage::open(cluster)
+                .inspect_err(|e| log::error!("node {}: cannot open rbd image: {e}", node.name()))
+                .ok();
+            (Leaf::Rbd(img), 0)
+        }
+        Kind::Remote(driver) => (Leaf::Remote(driver.open_local()), 0),
         Kind::Qcow2(img) => (Leaf::Qcow2(Qcow2Handle::open(img)), 0),
     }
+}
+
+fn unavailable(op: &'static str, offset: u64) -> BlockError {
+    BlockError::io(op, offset, std::io::Error::from_raw_os_error(libc::EIO))
 }

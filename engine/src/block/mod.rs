@@ -10,7 +10,9 @@
 //! Drivers: `file` and `host_device` (io_uring reads and writes, `O_DIRECT`
 //! with `cache.direct`, QEMU-compatible OFD locking), `raw` (a window of its
 //! child), `null-co` / `null-aio`, `qcow2` (see [`qcow2`]: the one format
-//! whose requests fan out to several operations). Every node has a set of
+//! whose requests fan out to several operations), `rbd` (librbd, loaded at
+//! run time), and protocol drivers outside the engine through [`remote`]
+//! (the NBD client). Every node has a set of
 //! dirty bitmaps ([`bitmap`]) that handles mark on every write,
 //! write-zeroes and discard, without a lock. The block layer does not parse wire
 //! input; callers pass offsets and lengths, which it bounds-checks again.
@@ -23,17 +25,20 @@ mod node;
 mod perm;
 pub mod qcow2;
 mod range_io;
+mod rbd;
+pub mod remote;
 mod status;
 
 pub use bitmap::{BitmapError, BitmapInfo, BitmapSet, BusyGuard, DirtyBitmap, DirtyExtent};
 pub use error::{BlockError, BlockResult};
 pub use handle::BlockHandle;
 pub use node::{
-    round_to_sector, BlockNode, FileOptions, NodeOptions, NullOptions, PermGuard, RawOptions,
-    SECTOR_SIZE,
+    round_to_sector, BlockNode, FileOptions, NodeFlags, NodeOptions, NullOptions, PermGuard,
+    RawOptions, RemoteOptions, SECTOR_SIZE,
 };
 pub use perm::Perm;
 pub use qcow2::Qcow2Options;
+pub use rbd::RbdOptions;
 pub use status::BlockStatus;
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ use super::bitmap::BitmapSet;
 use super::error::{BlockError, BlockResult};
 use super::lock;
 use super::perm::{Perm, PermTable};
+use super::rbd::{self, RbdOptions};
+use super::remote::RemoteDriver;
 
 /// Options of the `file` and `host_device` drivers.
 #[derive(Debug, Clone)]
@@ -63,6 +65,34 @@ pub struct RawOptions {
     pub size: Option<u64>,
 }
 
+/// A node whose driver lives outside the engine (see [`super::remote`]).
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// The driver, already connected (it probed the remote for the size).
+    pub driver: Arc<dyn RemoteDriver>,
+    /// Size in bytes.
+    pub size: u64,
+    /// The remote is read-only, or the node was opened so.
+    pub read_only: bool,
+}
+
+/// Options every node has (QEMU's `BlockdevOptions` base members that the
+/// data path obeys).
+#[derive(Debug, Clone, Copy)]
+pub struct NodeFlags {
+    /// `discard=unmap`: discards, and write-zeroes that may unmap, reach the
+    /// store; with `discard=ignore` (QEMU's default) a discard does nothing
+    /// and zeroes are written without unmapping.
+    pub unmap: bool,
+}
+
+impl Default for NodeFlags {
+    /// What [`BlockNode::open`] uses: discards reach the store.
+    fn default() -> NodeFlags {
+        NodeFlags { unmap: true }
+    }
+}
+
 /// What kind of node to open.
 #[derive(Debug, Clone)]
 pub enum NodeOptions {
@@ -74,6 +104,10 @@ pub enum NodeOptions {
     Raw(RawOptions),
     /// `qcow2`.
     Qcow2(super::qcow2::Qcow2Options),
+    /// `rbd`.
+    Rbd(RbdOptions),
+    /// A driver outside the engine (`nbd`).
+    Remote(RemoteOptions),
 }
 
 #[derive(Debug)]
@@ -98,6 +132,8 @@ pub(crate) enum Kind {
     Null { read_zeroes: bool },
     Raw { child: Arc<BlockNode>, offset: u64 },
     Qcow2(Arc<super::qcow2::Image>),
+    Rbd(Arc<rbd::Cluster>),
+    Remote(Arc<dyn RemoteDriver>),
 }
 
 /// A block node. See the module docs.
@@ -110,6 +146,7 @@ pub struct BlockNode {
     size: AtomicU64,
     read_only: bool,
     perms: PermTable,
+    flags: NodeFlags,
     /// Dirty bitmaps (`block-dirty-bitmap-*`).
     bitmaps: Arc<BitmapSet>,
 }
@@ -132,6 +169,17 @@ impl BlockNode {
         driver: &'static str,
         options: NodeOptions,
     ) -> BlockResult<Arc<BlockNode>> {
+        Self::open_with(name, driver, options, NodeFlags::default())
+    }
+
+    /// [`BlockNode::open`] with the options every node has.
+    pub fn open_with(
+        name: &str,
+        driver: &'static str,
+        options: NodeOptions,
+        flags: NodeFlags,
+    ) -> BlockResult<Arc<BlockNode>> {
+        // Made first: a qcow2 image loads its stored bitmaps into it.
         let bitmaps = Arc::<BitmapSet>::default();
         let (kind, size, read_only) = match options {
             NodeOptions::File(o) => open_file(o)?,
@@ -182,6 +230,15 @@ impl BlockNode {
                 let (img, size, ro) = super::qcow2::open(name, o, bitmaps.clone())?;
                 (Kind::Qcow2(img), size, ro)
             }
+            NodeOptions::Rbd(o) => {
+                let (cluster, size) = rbd::open(&o)?;
+                (
+                    Kind::Rbd(cluster),
+                    size,
+                    o.read_only || o.snapshot.is_some(),
+                )
+            }
+            NodeOptions::Remote(o) => (Kind::Remote(o.driver), o.size, o.read_only),
         };
         Ok(Arc::new(BlockNode {
             id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
@@ -191,6 +248,7 @@ impl BlockNode {
             size: AtomicU64::new(round_to_sector(size)),
             read_only,
             perms: PermTable::default(),
+            flags,
             bitmaps,
         }))
     }
@@ -225,6 +283,38 @@ impl BlockNode {
     /// Opened read-only.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+    /// `discard=unmap` in effect: on this node and every `raw` node below
+    /// it down to the leaf a handle reaches (a format node's own children
+    /// decide for themselves when it passes a request on).
+    pub fn unmap(&self) -> bool {
+        self.flags.unmap
+            && match &self.kind {
+                Kind::Raw { child, .. } => child.unmap(),
+                _ => true,
+            }
+    }
+    /// How many nodes of that chain, from this one down, a discard gets
+    /// through: QEMU stops it at the first node with `discard=ignore`, or
+    /// whose driver has no discard (`null-co`), which neither marks its
+    /// dirty bitmaps nor passes it on.
+    pub(crate) fn discard_depth(&self) -> usize {
+        if !self.flags.unmap {
+            return 0;
+        }
+        match &self.kind {
+            Kind::Raw { child, .. } => 1 + child.discard_depth(),
+            Kind::Null { .. } => 0,
+            _ => 1,
+        }
+    }
+    /// What names a remote node's image (`nbd://...`, `pool/image`).
+    pub fn remote_name(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Rbd(c) => Some(c.description.clone()),
+            Kind::Remote(d) => Some(d.filename()),
+            _ => None,
+        }
     }
     /// The child node, for format drivers.
     pub fn child(&self) -> Option<&Arc<BlockNode>> {
@@ -261,7 +351,7 @@ impl BlockNode {
             Kind::File(f) => f.buffered.is_some(),
             Kind::Raw { child, .. } => child.direct(),
             Kind::Qcow2(img) => img.file.direct(),
-            Kind::Null { .. } => false,
+            Kind::Null { .. } | Kind::Rbd(_) | Kind::Remote(_) => false,
         }
     }
     /// The node's dirty bitmaps.

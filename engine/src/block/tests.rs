@@ -88,13 +88,13 @@ fn zeroes_discard_and_status() {
     t.handle()
         .block_on(move || async move {
             let h = BlockHandle::open(&n);
-            let (st, len) = h.block_status(0, 1 << 20).expect("status");
+            let (st, len) = h.block_status(0, 1 << 20).await.expect("status");
             assert_eq!((st, len), (BlockStatus::DATA, 1 << 20));
             h.write_zeroes(65536, 65536, true, false)
                 .await
                 .expect("zero");
             h.discard(262144, 65536).await.expect("discard");
-            let (st, len) = h.block_status(65536, 1 << 20).expect("status");
+            let (st, len) = h.block_status(65536, 1 << 20).await.expect("status");
             assert_eq!((st, len), (BlockStatus::HOLE, 65536));
             let (r, b) = h.read(65536, Buf::zeroed(65536)).await;
             r.expect("read");
@@ -206,7 +206,7 @@ fn unaligned_file_size(direct: bool) {
             r.expect("tail read");
             assert!(b.as_slice()[..576].iter().all(|&x| x == 0xab));
             assert!(b.as_slice()[576..].iter().all(|&x| x == 0));
-            let (st, len) = h.block_status(1_000_000, 448).expect("status");
+            let (st, len) = h.block_status(1_000_000, 448).await.expect("status");
             assert_eq!((st, len), (BlockStatus::HOLE, 448));
             let (r, _) = h.write(1_000_400, pattern(48, 5), false).await;
             r.expect("tail write");

@@ -15,6 +15,7 @@
 //! free it under the kernel.
 
 mod accept;
+mod connect;
 mod fallocate;
 mod fd;
 mod fsync;
@@ -39,6 +40,7 @@ use crate::iothread::runtime::{try_with_runtime, with_runtime};
 use crate::ring::{Completion, Lifecycle};
 
 pub use accept::accept;
+pub use connect::connect;
 pub use fallocate::fallocate;
 pub use fd::SharedFd;
 pub use fsync::{fdatasync, fsync};

@@ -109,6 +109,16 @@ impl GatherList {
         self.segs.len()
     }
 
+    /// Empties the list and hands its buffers back, in the order they were
+    /// pushed (for a sender that keeps its payloads, to send them again).
+    pub fn take_bufs(&mut self) -> Vec<Buf> {
+        self.bytes.clear();
+        self.segs.clear();
+        self.iov.clear();
+        self.total = 0;
+        std::mem::take(&mut self.bufs)
+    }
+
     /// The bytes of the list in order, one slice per segment: for a
     /// transport that must transform them (encrypt) rather than send them.
     pub fn slices(&self) -> impl Iterator<Item = &[u8]> + '_ {

@@ -1,8 +1,12 @@
 //! Sans-I/O NBD protocol: constants, the server handshake state machine,
-//! transmission request parsing/validation and reply encoders. No sockets,
-//! no threads; callers move bytes.
+//! transmission request parsing/validation and reply encoders, and the
+//! client's direction of the same (`client`, `client_handshake`: request
+//! encoding, reply parsing, the client handshake). No sockets, no
+//! threads; callers move bytes.
 #![forbid(unsafe_code)]
 
+pub mod client;
+mod client_handshake;
 pub mod consts;
 mod export;
 mod handshake;
@@ -16,6 +20,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use client_handshake::{Action, ClientHandshake, ClientHandshakeError, ServerInfo};
 pub use export::{transmission_flags, ExportCaps, ExportCatalog, ExportInfo, MetaContext};
 pub use handshake::{HandshakeError, Negotiated, Negotiator, NegotiatorConfig, Outcome};
 pub use meta::{META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION, META_ID_DIRTY_BITMAP};

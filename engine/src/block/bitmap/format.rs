@@ -11,8 +11,10 @@ const DEFAULT_GRANULARITY: u64 = 64 * 1024;
 /// The node's cluster size, where its format has one.
 fn cluster_size(node: &BlockNode) -> Option<u64> {
     match &node.kind {
-        Kind::File(_) | Kind::Null { .. } | Kind::Raw { .. } => None,
+        Kind::File(_) | Kind::Null { .. } | Kind::Raw { .. } | Kind::Remote(_) => None,
         Kind::Qcow2(img) => Some(img.geo.cluster_size),
+        // QEMU's rbd reports the object size as its cluster size.
+        Kind::Rbd(c) => Some(c.object_size),
     }
 }
 
@@ -23,7 +25,8 @@ pub fn default_granularity(node: &BlockNode) -> u64 {
 
 /// Whether a new `persistent` bitmap `name` of `granularity` can be
 /// stored in the node's image, with QEMU's error when not. None of
-/// `file`, `raw` or `null` can (QEMU answers `ENOTSUP` for them too);
+/// `file`, `raw`, `null`, `rbd` or `nbd` can (QEMU answers `ENOTSUP` for
+/// them too);
 /// `qcow2` checks its own limits (see `qcow2/bitmaps`).
 pub fn can_store_persistent(
     node: &BlockNode,
@@ -31,7 +34,7 @@ pub fn can_store_persistent(
     granularity: u64,
 ) -> Result<(), BitmapError> {
     match &node.kind {
-        Kind::File(_) | Kind::Null { .. } | Kind::Raw { .. } => {
+        Kind::File(_) | Kind::Null { .. } | Kind::Raw { .. } | Kind::Rbd(_) | Kind::Remote(_) => {
             Err(BitmapError::CannotStore(node.name().to_string()))
         }
         Kind::Qcow2(img) => img.can_store_bitmap(node.bitmaps(), name, granularity),

@@ -104,9 +104,15 @@ impl DirtyTracker {
         *self.cache.borrow_mut() = Cache { epoch, active, any };
     }
 
+    /// Number of nodes in the chain.
+    pub(crate) fn depth(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Marks `[offset, offset + len)` (handle offsets) in every enabled
-    /// bitmap of the chain.
-    pub(crate) fn mark(&self, offset: u64, len: u64) {
+    /// bitmap of the first `layers` nodes of the chain (all of them but
+    /// for a discard that a node below them ignores).
+    fn mark_top(&self, offset: u64, len: u64, layers: usize) {
         let mut e = epoch();
         loop {
             if self.cache.borrow().epoch != e {
@@ -115,7 +121,7 @@ impl DirtyTracker {
             {
                 let c = self.cache.borrow();
                 if c.any {
-                    for (layer, bitmaps) in self.layers.iter().zip(&c.active) {
+                    for (layer, bitmaps) in self.layers.iter().zip(&c.active).take(layers) {
                         let at = offset.saturating_add(layer.base);
                         for b in bitmaps.iter() {
                             b.set(at, len);
@@ -134,11 +140,17 @@ impl DirtyTracker {
     /// Marks now and again when the guard is dropped (after the operation
     /// completed, before it is acknowledged).
     pub(crate) fn guard(&self, offset: u64, len: u64) -> DirtyGuard<'_> {
-        self.mark(offset, len);
+        self.guard_top(offset, len, usize::MAX)
+    }
+
+    /// [`Self::guard`] on the first `layers` nodes of the chain.
+    pub(crate) fn guard_top(&self, offset: u64, len: u64, layers: usize) -> DirtyGuard<'_> {
+        self.mark_top(offset, len, layers);
         DirtyGuard {
             tracker: self,
             offset,
             len,
+            layers,
         }
     }
 }
@@ -148,10 +160,11 @@ pub(crate) struct DirtyGuard<'a> {
     tracker: &'a DirtyTracker,
     offset: u64,
     len: u64,
+    layers: usize,
 }
 
 impl Drop for DirtyGuard<'_> {
     fn drop(&mut self) {
-        self.tracker.mark(self.offset, self.len);
+        self.tracker.mark_top(self.offset, self.len, self.layers);
     }
 }

@@ -37,8 +37,8 @@ impl BlockHandle {
                 _ => fd.clone(),
             }),
             Leaf::Null { .. } => None,
-            // Format leaves are served through a bounce buffer first.
-            Leaf::Qcow2(_) => None,
+            // Format and remote leaves are served through a bounce buffer first.
+            Leaf::Qcow2(_) | Leaf::Rbd(_) | Leaf::Remote(_) => None,
         }
     }
 

@@ -262,7 +262,7 @@ impl Qcow2Handle {
                 // metadata) read as zeroes: QEMU reports them so.
                 let (fst, fl) = self
                     .file
-                    .block_status(start, n)
+                    .block_status_now(start, n)
                     .unwrap_or((BlockStatus::DATA, n));
                 let st = BlockStatus {
                     data: true,
@@ -303,7 +303,7 @@ impl Qcow2Handle {
                         n,
                     ));
                 }
-                let (st, bn) = b.block_status(offset, n.min(bsize - offset))?;
+                let (st, bn) = b.block_status_now(offset, n.min(bsize - offset))?;
                 let depth = if st.depth == 0 { 0 } else { st.depth + 1 };
                 Ok((BlockStatus { depth, ..st }, bn.clamp(1, n)))
             }

@@ -244,9 +244,9 @@ fn copy_on_write_from_backing() {
         .handle()
         .block_on(move || async move {
             let h = BlockHandle::open(&n);
-            let a = h.block_status(0, 1 << 20).expect("status");
-            let b = h.block_status(1 << 20, 1 << 20).expect("status");
-            let c = h.block_status(5 << 20, 1 << 20).expect("status");
+            let a = h.block_status(0, 1 << 20).await.expect("status");
+            let b = h.block_status(1 << 20, 1 << 20).await.expect("status");
+            let c = h.block_status(5 << 20, 1 << 20).await.expect("status");
             (a.0.depth, b.0.depth, c.0.depth)
         })
         .expect("block_on");

@@ -2,6 +2,7 @@
 //! request parsing/validation and reply encoding (`wire.rs`), the
 //! handshake of a server that requires TLS (`starttls.rs`).
 
+mod client;
 mod fuzz_regressions;
 mod handshake;
 mod meta;

@@ -1,0 +1,279 @@
+//! Connecting to the server and running the client handshake: blocking
+//! (the first connection, during `blockdev-add`, retried for
+//! `open-timeout`) and in the ring (reconnections on an iothread).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use engine::buf::Buf;
+use engine::op::{self, GatherList, SharedFd};
+use nix::sys::socket::{
+    self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, UnixAddr,
+};
+
+use super::{ClientOptions, ServerAddr};
+use crate::nbd::proto::{Action, ClientHandshake, ServerInfo};
+
+/// One step of the handshake may take this long before the attempt fails.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A resolved address.
+#[derive(Debug, Clone)]
+pub(crate) enum Addr {
+    Unix(PathBuf),
+    Inet(SocketAddr),
+}
+
+/// Why connecting failed, in QEMU's words where it has them.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("address resolution failed for {host}:{port}: {source}")]
+    Resolve {
+        host: String,
+        port: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Failed to connect to '{addr}': {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Failed to read initial magic: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("NBD export is read-only")]
+    ReadOnly,
+    #[error(transparent)]
+    Handshake(#[from] crate::nbd::proto::ClientHandshakeError),
+}
+
+/// Resolves the server address once (the resolver blocks; reconnects reuse this).
+pub(crate) fn resolve(server: &ServerAddr) -> Result<Vec<Addr>, DialError> {
+    match server {
+        ServerAddr::Unix(p) => Ok(vec![Addr::Unix(p.clone())]),
+        ServerAddr::Inet { host, port } => {
+            let err = |source| DialError::Resolve {
+                host: host.clone(),
+                port: port.clone(),
+                source,
+            };
+            let portn: u16 = port.parse().map_err(|_| {
+                err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "port is not a number",
+                ))
+            })?;
+            let list: Vec<Addr> = (host.as_str(), portn)
+                .to_socket_addrs()
+                .map_err(err)?
+                .map(Addr::Inet)
+                .collect();
+            if list.is_empty() {
+                return Err(err(std::io::ErrorKind::NotFound.into()));
+            }
+            Ok(list)
+        }
+    }
+}
+
+fn describe(a: &Addr) -> String {
+    match a {
+        Addr::Unix(p) => p.display().to_string(),
+        Addr::Inet(s) => s.to_string(),
+    }
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn io(&mut self) -> &mut dyn ReadWrite {
+        match self {
+            Stream::Unix(s) => s,
+            Stream::Tcp(s) => s,
+        }
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn connect_once(addrs: &[Addr]) -> Result<Stream, DialError> {
+    let mut last = None;
+    for a in addrs {
+        let r = match a {
+            Addr::Unix(p) => UnixStream::connect(p).map(Stream::Unix),
+            Addr::Inet(s) => TcpStream::connect_timeout(s, STEP_TIMEOUT).map(|t| {
+                let _ = t.set_nodelay(true);
+                Stream::Tcp(t)
+            }),
+        };
+        match r {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                last = Some(DialError::Connect {
+                    addr: describe(a),
+                    source: e,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(DialError::Io(std::io::ErrorKind::NotFound.into())))
+}
+
+fn handshake_blocking(s: &mut Stream, export: &str) -> Result<ServerInfo, DialError> {
+    match s {
+        Stream::Unix(u) => {
+            u.set_read_timeout(Some(STEP_TIMEOUT))
+                .map_err(DialError::Io)?;
+            u.set_write_timeout(Some(STEP_TIMEOUT))
+                .map_err(DialError::Io)?;
+        }
+        Stream::Tcp(t) => {
+            t.set_read_timeout(Some(STEP_TIMEOUT))
+                .map_err(DialError::Io)?;
+            t.set_write_timeout(Some(STEP_TIMEOUT))
+                .map_err(DialError::Io)?;
+        }
+    }
+    let io = s.io();
+    let mut hs = ClientHandshake::new(export);
+    loop {
+        match hs.step() {
+            Action::Send(b) => io.write_all(&b).map_err(DialError::Io)?,
+            Action::Recv(n) => {
+                let mut b = vec![0u8; n];
+                io.read_exact(&mut b).map_err(DialError::Io)?;
+                hs.input(&b);
+            }
+            Action::Done(r) => return Ok(r?),
+        }
+    }
+}
+
+/// The first connection: retried until `open_timeout` has passed (one
+/// attempt when it is zero). A refused export is not retried.
+pub(crate) fn dial_blocking(
+    addrs: &[Addr],
+    opts: &ClientOptions,
+) -> Result<(OwnedFd, ServerInfo), DialError> {
+    let deadline = Instant::now() + opts.open_timeout;
+    loop {
+        let attempt = connect_once(addrs).and_then(|mut s| {
+            let info = handshake_blocking(&mut s, &opts.export)?;
+            let fd: OwnedFd = match s {
+                Stream::Unix(u) => {
+                    let _ = u.set_read_timeout(None);
+                    let _ = u.set_write_timeout(None);
+                    u.into()
+                }
+                Stream::Tcp(t) => {
+                    let _ = t.set_read_timeout(None);
+                    let _ = t.set_write_timeout(None);
+                    t.into()
+                }
+            };
+            Ok((fd, info))
+        });
+        match attempt {
+            Ok(v) => return Ok(v),
+            Err(DialError::Handshake(e)) => return Err(DialError::Handshake(e)),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+async fn connect_ring(a: &Addr) -> std::io::Result<SharedFd> {
+    let family = match a {
+        Addr::Unix(_) => AddressFamily::Unix,
+        Addr::Inet(SocketAddr::V4(_)) => AddressFamily::Inet,
+        Addr::Inet(SocketAddr::V6(_)) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let fd = SharedFd::new(fd);
+    match a {
+        Addr::Unix(p) => op::connect(&fd, UnixAddr::new(p.as_path())?).await?,
+        Addr::Inet(SocketAddr::V4(v4)) => op::connect(&fd, SockaddrIn::from(*v4)).await?,
+        Addr::Inet(SocketAddr::V6(v6)) => op::connect(&fd, SockaddrIn6::from(*v6)).await?,
+    }
+    if matches!(a, Addr::Inet(_)) {
+        let _ = socket::setsockopt(&fd, socket::sockopt::TcpNoDelay, &true);
+    }
+    Ok(fd)
+}
+
+async fn recv_exact(fd: &SharedFd, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Buf::with_capacity(n.max(1));
+    buf.set_len(0);
+    while buf.len() < n {
+        let want = n - buf.len();
+        let (r, b) = op::recv_into(fd, buf, want).await;
+        buf = b;
+        match r {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf.as_slice()[..n].to_vec())
+}
+
+async fn handshake_ring(fd: &SharedFd, export: &str) -> Result<ServerInfo, DialError> {
+    let mut hs = ClientHandshake::new(export);
+    loop {
+        match hs.step() {
+            Action::Send(b) => {
+                let mut list = GatherList::new();
+                list.push_bytes(&b);
+                let send = op::send_all(fd, list);
+                match op::timeout(STEP_TIMEOUT, send).await {
+                    Ok((r, _)) => r.map_err(DialError::Io)?,
+                    Err(_) => return Err(DialError::Io(std::io::ErrorKind::TimedOut.into())),
+                }
+            }
+            Action::Recv(n) => match op::timeout(STEP_TIMEOUT, recv_exact(fd, n)).await {
+                Ok(r) => hs.input(&r.map_err(DialError::Io)?),
+                Err(_) => return Err(DialError::Io(std::io::ErrorKind::TimedOut.into())),
+            },
+            Action::Done(r) => return Ok(r?),
+        }
+    }
+}
+
+/// One connection attempt in the ring (a reconnection).
+pub(crate) async fn dial_ring(
+    addrs: &[Addr],
+    export: &str,
+) -> Result<(SharedFd, ServerInfo), DialError> {
+    let mut last = None;
+    for a in addrs {
+        match op::timeout(STEP_TIMEOUT, connect_ring(a)).await {
+            Ok(Ok(fd)) => {
+                let info = handshake_ring(&fd, export).await?;
+                return Ok((fd, info));
+            }
+            Ok(Err(e)) => {
+                last = Some(DialError::Connect {
+                    addr: describe(a),
+                    source: e,
+                })
+            }
+            Err(_) => {
+                last = Some(DialError::Connect {
+                    addr: describe(a),
+                    source: std::io::ErrorKind::TimedOut.into(),
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(DialError::Io(std::io::ErrorKind::NotFound.into())))
+}
