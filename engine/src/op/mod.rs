@@ -49,7 +49,7 @@ pub use sendmsg::GatherList;
 pub use sendmsg::{send_all, sendmsg};
 pub use splice::Pipe;
 pub use timeout::{sleep, timeout, Elapsed};
-pub use write::{write_at, write_at_len};
+pub use write::{write_at, write_at_flags, write_at_len};
 pub use writev::writev_at;
 
 /// Data that turns into an output once the kernel completed the operation.
