@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use engine::iothread::{
-    IoThread, IoThreadConfig, IoThreadHandle, DEFAULT_POLL_MAX_NS, DEFAULT_RING_ENTRIES,
+    IoThread, IoThreadConfig, IoThreadHandle, PollParams, DEFAULT_POLL_MAX_NS, DEFAULT_RING_ENTRIES,
 };
 use serde_json::{json, Value};
 
@@ -123,15 +123,17 @@ impl Objects {
                 options.id
             )));
         }
+        let poll = poll_params(&options)?;
         let cpu = self.placement.place(options.cpu)?;
-        let thread = IoThread::spawn(IoThreadConfig {
-            name: options.id.clone(),
-            cpu: Some(cpu),
-            ring_entries: DEFAULT_RING_ENTRIES,
-            poll_max_ns: options
-                .poll_max_ns
-                .map_or(DEFAULT_POLL_MAX_NS, |n| n.max(0) as u64),
-        })?;
+        let thread = IoThread::spawn_with_poll(
+            IoThreadConfig {
+                name: options.id.clone(),
+                cpu: Some(cpu),
+                ring_entries: DEFAULT_RING_ENTRIES,
+                poll_max_ns: poll.max_ns,
+            },
+            poll,
+        )?;
         self.order.push(options.id.clone());
         self.iothreads
             .insert(options.id.clone(), IothreadEntry { thread, options });
@@ -191,6 +193,33 @@ impl Objects {
         }
         self.order.clear();
     }
+}
+
+/// The polling parameters of `options`, refused as QEMU refuses them
+/// (negative values; QEMU checks `poll-grow` first).
+fn poll_params(options: &IothreadOptions) -> Result<PollParams> {
+    let checked = [
+        ("poll-grow", options.poll_grow),
+        ("poll-shrink", options.poll_shrink),
+        ("poll-max-ns", options.poll_max_ns),
+        ("aio-max-batch", options.aio_max_batch),
+        ("thread-pool-min", options.thread_pool_min),
+        ("thread-pool-max", options.thread_pool_max),
+    ];
+    for (name, v) in checked {
+        if v.is_some_and(|v| v < 0) {
+            return Err(ControlError::failed(format!(
+                "{name} value must be in range [0, {}]",
+                i64::MAX
+            )));
+        }
+    }
+    let get = |v: Option<i64>, default: u64| v.map_or(default, |v| v as u64);
+    Ok(PollParams {
+        max_ns: get(options.poll_max_ns, DEFAULT_POLL_MAX_NS),
+        grow: get(options.poll_grow, 0),
+        shrink: get(options.poll_shrink, 0),
+    })
 }
 
 /// QEMU's error for an object id that is taken (by any object type).
