@@ -9,10 +9,12 @@ mod cli;
 mod cpu;
 mod error;
 mod fio;
+mod hog;
 mod image;
 mod jobs;
 mod machine;
 mod nbd;
+mod nbd_multi;
 mod qsd;
 mod recording;
 mod report;
@@ -66,6 +68,10 @@ fn real_main() -> Result<()> {
     if let Some(f) = &opts.jobs {
         for s in &mut scenarios {
             s.jobs.retain(|j| f.iter().any(|x| x == j.id));
+        }
+    } else {
+        for s in &mut scenarios {
+            s.jobs.retain(|j| !j.named_only);
         }
     }
     scenarios.retain(|s| !s.jobs.is_empty());
@@ -122,11 +128,19 @@ fn real_main() -> Result<()> {
     };
     let transport: Box<dyn Transport> = match opts.transport.as_str() {
         "nbd" => Box::new(nbd::Nbd),
+        "nbd-2t" => Box::new(nbd_multi::NbdTwoIothreads),
         "vhost-user-blk" | "vhost-user-blk-2q" => Box::new(vhost_user_blk::VhostUserBlk {
             queues: if opts.transport.ends_with("2q") { 2 } else { 1 },
             client: vu_client(),
         }),
         other => return Err(Error::msg(format!("unknown transport {other}"))),
+    };
+    let _hog = match &opts.hog {
+        Some(cpus) => {
+            println!("ringstor-bench: CPU hog pinned to {cpus} for the whole run");
+            Some(hog::Hog::start(cpus)?)
+        }
+        None => None,
     };
     let cells: usize = scenarios.iter().map(|s| s.jobs.len() * present.len()).sum();
     let estimate = estimate_seconds(&timing, cells, scenarios.len() * present.len());
