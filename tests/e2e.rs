@@ -10,6 +10,8 @@ mod blkio_client;
 mod cli;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/fuse.rs"]
+mod fuse;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/inherited.rs"]
@@ -30,6 +32,8 @@ mod qmp;
 mod reliability;
 #[path = "e2e/stats.rs"]
 mod stats;
+#[path = "e2e/tls.rs"]
+mod tls;
 #[path = "e2e/vhost_user_blk.rs"]
 mod vhost_user_blk;
 #[path = "e2e/vhost_user_blk_hostile.rs"]

@@ -16,6 +16,8 @@ pub mod daemon;
 pub mod inherit;
 #[path = "support/nbdraw.rs"]
 pub mod nbdraw;
+#[path = "support/pki.rs"]
+pub mod pki;
 #[path = "support/qmp.rs"]
 pub mod qmp;
 #[path = "support/util.rs"]

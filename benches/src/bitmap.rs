@@ -21,7 +21,7 @@
 use crate::cpu::process_cpu_seconds;
 use crate::error::{Context, Error, Result};
 use crate::fio;
-use crate::jobs::{BackendKind, Job, Primary, Scenario};
+use crate::jobs::{BackendKind, Job, Primary, Scenario, TransportKind};
 use crate::qsd;
 use crate::results::{Row, Sample};
 use crate::runner::Plan;
@@ -60,6 +60,7 @@ pub fn scenario() -> Scenario {
     Scenario {
         id: SCENARIO,
         backend: BackendKind::Null,
+        transport: TransportKind::Unix,
         jobs: vec![job(BASELINE_JOB), job(JOB)],
         in_short: false,
     }
@@ -180,9 +181,15 @@ impl Runs<'_> {
     fn one(&self, server: &mut RunningServer, job: &Job, out: &Path, secs: u32) -> Result<Sample> {
         server.check_alive()?;
         before_job(job.id, self.kind, self.dir)?;
-        let args = fio::args(job, secs, self.fio_args, out);
+        let args = fio::args(job, secs, self.fio_args);
         let before = process_cpu_seconds(server.pid(), self.plan.ticks)?;
-        let fio = fio::run(&self.plan.fio, &args, out, self.plan.pin_fio.as_deref())?;
+        let fio = fio::run(
+            &self.plan.fio,
+            &args,
+            out,
+            self.plan.pin_fio.as_deref(),
+            &[],
+        )?;
         let after = process_cpu_seconds(server.pid(), self.plan.ticks)?;
         Ok(Sample {
             fio,
@@ -246,7 +253,9 @@ mod tests {
         LaunchSpec {
             args: vec!["--x".into()],
             ready_socket: "/t/s".into(),
+            ready_tcp: None,
             fio_args: vec![],
+            fio_prefix: vec![],
             env: vec![],
         }
     }

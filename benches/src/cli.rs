@@ -30,7 +30,10 @@ ratios.svg into DIR (default benches/results/<UTC timestamp>).
   --hog CPUS            run a busy loop pinned to CPUS (taskset) for the whole run
   --transport T         nbd (default), nbd-2t (ringstor's export on 2 iothreads), vhost-user-blk (1 queue, 1 iothread) or
                         vhost-user-blk-2q (2 queues; ringstor on 2 iothreads),
-                        driven by ringstor-vu-load (libblkio) instead of fio
+                        driven by ringstor-vu-load (libblkio) instead of fio;
+                        or fuse: the image mounted on a file, fio io_uring
+                        direct=1, ringstor in its four FUSE configurations
+                        (scenarios fuse-{uring,dev}-{1,2}io) against QSD
 ";
 
 /// Parsed options.

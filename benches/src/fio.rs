@@ -45,7 +45,7 @@ pub struct FioRun {
 /// fio arguments for `job` running `runtime_s` seconds (no fio ramp: the
 /// warm-up is a separate discarded run, so the server CPU window and fio's
 /// I/O count cover the same I/Os).
-pub fn args(job: &Job, runtime_s: u32, transport: &[String], output: &Path) -> Vec<String> {
+pub fn args(job: &Job, runtime_s: u32, transport: &[String]) -> Vec<String> {
     let mut a = vec![
         format!("--name={}", job.id),
         format!("--rw={}", job.rw),
@@ -60,7 +60,6 @@ pub fn args(job: &Job, runtime_s: u32, transport: &[String], output: &Path) -> V
         "--unified_rw_reporting=mixed".into(),
         "--lat_percentiles=1".into(),
         "--output-format=json".into(),
-        format!("--output={}", output.display()),
     ];
     if let Some(m) = job.rwmixread {
         a.push(format!("--rwmixread={m}"));
@@ -69,17 +68,26 @@ pub fn args(job: &Job, runtime_s: u32, transport: &[String], output: &Path) -> V
     a
 }
 
-/// Run fio (under `taskset -c pin` when given) and parse its JSON output.
-pub fn run(fio: &Path, args: &[String], output: &Path, pin: Option<&str>) -> Result<FioRun> {
-    let mut cmd = match pin {
-        Some(cpus) => {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg(cpus).arg(fio);
-            c
-        }
-        None => Command::new(fio),
-    };
+/// Run fio (under `taskset -c pin` when given, then under `prefix`), keep
+/// its JSON output in `output` (written here from fio's stdout, so fio
+/// needs no write access: it may run as another user) and parse it.
+pub fn run(
+    fio: &Path,
+    args: &[String],
+    output: &Path,
+    pin: Option<&str>,
+    prefix: &[String],
+) -> Result<FioRun> {
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(cpus) = pin {
+        argv.extend(["taskset".into(), "-c".into(), cpus.into()]);
+    }
+    argv.extend(prefix.iter().map(Into::into));
+    argv.push(fio.into());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
     let out = cmd.args(args).output().context("running fio")?;
+    std::fs::write(output, &out.stdout).with_context(|| format!("writing {}", output.display()))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(Error::msg(format!(
@@ -88,8 +96,7 @@ pub fn run(fio: &Path, args: &[String], output: &Path, pin: Option<&str>) -> Res
             err.trim()
         )));
     }
-    let text =
-        std::fs::read_to_string(output).with_context(|| format!("reading {}", output.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
     parse(&text).with_context(|| format!("parsing {}", output.display()))
 }
 
@@ -208,7 +215,7 @@ mod tests {
             .into_iter()
             .find(|j| j.id == "randread-4k-qd32-4conn")
             .unwrap();
-        let a = args(&j, 3, &["--ioengine=nbd".into()], Path::new("/o.json"));
+        let a = args(&j, 3, &["--ioengine=nbd".into()]);
         for want in [
             "--numjobs=4",
             "--iodepth=32",

@@ -139,13 +139,38 @@ pub enum BackendKind {
     Null,
 }
 
+/// How the export is reached (see `crate::transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    /// NBD on a unix socket.
+    Unix,
+    /// NBD over TCP loopback, plaintext.
+    Tcp,
+    /// NBD over TCP loopback with TLS (x509, client certificate).
+    Tls,
+}
+
+impl TransportKind {
+    /// Name in reports.
+    pub fn id(self) -> &'static str {
+        match self {
+            TransportKind::Unix => "nbd",
+            TransportKind::Tcp => "nbd-tcp",
+            TransportKind::Tls => "nbds-tcp",
+        }
+    }
+}
+
 /// A set of jobs run against every server with one backend configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
-    /// Identifier: `page-cache`, `direct` or `null`.
+    /// Identifier: `page-cache`, `direct`, `null`, `tcp` or `tls`.
     pub id: &'static str,
     /// Backend of the export.
     pub backend: BackendKind,
+    /// How fio reaches the export.
+    pub transport: TransportKind,
     /// Jobs, in run order.
     pub jobs: Vec<Job>,
     /// Part of a `--short` run without `--scenarios` (the qcow2 ones are
@@ -206,30 +231,35 @@ pub fn scenarios(mode: Mode) -> Vec<Scenario> {
         Scenario {
             id: "page-cache",
             backend: BackendKind::File(CacheMode::PageCache),
+            transport: TransportKind::Unix,
             jobs: file_jobs(),
             in_short: true,
         },
         Scenario {
             id: "direct",
             backend: BackendKind::File(CacheMode::Direct),
+            transport: TransportKind::Unix,
             jobs: direct,
             in_short: true,
         },
         Scenario {
             id: "null",
             backend: BackendKind::Null,
+            transport: TransportKind::Unix,
             jobs: null_jobs(),
             in_short: true,
         },
         Scenario {
             id: "qcow2-prealloc",
             backend: BackendKind::Qcow2(Qcow2Layout::Metadata),
+            transport: TransportKind::Unix,
             jobs: qcow2_jobs(),
             in_short: false,
         },
         Scenario {
             id: "qcow2-sparse",
             backend: BackendKind::Qcow2(Qcow2Layout::Sparse),
+            transport: TransportKind::Unix,
             // Writes first, so they allocate into the fresh image.
             jobs: qcow2_jobs().into_iter().rev().collect(),
             in_short: false,
@@ -237,6 +267,34 @@ pub fn scenarios(mode: Mode) -> Vec<Scenario> {
     ];
     all.push(crate::bitmap::scenario());
     all
+}
+
+/// Scenarios run only when named with `--scenarios`: NBD over TCP
+/// loopback in plaintext (`tcp`) and with TLS (`tls`), page cache, for
+/// ringstor and QSD with the same certificates.
+pub fn transport_scenarios() -> Vec<Scenario> {
+    let jobs = || -> Vec<Job> {
+        file_jobs()
+            .into_iter()
+            .filter(|j| matches!(j.id, "randread-4k-qd32" | "seqread-1m-qd8"))
+            .collect()
+    };
+    vec![
+        Scenario {
+            id: "tcp",
+            backend: BackendKind::File(CacheMode::PageCache),
+            transport: TransportKind::Tcp,
+            jobs: jobs(),
+            in_short: false,
+        },
+        Scenario {
+            id: "tls",
+            backend: BackendKind::File(CacheMode::PageCache),
+            transport: TransportKind::Tls,
+            jobs: jobs(),
+            in_short: false,
+        },
+    ]
 }
 
 /// Per-fio-invocation overhead (process start, NBD handshake, JSON) and

@@ -9,6 +9,7 @@ mod cli;
 mod cpu;
 mod error;
 mod fio;
+mod fuse;
 mod hog;
 mod image;
 mod jobs;
@@ -24,17 +25,18 @@ mod servers;
 mod stats;
 mod svg;
 mod targets;
+mod tcp;
 mod transport;
 mod vhost_user_blk;
 mod workdir;
 
 use error::{Context, Error, Result};
-use jobs::{estimate_seconds, BackendKind};
+use jobs::{estimate_seconds, BackendKind, TransportKind};
 use report::{RunReport, ServerInfo};
 use servers::ServerKind;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use transport::Transport;
+use transport::{Transport, Transports};
 
 fn main() {
     if let Err(e) = real_main() {
@@ -59,8 +61,14 @@ fn real_main() -> Result<()> {
     timing.ramp_s = opts.ramp.unwrap_or(timing.ramp_s);
     timing.image_mib = opts.image_mib.unwrap_or(timing.image_mib).max(1);
 
-    let mut scenarios = jobs::scenarios(opts.mode);
+    let mut scenarios = if opts.transport == "fuse" {
+        fuse::VARIANTS.iter().map(|v| v.scenario()).collect()
+    } else {
+        jobs::scenarios(opts.mode)
+    };
     if let Some(f) = &opts.scenarios {
+        // The TCP and TLS scenarios run only when asked for by name.
+        scenarios.extend(jobs::transport_scenarios());
         scenarios.retain(|s| f.iter().any(|x| x == s.id));
     } else if opts.mode == jobs::Mode::Short {
         scenarios.retain(|s| s.in_short && bitmap::in_default_short(s.id));
@@ -126,6 +134,8 @@ fn real_main() -> Result<()> {
             .and_then(|p| p.parent().map(|d| d.join("ringstor-vu-load")))
             .unwrap_or_default()
     };
+    // `--transport` serves the unix-socket scenarios; `tcp` and `tls` bring
+    // their own (NBD over TCP loopback).
     let transport: Box<dyn Transport> = match opts.transport.as_str() {
         "nbd" => Box::new(nbd::Nbd),
         "nbd-2t" => Box::new(nbd_multi::NbdTwoIothreads),
@@ -133,6 +143,9 @@ fn real_main() -> Result<()> {
             queues: if opts.transport.ends_with("2q") { 2 } else { 1 },
             client: vu_client(),
         }),
+        // Each FUSE scenario runs with its own configuration (fuse::run_all);
+        // this one only names the transport.
+        "fuse" => Box::new(fuse::VARIANTS[0]),
         other => return Err(Error::msg(format!("unknown transport {other}"))),
     };
     let _hog = match &opts.hog {
@@ -142,12 +155,23 @@ fn real_main() -> Result<()> {
         }
         None => None,
     };
+    let mut used: Vec<&str> = Vec::new();
+    for s in &scenarios {
+        let id = match s.transport {
+            TransportKind::Unix => transport.id(),
+            other => other.id(),
+        };
+        if !used.contains(&id) {
+            used.push(id);
+        }
+    }
+    let transport_ids = used.join(", ");
     let cells: usize = scenarios.iter().map(|s| s.jobs.len() * present.len()).sum();
     let estimate = estimate_seconds(&timing, cells, scenarios.len() * present.len());
     println!(
         "ringstor-bench: {:?} mode, transport {}, {} scenarios, {} servers ({}), {} (server, job) cells x {} repeats of {} s: about {:.0} min",
         opts.mode,
-        transport.id(),
+        transport_ids,
         scenarios.len(),
         present.len(),
         present.iter().map(|(k, _)| k.id()).collect::<Vec<_>>().join(", "),
@@ -204,7 +228,26 @@ fn real_main() -> Result<()> {
         work: work.path().to_path_buf(),
         out: out.clone(),
     };
-    let (rows, more_skipped) = runner::run(&plan, transport.as_ref(), &dirs);
+    let tcp = tcp::NbdTcp::plain();
+    let tls = if plan
+        .scenarios
+        .iter()
+        .any(|s| s.transport == TransportKind::Tls)
+    {
+        Some(tcp::NbdTcp::tls()?)
+    } else {
+        None
+    };
+    let transports = Transports {
+        unix: transport.as_ref(),
+        tcp: &tcp,
+        tls: tls.as_ref().map(|t| t as &dyn Transport),
+    };
+    let (rows, more_skipped) = if opts.transport == "fuse" {
+        fuse::run_all(&plan, &transports, &dirs)
+    } else {
+        runner::run(&plan, &transports, &dirs)
+    };
     drop(work);
     skipped.extend(more_skipped);
 
@@ -216,7 +259,7 @@ fn real_main() -> Result<()> {
         started_utc,
         duration_s: started.elapsed().as_secs_f64(),
         mode: opts.mode,
-        transport: transport.id().to_string(),
+        transport: transport_ids,
         timing,
         placement,
         machine,

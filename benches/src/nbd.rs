@@ -96,6 +96,8 @@ impl Transport for Nbd {
                 format!("--uri=nbd+unix:///{EXPORT}?socket={s}"),
             ],
             ready_socket: sock,
+            ready_tcp: None,
+            fio_prefix: Vec::new(),
             env: match server {
                 ServerKind::RingstorNoStats => vec![("RINGSTOR_STATS".into(), "off".into())],
                 _ => Vec::new(),

@@ -120,7 +120,7 @@ pub fn markdown(r: &RunReport) -> String {
     }
     let _ = writeln!(
         md,
-        "\n## Targets (page cache, vs best of QSD/nbdkit/qemu-nbd)\n"
+        "\n## Targets (page cache: vs best of QSD/nbdkit/qemu-nbd; tls: vs QSD)\n"
     );
     for t in &r.targets {
         let _ = writeln!(md, "- {}", t.line());

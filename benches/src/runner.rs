@@ -9,7 +9,7 @@ use crate::image;
 use crate::jobs::{BackendKind, CacheMode, Job, Scenario, Timing};
 use crate::results::{Row, Sample};
 use crate::servers::{RunningServer, ServerKind};
-use crate::transport::{Backend, Transport};
+use crate::transport::{Backend, LaunchSpec, Transports};
 use std::path::{Path, PathBuf};
 
 /// What to run and with which tools.
@@ -42,11 +42,9 @@ pub struct Dirs {
 
 /// Run the plan; failures of one server or job become rows with an error,
 /// the rest of the run goes on. Returns rows and "skipped" lines.
-pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Vec<String>) {
+pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<String>) {
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
-    let client = transport.client();
-    let client = client.as_deref().unwrap_or(&plan.fio);
     let image = dirs.work.join("image.raw");
     let size = plan.timing.image_mib * 1024 * 1024;
     for sc in &plan.scenarios {
@@ -61,14 +59,18 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
             },
         };
         for (kind, bin) in &plan.servers {
+            let transport = transports.get(sc.transport);
+            let client = transport.and_then(|t| t.client());
+            let client = client.as_deref().unwrap_or(&plan.fio);
             let spec = transport
-                .launch(*kind, &backend, &dirs.work)
+                .and_then(|t| t.launch(*kind, &backend, &dirs.work))
                 .and_then(|spec| crate::bitmap::prepare(sc.id, *kind, spec, &dirs.work));
             let Some(spec) = spec else {
                 let line = format!(
-                    "SKIP {} on {}: not supported by this server",
+                    "SKIP {} on {}: not supported by this server over {}",
                     kind.id(),
-                    sc.id
+                    sc.id,
+                    transport.map_or(sc.transport.id(), |t| t.id())
                 );
                 println!("{line}");
                 skipped.push(line);
@@ -124,7 +126,7 @@ pub fn run(plan: &Plan, transport: &dyn Transport, dirs: &Dirs) -> (Vec<Row>, Ve
                 continue;
             }
             for job in &sc.jobs {
-                let row = run_job(plan, client, &mut server, &spec.fio_args, job, &raw);
+                let row = run_job(plan, client, &mut server, &spec, job, &raw);
                 let (samples, error) = match row {
                     Ok(s) => (s, None),
                     Err((s, e)) => {
@@ -159,7 +161,7 @@ fn run_job(
     plan: &Plan,
     client: &Path,
     server: &mut RunningServer,
-    transport_args: &[String],
+    spec: &LaunchSpec,
     job: &Job,
     raw: &Path,
 ) -> std::result::Result<Vec<Sample>, (Vec<Sample>, Error)> {
@@ -169,15 +171,16 @@ fn run_job(
         let pin = plan.pin_fio.as_deref();
         if plan.timing.ramp_s > 0 {
             let out = raw.join(format!("{}-warmup.json", job.id));
-            let args = fio::args(job, plan.timing.ramp_s, transport_args, &out);
-            fio::run(client, &args, &out, pin).map_err(|e| Error::msg(format!("warm-up: {e}")))?;
+            let args = fio::args(job, plan.timing.ramp_s, &spec.fio_args);
+            fio::run(client, &args, &out, pin, &spec.fio_prefix)
+                .map_err(|e| Error::msg(format!("warm-up: {e}")))?;
         }
         for i in 1..=plan.timing.repeats {
             server.check_alive()?;
             let out = raw.join(format!("{}-{i}.json", job.id));
-            let args = fio::args(job, plan.timing.runtime_s, transport_args, &out);
+            let args = fio::args(job, plan.timing.runtime_s, &spec.fio_args);
             let before = process_cpu_seconds(server.pid(), plan.ticks)?;
-            let fio = fio::run(client, &args, &out, pin)?;
+            let fio = fio::run(client, &args, &out, pin, &spec.fio_prefix)?;
             let after = process_cpu_seconds(server.pid(), plan.ticks)?;
             samples.push(Sample {
                 fio,

@@ -6,6 +6,7 @@ use crate::error::{Context, Error, Result};
 use crate::transport::LaunchSpec;
 use serde::Serialize;
 use std::fs::File;
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -162,22 +163,29 @@ impl RunningServer {
             log: log.to_path_buf(),
             name: name.to_string(),
         };
-        server.wait_ready(&spec.ready_socket)?;
+        server.wait_ready(spec)?;
         Ok(server)
     }
 
-    fn wait_ready(&mut self, sock: &Path) -> Result<()> {
+    fn wait_ready(&mut self, spec: &LaunchSpec) -> Result<()> {
         let start = Instant::now();
         loop {
             self.check_alive()?;
-            if UnixStream::connect(sock).is_ok() {
+            let up = match spec.ready_tcp {
+                Some(port) => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                None => UnixStream::connect(&spec.ready_socket).is_ok(),
+            };
+            if up {
                 return Ok(());
             }
             if start.elapsed() > READY_TIMEOUT {
+                let what = match spec.ready_tcp {
+                    Some(port) => format!("127.0.0.1:{port}"),
+                    None => spec.ready_socket.display().to_string(),
+                };
                 return Err(Error::msg(format!(
-                    "{}: socket {} not accepting after {:?}; log: {}",
+                    "{}: socket {what} not accepting after {:?}; log: {}",
                     self.name,
-                    sock.display(),
                     READY_TIMEOUT,
                     self.log_tail()
                 )));

@@ -1,6 +1,8 @@
 //! The project's performance targets, judged on the page-cache NBD run
 //! against the best of QSD/nbdkit/qemu-nbd (or, for a cost target, against
-//! ringstor itself on a baseline job), as PASS/FAIL/SKIP lines.
+//! ringstor itself on a baseline job), as PASS/FAIL/SKIP lines. The TLS
+//! targets (issue 11) are judged on the `tls` scenario, where QSD is the
+//! only other server; they SKIP unless `--scenarios tls` ran.
 
 use crate::results::{Comparison, Row};
 use crate::servers::ServerKind;
@@ -50,6 +52,16 @@ pub fn targets() -> Vec<Target> {
         threshold,
         baseline: None,
     };
+    // With TLS: at least QSD's throughput at no more CPU per I/O.
+    let tls = |text, job, metric, at_least| Target {
+        text,
+        scenario: "tls",
+        job,
+        metric,
+        at_least,
+        threshold: 1.0,
+        baseline: None,
+    };
     vec![
         t(
             "NBD 4k randread qd32 IOPS, 1 conn",
@@ -85,6 +97,30 @@ pub fn targets() -> Vec<Target> {
             Metric::P50,
             false,
             1.0,
+        ),
+        tls(
+            "NBD over TLS 4k randread qd32 IOPS vs QSD",
+            "randread-4k-qd32",
+            Metric::Throughput,
+            true,
+        ),
+        tls(
+            "NBD over TLS server CPU per 4k read vs QSD",
+            "randread-4k-qd32",
+            Metric::CpuPerIo,
+            false,
+        ),
+        tls(
+            "NBD over TLS 1 MiB seqread qd8 bandwidth vs QSD",
+            "seqread-1m-qd8",
+            Metric::Throughput,
+            true,
+        ),
+        tls(
+            "NBD over TLS server CPU per 1 MiB read vs QSD",
+            "seqread-1m-qd8",
+            Metric::CpuPerIo,
+            false,
         ),
         Target {
             scenario: crate::bitmap::SCENARIO,
@@ -155,6 +191,10 @@ fn qcow2_targets() -> Vec<Target> {
     }
     v
 }
+
+/// A target's `job` that stands for every job of every scenario whose id
+/// starts with the target's `scenario`; the ratio judged is the lowest.
+pub const ALL_JOBS: &str = "*";
 
 /// Outcome of one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -243,6 +283,51 @@ fn judge(target: &Target, ratio: Option<f64>) -> Status {
     }
 }
 
+/// The FUSE targets (issue 10), against QSD's FUSE export on the same file.
+pub fn fuse_targets() -> Vec<Target> {
+    let t = |text, job, metric, at_least, threshold| Target {
+        text,
+        scenario: "",
+        job,
+        metric,
+        at_least,
+        threshold,
+        baseline: None,
+    };
+    vec![
+        Target {
+            scenario: "fuse-uring-1io",
+            ..t(
+                "FUSE over io_uring 4k randread qd32 IOPS",
+                "randread-4k-qd32",
+                Metric::Throughput,
+                true,
+                1.5,
+            )
+        },
+        Target {
+            scenario: "fuse-uring-1io",
+            ..t(
+                "FUSE over io_uring server CPU per read",
+                "randread-4k-qd32",
+                Metric::CpuPerIo,
+                false,
+                0.5,
+            )
+        },
+        Target {
+            scenario: "fuse-",
+            ..t(
+                "FUSE: no row below QSD (lowest ratio of all fuse-* rows)",
+                ALL_JOBS,
+                Metric::Throughput,
+                true,
+                1.0,
+            )
+        },
+    ]
+}
+
 /// The vhost-user-blk targets (issue 9), against QSD on the same file.
 pub fn vhost_targets(transport: &'static str) -> Vec<Target> {
     let t = |text, job, metric, at_least, threshold| Target {
@@ -306,6 +391,7 @@ pub fn evaluate_for(
 ) -> Vec<Outcome> {
     let list = match transport {
         "nbd" => targets(),
+        "fuse" => fuse_targets(),
         other => vhost_targets(other),
     };
     evaluate_list(list, comparisons, rows)
@@ -334,20 +420,33 @@ fn evaluate_list(list: Vec<Target>, comparisons: &[Comparison], rows: &[Row]) ->
                     note,
                 };
             }
-            let c = comparisons
-                .iter()
-                .find(|c| c.scenario == target.scenario && c.job == target.job);
-            let ratio = c.and_then(|c| match target.metric {
+            let pick = |c: &Comparison| match target.metric {
                 Metric::Throughput => c.throughput,
                 Metric::P50 => c.p50,
                 Metric::CpuPerIo => c.cpu_per_io,
-            });
+            };
+            let (c, ratio) = if target.job == ALL_JOBS {
+                let worst = comparisons
+                    .iter()
+                    .filter(|c| c.scenario.starts_with(target.scenario))
+                    .filter_map(|c| pick(c).map(|r| (c, r)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
+                (worst.map(|w| w.0), worst.map(|w| w.1))
+            } else {
+                let c = comparisons
+                    .iter()
+                    .find(|c| c.scenario == target.scenario && c.job == target.job);
+                (c, c.and_then(pick))
+            };
             let status = judge(&target, ratio);
             let mut note = match (c, target.metric) {
                 (Some(c), Metric::P50) => c
                     .p99
                     .map(|p| format!("p99 ratio {p:.2}x (shown, no target)"))
                     .unwrap_or_default(),
+                (Some(c), _) if target.job == ALL_JOBS => {
+                    format!("lowest: {}/{}", c.scenario, c.job)
+                }
                 _ => String::new(),
             };
             if c.is_none() {
@@ -390,7 +489,7 @@ mod tests {
         let st: Vec<Status> = o.iter().map(|o| o.status).collect();
         use Status::*;
         assert_eq!(st[..6], [Pass, Fail, Pass, Skip, Pass, Skip]);
-        // The qcow2 rows were not run.
+        // The TLS and qcow2 rows were not run.
         assert!(st[6..].iter().all(|s| *s == Skip));
         assert!(o[4].line().contains("p99 ratio 1.20x"));
         assert!(o[0]
@@ -450,5 +549,28 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("QSD's own ratio 0.90x"), "{line}");
+    }
+
+    #[test]
+    fn fuse_targets_read_the_uring_row_and_the_lowest_row() {
+        let mut c = vec![
+            cmp("randread-4k-qd32", 2.0, 1.0, 0.4),
+            cmp("randwrite-4k-qd1", 0.9, 1.0, 1.0),
+            cmp("seqread-1m-qd8", 3.0, 1.0, 1.0),
+        ];
+        c[0].scenario = "fuse-uring-1io".into();
+        c[1].scenario = "fuse-dev-2io".into();
+        c[2].scenario = "page-cache".into();
+        let o = evaluate_for("fuse", &c, &[]);
+        let n = o.len();
+        use Status::*;
+        assert_eq!(
+            (o[n - 3].status, o[n - 2].status, o[n - 1].status),
+            (Pass, Pass, Fail)
+        );
+        assert_eq!(o[n - 1].ratio, Some(0.9));
+        assert!(o[n - 1]
+            .line()
+            .contains("lowest: fuse-dev-2io/randwrite-4k-qd1"));
     }
 }

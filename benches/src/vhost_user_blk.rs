@@ -56,10 +56,12 @@ impl Transport for VhostUserBlk {
         Some(LaunchSpec {
             args,
             ready_socket: sock,
+            ready_tcp: None,
             fio_args: vec![
                 format!("--vu-socket={s}"),
                 format!("--vu-queues={}", self.queues),
             ],
+            fio_prefix: Vec::new(),
             env: match server {
                 ServerKind::RingstorNoStats => vec![("RINGSTOR_STATS".into(), "off".into())],
                 _ => Vec::new(),

@@ -60,6 +60,9 @@ pub struct Daemon {
     pub(crate) blocks: BlockGraph,
     pub(crate) objects: Objects,
     pub(crate) nbd: Option<NbdServer>,
+    /// The `tls-creds` object of the running NBD server (in use: it cannot
+    /// be deleted).
+    pub(crate) nbd_tls_creds: Option<String>,
     pub(crate) exports: ExportRegistry,
     pub(crate) events: EventBus,
     /// Totals of removed exports (`query-blockstats`).
@@ -98,6 +101,7 @@ impl Daemon {
             blocks: BlockGraph::default(),
             objects: Objects::new(Placement::from_affinity())?,
             nbd: None,
+            nbd_tls_creds: None,
             exports: ExportRegistry::new(internal_tx.clone()),
             events: EventBus::new(),
             stats: StatsHub::default(),

@@ -1,6 +1,7 @@
 //! ringstor control plane: the qemu-storage-daemon command line, the QMP
-//! monitor and its commands, objects (iothreads), placement, the block
-//! graph as configured, and the export registry.
+//! monitor and its commands, objects (iothreads, TLS credentials,
+//! authorization), placement, the block graph as configured, and the
+//! export registry.
 //!
 //! Everything here runs on the control thread or on monitor threads; none
 //! of it touches a ring or does image I/O (that is `engine` and
@@ -24,6 +25,7 @@ pub mod registry;
 pub mod signals;
 pub mod sockets;
 pub mod stats;
+pub mod tls;
 
 /// The NBD server driver the control plane starts.
 pub(crate) use drivers::nbd;

@@ -1,4 +1,6 @@
-//! QOM objects: iothreads by id, and the built-in default iothread.
+//! QOM objects: iothreads by id, the built-in default iothread, metrics
+//! endpoints, TLS credentials and authorization objects (see
+//! `crate::tls`). All share one id namespace, as in QEMU.
 //!
 //! The default iothread (`ringstor-main`) runs every export that names no
 //! iothread, so the control thread never does I/O. Like QEMU's main loop
@@ -6,6 +8,7 @@
 //! be deleted.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use engine::iothread::{
     IoThread, IoThreadConfig, IoThreadHandle, PollParams, DEFAULT_POLL_MAX_NS, DEFAULT_RING_ENTRIES,
@@ -15,7 +18,8 @@ use serde_json::{json, Value};
 use crate::error::{ControlError, Result};
 use crate::metrics::MetricsServer;
 use crate::placement::Placement;
-use crate::qapi::{IothreadOptions, MetricsOptions};
+use crate::qapi::{IothreadOptions, MetricsOptions, TlsCredsX509Options};
+use crate::tls::{Authz, AuthzTable, X509Creds};
 
 /// Name of the built-in iothread.
 pub const DEFAULT_IOTHREAD: &str = "ringstor-main";
@@ -34,6 +38,10 @@ pub struct Objects {
     /// `metrics` objects (OpenMetrics endpoints).
     metrics: BTreeMap<String, MetricsServer>,
     placement: Placement,
+    tls: BTreeMap<String, Arc<X509Creds>>,
+    /// Shared with the NBD server's client verifier, which looks its
+    /// `tls-authz` object up for every client.
+    authz: AuthzTable,
 }
 
 impl std::fmt::Debug for Objects {
@@ -60,6 +68,8 @@ impl Objects {
             order: Vec::new(),
             metrics: BTreeMap::new(),
             placement,
+            tls: BTreeMap::new(),
+            authz: AuthzTable::default(),
         })
     }
 
@@ -114,14 +124,8 @@ impl Objects {
 
     /// `object-add qom-type=iothread`.
     pub fn add_iothread(&mut self, options: IothreadOptions) -> Result<()> {
-        if self.metrics.contains_key(&options.id) {
+        if self.contains(&options.id) {
             return Err(duplicate(&options.id));
-        }
-        if self.iothreads.contains_key(&options.id) {
-            return Err(ControlError::failed(format!(
-                "attempt to add duplicate property '{}' to object (type 'container')",
-                options.id
-            )));
         }
         let poll = poll_params(&options)?;
         let cpu = self.placement.place(options.cpu)?;
@@ -140,25 +144,63 @@ impl Objects {
         Ok(())
     }
 
-    /// Whether an object with this id exists.
-    pub fn contains(&self, id: &str) -> bool {
-        self.iothreads.contains_key(id) || self.metrics.contains_key(id)
+    /// `object-add qom-type=tls-creds-x509`: loads and checks the files.
+    pub fn add_tls_creds_x509(&mut self, options: TlsCredsX509Options) -> Result<()> {
+        if self.contains(&options.id) {
+            return Err(duplicate(&options.id));
+        }
+        let creds = X509Creds::load(&options).map_err(ControlError::Failed)?;
+        self.tls.insert(options.id, Arc::new(creds));
+        Ok(())
     }
 
-    /// `object-del`; the caller has checked the iothread is unused.
+    /// `object-add` of an `authz-*` object.
+    pub fn add_authz(&mut self, id: String, authz: Authz) -> Result<()> {
+        if self.contains(&id) {
+            return Err(duplicate(&id));
+        }
+        self.authz.insert(id, authz);
+        Ok(())
+    }
+
+    /// x509 credentials by id.
+    pub fn tls_creds(&self, id: &str) -> Option<Arc<X509Creds>> {
+        self.tls.get(id).cloned()
+    }
+
+    /// The authorization objects, as the TLS verifier sees them.
+    pub fn authz_table(&self) -> AuthzTable {
+        self.authz.clone()
+    }
+
+    /// Whether an object with this id exists.
+    pub fn contains(&self, id: &str) -> bool {
+        self.iothreads.contains_key(id)
+            || self.metrics.contains_key(id)
+            || self.tls.contains_key(id)
+            || self.authz.get(id).is_some()
+    }
+
+    /// Whether `id` is an iothread.
+    pub fn is_iothread(&self, id: &str) -> bool {
+        self.iothreads.contains_key(id)
+    }
+
+    /// `object-del`; the caller has checked the object is unused.
     pub fn del(&mut self, id: &str) -> Result<()> {
         if let Some(m) = self.metrics.remove(id) {
             m.stop();
             return Ok(());
         }
-        match self.iothreads.remove(id) {
-            Some(e) => {
-                self.order.retain(|i| i != id);
-                e.thread.stop();
-                Ok(())
-            }
-            None => Err(ControlError::failed(format!("object '{id}' not found"))),
+        if let Some(e) = self.iothreads.remove(id) {
+            self.order.retain(|i| i != id);
+            e.thread.stop();
+            return Ok(());
         }
+        if self.tls.remove(id).is_some() || self.authz.remove(id) {
+            return Ok(());
+        }
+        Err(ControlError::failed(format!("object '{id}' not found")))
     }
 
     /// `query-iothreads`.
@@ -223,7 +265,7 @@ fn poll_params(options: &IothreadOptions) -> Result<PollParams> {
 }
 
 /// QEMU's error for an object id that is taken (by any object type).
-fn duplicate(id: &str) -> ControlError {
+pub(crate) fn duplicate(id: &str) -> ControlError {
     ControlError::failed(format!(
         "attempt to add duplicate property '{id}' to object (type 'container')"
     ))

@@ -9,6 +9,7 @@
 //! socket address (including inherited and passed descriptors).
 
 pub mod export;
+pub mod fuse;
 pub mod nbd;
 pub mod socket;
 pub mod stats;

@@ -1,9 +1,11 @@
 //! Server handshake state machine under arbitrary client bytes.
 //!
-//! Input layout: byte 0 picks the `NegotiatorConfig`, byte 1 seeds how the
-//! stream is split into `feed` calls (and how much output is acknowledged
-//! each time); the rest is the client byte stream exactly as it would
-//! arrive on the socket (the seeds are real/spec client traffic).
+//! Input layout: byte 0 picks the `NegotiatorConfig` (bit 6: TLS required;
+//! after `Outcome::StartTls` the rest of the stream is fed as the
+//! decrypted TLS stream), byte 1 seeds how the stream is split into `feed`
+//! calls (and how much output is acknowledged each time); the rest is the
+//! client byte stream exactly as it would arrive on the socket (the seeds
+//! are real/spec client traffic).
 //!
 //! Invariants: no panic; `consumed <= input`, and less only once finished;
 //! output only changes by what `advance_output` removed plus what was
@@ -16,7 +18,7 @@
 use drivers::nbd::proto::consts::GREETING_LEN;
 use drivers::nbd::proto::{Negotiator, NegotiatorConfig, Outcome};
 use libfuzzer_sys::fuzz_target;
-use ringstor_fuzz::handshake::{check_transcript, TestCatalog};
+use ringstor_fuzz::handshake::{check_before_tls, check_transcript, TestCatalog};
 
 const BUFFERS: [u32; 8] = [0, 1, 20, 100, 1000, 4096, 64 * 1024, 1 << 20];
 const OPTIONS: [u32; 4] = [1, 3, 16, 4096];
@@ -25,12 +27,17 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
+    let tls = data[0] & 0x40 != 0;
     let config = if data[0] & 0x80 == 0 {
-        NegotiatorConfig::default()
+        NegotiatorConfig {
+            tls,
+            ..NegotiatorConfig::default()
+        }
     } else {
         NegotiatorConfig {
             max_option_buffer: BUFFERS[usize::from(data[0] & 7)],
             max_options: OPTIONS[usize::from((data[0] >> 3) & 3)],
+            tls,
         }
     };
     let mut seed = u32::from(data[1]).wrapping_mul(0x9e37_79b9) | 1;
@@ -44,6 +51,8 @@ fuzz_target!(|data: &[u8]| {
     let mut transcript = Vec::new();
     let mut pos = 0;
     let mut outcome: Option<Outcome> = None;
+    // Where the stream after the TLS upgrade starts, once upgraded.
+    let mut upgraded_at: Option<usize> = None;
     loop {
         // xorshift32 for chunk sizes: seed 0 ⇒ feed everything at once.
         seed ^= seed << 13;
@@ -59,6 +68,32 @@ fuzz_target!(|data: &[u8]| {
         let was_finished = n.is_finished();
         let (used, o) = n.feed(input, &cat);
         assert!(used <= input.len(), "consumed {used} of {}", input.len());
+        if o == Some(Outcome::StartTls) {
+            assert!(
+                tls && upgraded_at.is_none(),
+                "StartTls twice or without TLS"
+            );
+            assert!(!n.is_finished(), "StartTls finished the handshake");
+            pos += used;
+            transcript.extend_from_slice(n.output());
+            n.advance_output(usize::MAX);
+            if let Err(e) = check_before_tls(&stream[..pos], &transcript, Some(&Outcome::StartTls))
+            {
+                panic!("transcript before TLS: {e}");
+            }
+            assert_eq!(
+                n.feed(&stream[pos..], &cat),
+                (0, None),
+                "fed before tls_started"
+            );
+            n.tls_started();
+            transcript.clear();
+            upgraded_at = Some(pos);
+            if pos == stream.len() {
+                return;
+            }
+            continue;
+        }
         let out = n.output();
         assert!(out.starts_with(&before), "feed rewrote pending output");
         if was_finished {
@@ -98,7 +133,18 @@ fuzz_target!(|data: &[u8]| {
     transcript.extend_from_slice(n.output());
     n.advance_output(usize::MAX);
     assert!(n.output().is_empty());
-    if let Err(e) = check_transcript(&stream[..pos], &transcript, outcome.as_ref(), &cat) {
+    let checked = match upgraded_at {
+        // After the upgrade the stream has no client flags: give the
+        // checker four, as at the start of a plaintext handshake.
+        Some(at) => {
+            let mut after = vec![0u8; 4];
+            after.extend_from_slice(&stream[at..pos]);
+            check_transcript(&after, &transcript, outcome.as_ref(), &cat)
+        }
+        None if tls => check_before_tls(&stream[..pos], &transcript, outcome.as_ref()),
+        None => check_transcript(&stream[..pos], &transcript, outcome.as_ref(), &cat),
+    };
+    if let Err(e) = checked {
         panic!("handshake transcript check failed: {e}; outcome {outcome:?}");
     }
 });

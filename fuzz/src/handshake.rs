@@ -1,9 +1,12 @@
 //! Oracle for the `nbd_handshake` target: a test catalog, a parser of the
 //! client byte stream into options, and a checker that the server's option
-//! replies answer exactly those options, in order, with well-formed frames.
+//! replies answer exactly those options, in order, with well-formed frames
+//! (and, before TLS on a server that requires it, with `TLS_REQD`).
 
 use drivers::nbd::proto::consts::*;
-use drivers::nbd::proto::{ExportCatalog, ExportInfo, MetaContext, Negotiated, Outcome};
+use drivers::nbd::proto::{
+    ExportCatalog, ExportInfo, HandshakeError, MetaContext, Negotiated, Outcome,
+};
 
 /// Two exports: "disk" (writable, allocation depth, one bitmap, 512-byte
 /// minimum block, a description) and "ro" (read-only, nothing extra).
@@ -355,4 +358,68 @@ fn check_negotiated(n: &Negotiated, cat: &TestCatalog) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The transcript of a server that requires TLS, up to the upgrade: every
+/// option is answered `NBD_REP_ERR_TLS_REQD`, except `NBD_OPT_STARTTLS`
+/// (ACK, which ends this part with [`Outcome::StartTls`]; with a payload,
+/// `NBD_REP_ERR_INVALID` and the client is dropped). `NBD_OPT_EXPORT_NAME`
+/// and protocol errors drop the client without a reply.
+pub fn check_before_tls(
+    consumed: &[u8],
+    transcript: &[u8],
+    outcome: Option<&Outcome>,
+) -> Result<(), String> {
+    let mut opts = client_options(consumed);
+    match outcome {
+        Some(Outcome::Failed(HandshakeError::StartTlsPayload)) => {}
+        Some(Outcome::Failed(_)) => {
+            opts.pop();
+        }
+        None => {
+            if opts.last().is_some_and(|o| !o.complete) {
+                opts.pop();
+            }
+        }
+        Some(Outcome::Negotiated(_)) => return Err("negotiated without TLS".into()),
+        Some(Outcome::Aborted | Outcome::StartTls) => {
+            if opts.last().is_none_or(|o| !o.complete) {
+                return Err("finished without a complete final option".into());
+            }
+        }
+    }
+    let replies = parse_replies(transcript)?;
+    if replies.len() != opts.len() {
+        return Err(format!(
+            "{} replies to {} options before TLS",
+            replies.len(),
+            opts.len()
+        ));
+    }
+    for (i, (o, r)) in opts.iter().zip(&replies).enumerate() {
+        check_reply(r)?;
+        let last = i + 1 == opts.len();
+        let want = match o.code {
+            NBD_OPT_STARTTLS if o.len == 0 => NBD_REP_ACK,
+            NBD_OPT_STARTTLS => NBD_REP_ERR_INVALID,
+            NBD_OPT_EXPORT_NAME => return Err("EXPORT_NAME answered before TLS".into()),
+            _ => NBD_REP_ERR_TLS_REQD,
+        };
+        if r.option != o.code || r.kind != want {
+            return Err(format!(
+                "option {} got reply {:#x} for {} before TLS",
+                o.code, r.kind, r.option
+            ));
+        }
+        if o.code == NBD_OPT_STARTTLS && !last {
+            return Err("options answered after STARTTLS in plaintext".into());
+        }
+    }
+    match (outcome, replies.last()) {
+        (Some(Outcome::StartTls), Some(r)) if r.kind == NBD_REP_ACK => Ok(()),
+        (Some(Outcome::StartTls), _) => Err("StartTls without the ACK".into()),
+        (Some(Outcome::Aborted), Some(r)) if r.option == NBD_OPT_ABORT => Ok(()),
+        (Some(Outcome::Aborted), _) => Err("ABORT not answered".into()),
+        _ => Ok(()),
+    }
 }

@@ -205,6 +205,9 @@ fn double_comma_escapes_a_comma_in_filename() {
 fn pidfile_holds_pid() {
     let dir = scratch();
     let d = Daemon::start(dir, &["--pidfile", "{dir}/daemon.pid"]);
+    // The monitor socket, which `start` waits for, comes before the pidfile
+    // (as in QSD, which writes it after all options).
+    eventually("the pidfile is written", || d.path("daemon.pid").exists());
     let text = fs::read_to_string(d.path("daemon.pid")).expect("pidfile exists");
     let pid: u32 = text.trim().parse().expect("pidfile holds a number");
     assert_eq!(pid, d.pid());

@@ -27,15 +27,6 @@ fn binaries() -> Vec<PathBuf> {
     bins
 }
 
-/// Waits up to 5 s for `cond`.
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        sleep(Duration::from_millis(20));
-    }
-}
-
 /// `qemu-img compare` of the image with what the export serves.
 fn same_data(img: &Path, uri: &str) -> bool {
     let img = img.display().to_string();

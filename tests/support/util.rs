@@ -15,6 +15,15 @@ pub const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Interpreter that can `import nbd` (pyenv's python3 on PATH cannot).
 pub const PYTHON: &str = "/usr/bin/python3";
 
+/// Waits up to 5 s for `cond`, polling every 20 ms; panics naming `what`.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        sleep(Duration::from_millis(20));
+    }
+}
+
 /// Create a sparse file of `size` bytes.
 pub fn make_sparse(path: &Path, size: u64) {
     let f = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));

@@ -3,7 +3,8 @@
 //! because Debian's fio has no libblkio engine.
 //!
 //! It takes the fio options the harness passes (`--rw --bs --iodepth
-//! --numjobs --runtime --rwmixread --output`, the rest ignored) plus
+//! --numjobs --runtime --rwmixread`, `--output` optional as in fio, the rest
+//! ignored) plus
 //! `--vu-socket=PATH` and `--vu-queues=N`, and writes the subset of fio's
 //! JSON the harness reads (one "mixed" group: IOPS, bandwidth, I/O count,
 //! total-latency percentiles from an HdrHistogram), so every row of a
@@ -66,10 +67,19 @@ fn run() -> Result<(), String> {
         other => return Err(format!("unsupported --rw={other}")),
     };
     spec.threads = spec.threads.max(queues).max(1);
-    let out = output.ok_or("--output is required")?;
     let result = load::run(&spec)?;
-    std::fs::write(&out, result.fio_json(&spec.name).to_string())
-        .map_err(|e| format!("writing {}: {e}", out.display()))
+    let json = result.fio_json(&spec.name).to_string();
+    // Like fio: to `--output` when given, else to stdout (the harness reads
+    // stdout, so a client may run as another user).
+    match output {
+        Some(out) => {
+            std::fs::write(&out, json).map_err(|e| format!("writing {}: {e}", out.display()))
+        }
+        None => {
+            println!("{json}");
+            Ok(())
+        }
+    }
 }
 
 fn main() {

@@ -9,8 +9,8 @@ use crate::daemon::{Daemon, HARD_DEL_WAIT};
 use crate::error::{ControlError, Result};
 use crate::nbd::NbdExportOptions;
 use crate::qapi::{
-    from_args, BlockExportDelArgs, BlockExportOptions, ExportBase, ExportKind, Input,
-    RemoveModeArg, Syntax,
+    from_args, BlockExportDelArgs, BlockExportOptions, ExportBase, ExportKind, FuseAllowOtherArg,
+    Input, RemoveModeArg, Syntax,
 };
 
 /// `block-export-add` / `--export`.
@@ -43,6 +43,8 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
     // with `growable`) may share it.
     let shared = match &kind {
         ExportKind::Nbd(_) => Perm::ALL.minus(Perm::RESIZE),
+        // QSD's FUSE export shares everything (and takes RESIZE itself).
+        ExportKind::Fuse(_) => Perm::ALL,
         // QEMU's vhost-user-blk server follows resizes (config change).
         ExportKind::VhostUserBlk(_) => Perm::ALL,
     };
@@ -74,6 +76,22 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
                 },
             )?;
             d.exports.insert(prepared, export);
+        }
+        ExportKind::Fuse(fuse) => {
+            let export = drivers::fuse::FuseExport::start(
+                prepared.common.clone(),
+                drivers::fuse::FuseExportOptions {
+                    mountpoint: fuse.mountpoint,
+                    growable: fuse.growable.unwrap_or(false),
+                    allow_other: match fuse.allow_other {
+                        Some(FuseAllowOtherArg::Off) => drivers::fuse::AllowOther::Off,
+                        Some(FuseAllowOtherArg::On) => drivers::fuse::AllowOther::On,
+                        Some(FuseAllowOtherArg::Auto) | None => drivers::fuse::AllowOther::Auto,
+                    },
+                    io_uring: fuse.io_uring,
+                },
+            )?;
+            d.exports.insert(prepared, Box::new(export));
         }
         ExportKind::VhostUserBlk(args) => {
             let export = super::vhost_user_blk::create(d, &prepared, &args)?;

@@ -13,7 +13,7 @@ use crate::error::{ControlError, Result};
 use crate::nbd::{NbdServer, NbdServerConfig};
 use crate::qapi::{
     from_args, BitmapRef, ExportBase, ExportKind, Input, NbdExportArgs, NbdServerAddOptions,
-    NbdServerOptions, NbdServerRemoveArgs, RemoveModeArg, Syntax,
+    NbdServerOptions, NbdServerRemoveArgs, RemoveModeArg, Syntax, TlsEndpoint,
 };
 
 const NOT_RUNNING: &str = "NBD server not running";
@@ -28,15 +28,10 @@ pub fn nbd_server_start(d: &mut Daemon, input: Input, legacy: bool) -> Result<Va
     if d.nbd.is_some() {
         return Err(ControlError::failed("NBD server already running"));
     }
-    if let Some(creds) = &opts.tls_creds {
-        // No TLS credential objects can exist yet, so QEMU's lookup fails.
-        return Err(ControlError::failed(format!(
-            "No TLS credentials with id '{creds}'"
-        )));
-    }
-    if opts.tls_authz.is_some() {
-        return Err(ControlError::failed("TLS is not supported by ringstor yet"));
-    }
+    let tls = match &opts.tls_creds {
+        Some(id) => Some(tls_config(d, id, opts.tls_authz.as_deref())?),
+        None => None,
+    };
     let listener = crate::sockets::listen(d, &opts.addr)?;
     let server = NbdServer::start(
         NbdServerConfig {
@@ -46,11 +41,44 @@ pub fn nbd_server_start(d: &mut Daemon, input: Input, legacy: bool) -> Result<Va
                 0 => None,
                 n => Some(Duration::from_secs(u64::from(n))),
             },
+            tls,
         },
         d.objects.default_handle().clone(),
     )?;
     d.nbd = Some(server);
+    d.nbd_tls_creds = opts.tls_creds;
     Ok(Value::Null)
+}
+
+/// The server's TLS configuration from `tls-creds` (and `tls-authz`, whose
+/// object is looked up per client, so it need not exist yet), with
+/// QEMU's errors.
+fn tls_config(
+    d: &Daemon,
+    creds_id: &str,
+    authz: Option<&str>,
+) -> Result<std::sync::Arc<rustls::ServerConfig>> {
+    let Some(creds) = d.objects.tls_creds(creds_id) else {
+        return Err(ControlError::failed(if d.objects.contains(creds_id) {
+            format!("Object with id '{creds_id}' is not TLS credentials")
+        } else {
+            format!("No TLS credentials with id '{creds_id}'")
+        }));
+    };
+    if creds.endpoint != TlsEndpoint::Server {
+        return Err(ControlError::failed(
+            "Expected TLS credentials for a server endpoint",
+        ));
+    }
+    if let (Some(a), false) = (authz, creds.verify_peer) {
+        log::warn!(
+            "nbd: tls-authz '{a}' has no effect: '{creds_id}' has verify-peer=off, \
+             so clients present no certificate"
+        );
+    }
+    creds
+        .server_config(authz.map(|a| (d.objects.authz_table(), a.to_string())))
+        .map_err(ControlError::Failed)
 }
 
 pub(super) fn nbd_server_start_cmd(d: &mut Daemon, args: Map<String, Value>) -> Result<Value> {

@@ -126,10 +126,31 @@ impl NbdExportArgs {
     }
 }
 
+/// `FuseExportAllowOther`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FuseAllowOtherArg {
+    Off,
+    On,
+    Auto,
+}
+
+/// `BlockExportOptionsFuse`, plus `io-uring` (QEMU's proposed name; the
+/// default, on where the kernel offers FUSE over io_uring, is ringstor's).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FuseExportArgs {
+    pub mountpoint: String,
+    pub growable: Option<bool>,
+    pub allow_other: Option<FuseAllowOtherArg>,
+    pub io_uring: Option<bool>,
+}
+
 /// Driver-specific members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExportKind {
     Nbd(NbdExportArgs),
+    Fuse(FuseExportArgs),
     VhostUserBlk(VhostUserBlkArgs),
 }
 
@@ -152,8 +173,9 @@ impl BlockExportOptions {
                 nbd.check()?;
                 ExportKind::Nbd(nbd)
             }
+            "fuse" => ExportKind::Fuse(input.parse()?),
             "vhost-user-blk" => ExportKind::VhostUserBlk(VhostUserBlkArgs::parse(input)?),
-            "fuse" | "vduse-blk" => {
+            "vduse-blk" => {
                 return Err(InputError(format!(
                     "Export type '{kind}' is not supported by ringstor yet"
                 )))

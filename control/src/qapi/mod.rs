@@ -9,6 +9,7 @@ mod input;
 mod nbd;
 mod object;
 mod qcow2;
+mod tls;
 mod vhost_user_blk;
 
 #[cfg(test)]
@@ -20,11 +21,15 @@ pub use block::{
     FileDriverOptions, NullDriverOptions, OnOffAuto, RawDriverOptions,
 };
 pub use export::{
-    BitmapRef, BlockExportDelArgs, BlockExportOptions, ExportBase, ExportKind, IothreadSpec,
-    NbdExportArgs, RemoveModeArg, NBD_MAX_STRING_SIZE,
+    BitmapRef, BlockExportDelArgs, BlockExportOptions, ExportBase, ExportKind, FuseAllowOtherArg,
+    FuseExportArgs, IothreadSpec, NbdExportArgs, RemoveModeArg, NBD_MAX_STRING_SIZE,
 };
 pub use input::{from_args, Input, InputError, Syntax};
 pub use nbd::{NbdServerAddOptions, NbdServerOptions, NbdServerRemoveArgs, SocketAddress};
 pub use object::{is_identifier, IothreadOptions, MetricsOptions, ObjectOptions};
 pub use qcow2::{BackingChoice, Qcow2DriverOptions};
+pub use tls::{
+    AuthzFormat, AuthzListFileOptions, AuthzListOptions, AuthzListRules, AuthzPolicy, AuthzRule,
+    AuthzSimpleOptions, TlsCredsPskOptions, TlsCredsX509Options, TlsEndpoint,
+};
 pub use vhost_user_blk::VhostUserBlkArgs;

@@ -1,22 +1,23 @@
-//! `ObjectOptions` (`object-add`, `--object`): only `iothread` so far.
+//! `ObjectOptions` (`object-add`, `--object`): `iothread`, the TLS
+//! credentials and the authorization objects (their properties are in
+//! `tls.rs`).
 
 use serde::Deserialize;
 
 use super::input::{Input, InputError};
 use super::nbd::SocketAddress;
+use super::tls::{
+    AuthzListFileOptions, AuthzListOptions, AuthzSimpleOptions, TlsCredsPskOptions,
+    TlsCredsX509Options,
+};
 
 /// QOM types QSD can create that ringstor cannot yet.
 const QEMU_QOM_TYPES: &[&str] = &[
-    "authz-list",
-    "authz-listfile",
     "authz-pam",
-    "authz-simple",
     "secret",
     "secret_keyring",
     "throttle-group",
     "tls-creds-anon",
-    "tls-creds-psk",
-    "tls-creds-x509",
     "tls-cipher-suites",
     "pr-manager-helper",
 ];
@@ -47,6 +48,11 @@ pub struct MetricsOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectOptions {
     Iothread(IothreadOptions),
+    TlsCredsX509(TlsCredsX509Options),
+    TlsCredsPsk(TlsCredsPskOptions),
+    AuthzSimple(AuthzSimpleOptions),
+    AuthzList(AuthzListOptions),
+    AuthzListFile(AuthzListFileOptions),
     Metrics(MetricsOptions),
 }
 
@@ -57,10 +63,34 @@ impl ObjectOptions {
         match qom_type.as_str() {
             "iothread" => {
                 let o: IothreadOptions = input.parse()?;
-                if !is_identifier(&o.id) {
-                    return Err(InputError("Parameter 'id' expects an identifier".into()));
-                }
+                check_id(&o.id)?;
                 Ok(ObjectOptions::Iothread(o))
+            }
+            "tls-creds-x509" => {
+                let o: TlsCredsX509Options = input.parse()?;
+                check_id(&o.id)?;
+                Ok(ObjectOptions::TlsCredsX509(o))
+            }
+            "tls-creds-psk" => {
+                let o: TlsCredsPskOptions = input.parse()?;
+                check_id(&o.id)?;
+                Ok(ObjectOptions::TlsCredsPsk(o))
+            }
+            "authz-simple" => {
+                let o: AuthzSimpleOptions = input.parse()?;
+                check_id(&o.id)?;
+                Ok(ObjectOptions::AuthzSimple(o))
+            }
+            "authz-list" => {
+                let id = input.take_str("id")?;
+                let list = input.parse()?;
+                check_id(&id)?;
+                Ok(ObjectOptions::AuthzList(AuthzListOptions { id, list }))
+            }
+            "authz-listfile" => {
+                let o: AuthzListFileOptions = input.parse()?;
+                check_id(&o.id)?;
+                Ok(ObjectOptions::AuthzListFile(o))
             }
             "metrics" => parse_metrics(input).map(ObjectOptions::Metrics),
             t if QEMU_QOM_TYPES.contains(&t) => Err(InputError(format!(
@@ -68,6 +98,14 @@ impl ObjectOptions {
             ))),
             t => Err(InputError::bad_value("qom-type", t)),
         }
+    }
+}
+
+fn check_id(id: &str) -> Result<(), InputError> {
+    if is_identifier(id) {
+        Ok(())
+    } else {
+        Err(InputError("Parameter 'id' expects an identifier".into()))
     }
 }
 

@@ -181,6 +181,93 @@ fn object_iothread_and_other_types() {
 }
 
 #[test]
+fn tls_and_authz_objects_parse_with_qemu_errors() {
+    let parse = |v, syntax| ObjectOptions::parse(input(v, syntax)).map_err(|e| e.to_string());
+    let o = parse(
+        json!({"qom-type": "tls-creds-x509", "id": "t0", "dir": "/d", "endpoint": "server",
+               "verify-peer": "off", "sanity-check": "on", "priority": "NORMAL"}),
+        Syntax::Keyval,
+    )
+    .unwrap();
+    let ObjectOptions::TlsCredsX509(t) = o else {
+        panic!("{o:?}")
+    };
+    assert_eq!(t.endpoint, Some(TlsEndpoint::Server));
+    assert_eq!((t.verify_peer, t.sanity_check), (Some(false), Some(true)));
+    assert_eq!(
+        parse(
+            json!({"qom-type": "tls-creds-x509", "id": "t0", "endpoint": "foo"}),
+            Syntax::Json
+        ),
+        Err("Parameter 'endpoint' does not accept value 'foo'".into())
+    );
+    assert_eq!(
+        parse(
+            json!({"qom-type": "tls-creds-x509", "id": "t0", "verify-peer": "yes"}),
+            Syntax::Json
+        ),
+        Err("Invalid parameter type for 'verify-peer', expected: boolean".into())
+    );
+    assert_eq!(
+        parse(
+            json!({"qom-type": "tls-creds-x509", "id": "t0", "loaded": true}),
+            Syntax::Json
+        ),
+        Err("Parameter 'loaded' is unexpected".into())
+    );
+    assert_eq!(
+        parse(
+            json!({"qom-type": "authz-simple", "id": "a0"}),
+            Syntax::Json
+        ),
+        Err("Parameter 'identity' is missing".into())
+    );
+    // Keyval lists: rules.N.member, as QSD's command line takes them.
+    let o = parse(
+        json!({"qom-type": "authz-list", "id": "a1", "policy": "allow",
+               "rules": [{"match": "CN=*", "policy": "deny", "format": "glob"},
+                         {"match": "CN=x", "policy": "allow"}]}),
+        Syntax::Keyval,
+    )
+    .unwrap();
+    let ObjectOptions::AuthzList(l) = o else {
+        panic!("{o:?}")
+    };
+    assert_eq!(l.id, "a1");
+    assert_eq!(l.list.policy, Some(AuthzPolicy::Allow));
+    let rules = l.list.rules.unwrap_or_default();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].format, Some(AuthzFormat::Glob));
+    assert_eq!(rules[1].format, None);
+    assert_eq!(
+        parse(
+            json!({"qom-type": "authz-list", "id": "a3", "rules": [{"match": "x"}]}),
+            Syntax::Json
+        ),
+        Err("Parameter 'rules[0].policy' is missing".into())
+    );
+    assert_eq!(
+        parse(
+            json!({"qom-type": "authz-list", "id": "a2", "policy": "maybe"}),
+            Syntax::Json
+        ),
+        Err("Parameter 'policy' does not accept value 'maybe'".into())
+    );
+    assert_eq!(
+        parse(
+            json!({"qom-type": "authz-listfile", "id": "a7"}),
+            Syntax::Json
+        ),
+        Err("Parameter 'filename' is missing".into())
+    );
+    assert!(parse(
+        json!({"qom-type": "tls-creds-psk", "id": "p0", "dir": "/d", "username": "u"}),
+        Syntax::Json
+    )
+    .is_ok());
+}
+
+#[test]
 fn nbd_server_flat_and_legacy_addresses() {
     let flat = NbdServerOptions::parse(input(
         json!({"addr": {"type": "unix", "path": "/s"}}),
@@ -255,7 +342,19 @@ fn export_union_dispatch() {
         err(json!({"type": "nbd", "id": "e0", "node-name": "f0", "iothread": 5})),
         "Invalid parameter type for 'iothread', expected: string"
     );
-    assert!(err(json!({"type": "fuse", "id": "e0", "node-name": "f0"})).contains("not supported"));
+    assert!(
+        err(json!({"type": "vduse-blk", "id": "e0", "node-name": "f0"})).contains("not supported")
+    );
+    assert_eq!(
+        err(json!({"type": "fuse", "id": "e0", "node-name": "f0"})),
+        "Parameter 'mountpoint' is missing"
+    );
+    assert_eq!(
+        err(
+            json!({"type": "fuse", "id": "e0", "node-name": "f0", "mountpoint": "m", "allow-other": "x"})
+        ),
+        "Parameter 'allow-other' does not accept value 'x'"
+    );
     let long = "x".repeat(NBD_MAX_STRING_SIZE + 1);
     assert_eq!(
         err(json!({"type": "nbd", "id": "e0", "node-name": "f0", "description": long})),

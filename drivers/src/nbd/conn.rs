@@ -13,6 +13,11 @@
 //! All replies that completed while a `sendmsg` was in flight go out in the
 //! next one. A client that stops reading fills the in-flight cap, the reader
 //! stops reading, and the connection is dropped after [`SEND_STALL`].
+//!
+//! Bytes meet the socket through the connection's [`Transport`]: the ring
+//! operations themselves in plaintext; with TLS, the reader decrypts into
+//! the same buffers and the writer encrypts each batch before its
+//! `sendmsg` (and never splices).
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -23,17 +28,19 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use engine::block::BlockHandle;
-use engine::buf::{pool, Buf};
+use engine::buf::{pool, Buf, BufResult};
 use engine::iothread::spawn_local;
 use engine::op::{self, GatherList, Pipe, SharedFd};
 
+use super::negotiate::Handshake;
 use super::proto::consts::NBD_MAX_PAYLOAD;
 use super::proto::{
-    check_request, parse_request, reply_error, Disposition, MetaContext, NbdErrno, Negotiated,
-    ReplyMode, ReplyTo, RequestHeader, Session,
+    check_request, parse_request, reply_error, Disposition, MetaContext, NbdErrno, ReplyMode,
+    ReplyTo, RequestHeader, Session,
 };
 use super::registry::ExportShared;
 use super::request;
+use super::transport::Transport;
 use crate::stats::{peer_name, ErrorKind, Outcome, QueueRecorder, Started};
 
 /// Receive buffer: many pipelined small requests per `recv`.
@@ -56,6 +63,8 @@ pub(crate) type Done = (Started, Outcome);
 /// What the reader hands over to execution.
 pub(crate) struct Conn {
     pub(crate) fd: SharedFd,
+    /// Plaintext or TLS.
+    pub(crate) io: Transport,
     pub(crate) handle: BlockHandle,
     pub(crate) session: Session,
     pub(crate) mode: ReplyMode,
@@ -85,6 +94,15 @@ enum OutItem {
     /// The data of a read reply whose header ends the list before it,
     /// spliced from the page cache.
     Splice { offset: u64, len: usize, done: Done },
+}
+
+/// What the writer does next.
+enum Next {
+    Send(OutItem),
+    /// Every reply is out: end the stream (TLS `close_notify`) and close.
+    Close,
+    /// The connection broke.
+    Stop,
 }
 
 #[derive(Default)]
@@ -250,17 +268,34 @@ impl Conn {
     fn shutdown_socket(&self) {
         let _ = nix::sys::socket::shutdown(self.fd.raw(), nix::sys::socket::Shutdown::Both);
     }
+
+    /// Receives at most `want` bytes of the stream after `buf.len()`. When
+    /// receiving left the transport with bytes of its own to send (TLS),
+    /// the writer is woken to send them.
+    async fn recv_into(&self, buf: Buf, want: usize) -> BufResult<usize, Buf> {
+        let r = self.io.recv_into(&self.fd, buf, want).await;
+        if self.io.wants_write() {
+            if let Some(w) = self.st.borrow_mut().writer.take() {
+                w.wake();
+            }
+        }
+        r
+    }
 }
 
 /// Starts a negotiated connection on the current iothread.
 pub(crate) fn start(
     fd: OwnedFd,
-    leftover: Vec<u8>,
-    neg: Negotiated,
+    hs: Handshake,
     export: Arc<ExportShared>,
     conn_id: u64,
     guard: Box<dyn std::any::Any>,
 ) {
+    let Handshake {
+        negotiated: neg,
+        leftover,
+        tls,
+    } = hs;
     let handle = BlockHandle::open(&export.common.node);
     let rec = export.common.stats.queue(
         conn_id.to_string(),
@@ -276,6 +311,7 @@ pub(crate) fn start(
     };
     let conn = Rc::new(Conn {
         fd: SharedFd::new(fd),
+        io: Transport::new(tls),
         handle,
         session,
         mode: ReplyMode::new(neg.structured, neg.extended),
@@ -320,7 +356,7 @@ enum ReadEnd {
 
 async fn recv_more(conn: &Conn, rbuf: Buf) -> (Result<usize, ReadEnd>, Buf) {
     let room = rbuf.capacity() - rbuf.len();
-    let (r, b) = op::recv_into(&conn.fd, rbuf, room).await;
+    let (r, b) = conn.recv_into(rbuf, room).await;
     (r.map_err(ReadEnd::from), b)
 }
 
@@ -350,7 +386,7 @@ async fn backpressure(conn: &Conn) {
 async fn recv_exact(conn: &Conn, mut buf: Buf, len: usize) -> Result<Buf, ReadEnd> {
     while buf.len() < len {
         let want = len - buf.len();
-        let (r, b) = op::recv_into(&conn.fd, buf, want).await;
+        let (r, b) = conn.recv_into(buf, want).await;
         buf = b;
         if r? == 0 {
             return Err(ReadEnd::Proto(
@@ -366,7 +402,7 @@ async fn skip(conn: &Conn, mut scratch: Buf, mut len: u64) -> Result<Buf, ReadEn
     while len > 0 {
         scratch.set_len(0);
         let want = (scratch.capacity() as u64).min(len) as usize;
-        let (r, b) = op::recv_into(&conn.fd, scratch, want).await;
+        let (r, b) = conn.recv_into(scratch, want).await;
         scratch = b;
         let n = r?;
         if n == 0 {
@@ -559,29 +595,41 @@ async fn writer(conn: Rc<Conn>) {
         let item = poll_fn(|cx| {
             let mut st = conn.st.borrow_mut();
             if let Some(item) = st.items.pop_front() {
-                return Poll::Ready(Some(item));
+                return Poll::Ready(Next::Send(item));
             }
-            if st.out_replies > 0 {
+            // A transport with bytes of its own (TLS) sends them in an
+            // otherwise empty batch.
+            if st.out_replies > 0 || conn.io.wants_write() {
                 let spare = std::mem::take(&mut st.spare);
                 let list = std::mem::replace(&mut st.out, spare);
                 let replies = std::mem::take(&mut st.out_replies);
                 let data = std::mem::take(&mut st.out_data);
                 let done = std::mem::take(&mut st.out_done);
-                return Poll::Ready(Some(OutItem::List {
+                return Poll::Ready(Next::Send(OutItem::List {
                     list,
                     replies,
                     data,
                     done,
                 }));
             }
-            if st.broken || (st.closing && st.inflight == 0) {
-                return Poll::Ready(None);
+            if st.broken {
+                return Poll::Ready(Next::Stop);
+            }
+            if st.closing && st.inflight == 0 {
+                return Poll::Ready(Next::Close);
             }
             st.writer = Some(cx.waker().clone());
             Poll::Pending
         })
         .await;
-        let Some(item) = item else { break };
+        let item = match item {
+            Next::Send(item) => item,
+            Next::Close => {
+                conn.io.close(&conn.fd).await;
+                break;
+            }
+            Next::Stop => break,
+        };
         conn.st.borrow_mut().sending = true;
         let (ok, replies, data) = match item {
             OutItem::List {
@@ -590,7 +638,7 @@ async fn writer(conn: Rc<Conn>) {
                 data,
                 done,
             } => {
-                let (r, mut list) = op::send_all(&conn.fd, list).await;
+                let (r, mut list) = conn.io.send_all(&conn.fd, list).await;
                 list.clear();
                 conn.st.borrow_mut().spare = list;
                 finish_all(&conn, done);

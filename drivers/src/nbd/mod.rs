@@ -6,6 +6,8 @@
 //! - `registry`: the exports by name, connection counting, removal.
 //! - `conn`: the transmission phase of one connection (reader, writer).
 //! - `request`: one request against the block handle.
+//! - `transport`: plaintext or TLS under the handshake and `conn`;
+//!   `tls`: the rustls session on the connection's iothread.
 
 mod conn;
 mod gate;
@@ -14,6 +16,8 @@ pub mod proto;
 mod registry;
 mod request;
 mod server;
+mod tls;
+mod transport;
 
 pub use registry::NbdExport;
 pub use server::{NbdBitmap, NbdError, NbdExportOptions, NbdServer, NbdServerConfig};

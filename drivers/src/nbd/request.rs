@@ -123,7 +123,10 @@ async fn read(conn: &Conn, h: &RequestHeader, t: Started) {
             }
         }
     }
-    if h.length >= SPLICE_MIN && conn.handle.can_splice(h.offset, h.length) && conn.pipe().is_some()
+    if h.length >= SPLICE_MIN
+        && conn.io.can_splice()
+        && conn.handle.can_splice(h.offset, h.length)
+        && conn.pipe().is_some()
     {
         // The writer splices the page-cache pages to the socket: no copy.
         return conn.reply_splice(

@@ -36,7 +36,12 @@ pub struct NbdServerConfig {
     /// Connections served at once; 0 is unlimited.
     pub max_connections: u32,
     /// Handshakes not finished within this are dropped (`None`: no limit).
+    /// The TLS handshake is part of it.
     pub handshake_timeout: Option<Duration>,
+    /// Require TLS (`tls-creds`): the client must upgrade with
+    /// `NBD_OPT_STARTTLS` before anything else; client authorization
+    /// (`tls-authz`) is the config's client certificate verifier.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A dirty bitmap an export offers as `qemu:dirty-bitmap:NAME`.
@@ -77,6 +82,7 @@ struct ServerShared {
     gate: Arc<AcceptGate>,
     max_connections: u32,
     handshake_timeout: Option<Duration>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A running NBD server. See the module docs.
@@ -100,6 +106,7 @@ impl NbdServer {
             gate: AcceptGate::new(config.max_connections),
             max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
+            tls: config.tls,
         });
         let sh = shared.clone();
         let started = accept_on.post(move || spawn_local(accept_loop(SharedFd::new(listener), sh)));
@@ -208,11 +215,12 @@ async fn accept_loop(listener: SharedFd, shared: Arc<ServerShared>) {
 }
 
 async fn handshake(fd: SharedFd, shared: Arc<ServerShared>, slot: Slot) {
+    let tls = shared.tls.as_ref();
     let outcome = match shared.handshake_timeout {
-        Some(limit) => op::timeout(limit, negotiate(&fd, &shared.registry)).await,
-        None => Ok(negotiate(&fd, &shared.registry).await),
+        Some(limit) => op::timeout(limit, negotiate(&fd, &shared.registry, tls)).await,
+        None => Ok(negotiate(&fd, &shared.registry, tls).await),
     };
-    let (neg, leftover) = match outcome {
+    let hs = match outcome {
         Ok(Ok(v)) => v,
         Ok(Err(HandshakeEnd::Closed)) | Ok(Err(HandshakeEnd::Aborted)) => return,
         Ok(Err(e)) => {
@@ -233,7 +241,7 @@ async fn handshake(fd: SharedFd, shared: Arc<ServerShared>, slot: Slot) {
             return;
         }
     };
-    let Some(export) = shared.registry.get(&neg.export_name) else {
+    let Some(export) = shared.registry.get(&hs.negotiated.export_name) else {
         return;
     };
     let Ok(fd) = fd.try_into_owned() else {
@@ -250,7 +258,7 @@ async fn handshake(fd: SharedFd, shared: Arc<ServerShared>, slot: Slot) {
     };
     let exp = export.clone();
     // The slot lives as long as the connection.
-    let posted = thread.post(move || conn::start(fd, leftover, neg, exp, conn_id, Box::new(slot)));
+    let posted = thread.post(move || conn::start(fd, hs, exp, conn_id, Box::new(slot)));
     if posted.is_err() {
         export.disconnect(conn_id);
     }

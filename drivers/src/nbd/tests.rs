@@ -65,6 +65,7 @@ fn qemu_io_write_then_read_back() {
         listener: crate::socket::listen(ListenAddr::Unix(sock.clone())).expect("listen"),
         max_connections: 0,
         handshake_timeout: Some(Duration::from_secs(10)),
+        tls: None,
     };
     let server = NbdServer::start(cfg, t.handle().clone()).expect("server");
     let (tx, rx) = crossbeam_channel::unbounded();

@@ -386,6 +386,24 @@ impl BlockHandle {
         }
     }
 
+    /// Reserves space for the range (`fallocate` mode 0) without changing
+    /// what it reads as; a no-op where the node has no file below.
+    pub async fn allocate(&self, offset: u64, len: u64) -> BlockResult<()> {
+        if self.inner.node.read_only() {
+            return Err(BlockError::ReadOnly);
+        }
+        self.check(offset, len)?;
+        match &self.inner.leaf {
+            Leaf::Null { .. } => Ok(()),
+            Leaf::File { fd, .. } => op::fallocate(fd, self.inner.base + offset, len, 0)
+                .await
+                .map_err(|e| BlockError::io("allocate", offset, e)),
+            // qcow2 allocates clusters as they are written and cannot
+            // promise space ahead; fallocate(2) callers expect EOPNOTSUPP.
+            Leaf::Qcow2(_) => Err(BlockError::NotSupported),
+        }
+    }
+
     /// Makes the range read as zeroes. `may_unmap` allows a hole; `fast`
     /// fails with [`BlockError::NotSupported`] instead of writing zeroes.
     pub async fn write_zeroes(

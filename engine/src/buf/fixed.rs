@@ -19,7 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use io_uring::IoUring;
+use io_uring::Submitter;
 
 use super::Buf;
 
@@ -57,7 +57,7 @@ fn budget() -> usize {
 }
 
 /// Allocates and registers this thread's arena on `ring`.
-pub(crate) fn init(ring: &IoUring) {
+pub(crate) fn init(submitter: Submitter<'_>) {
     let slots = (budget() / SLOT).min(u16::MAX as usize);
     if slots == 0 {
         log::info!("registered buffers: RLIMIT_MEMLOCK leaves no room; using unregistered buffers");
@@ -84,7 +84,7 @@ pub(crate) fn init(ring: &IoUring) {
         .collect();
     // SAFETY: the iovecs cover memory this arena owns and keeps until the
     // thread exits (after the ring is gone, see the module's Safety).
-    match unsafe { ring.submitter().register_buffers(&iov) } {
+    match unsafe { submitter.register_buffers(&iov) } {
         Ok(()) => {
             let id = NEXT_ARENA.fetch_add(1, Ordering::Relaxed);
             log::debug!("registered buffers: {slots} x {SLOT} bytes");

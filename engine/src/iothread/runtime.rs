@@ -88,7 +88,7 @@ pub fn spawn_local<F: Future<Output = ()> + 'static>(fut: F) {
 
 impl Runtime {
     pub(crate) fn install(id: usize, ring: Ring, notify: Arc<Notify>) -> Rc<Runtime> {
-        crate::buf::fixed::init(ring.uring());
+        crate::buf::fixed::init(ring.submitter());
         let rt = Rc::new(Runtime {
             id,
             ring: RefCell::new(ring),
@@ -189,7 +189,10 @@ impl Runtime {
                 return false;
             }
             last = now;
-            std::hint::spin_loop();
+            // io_uring's workers (buffered writes to ext4 go there) inherit
+            // this thread's CPU: polling must not keep them off it. With
+            // nothing else runnable here this returns at once.
+            std::thread::yield_now();
         }
     }
 

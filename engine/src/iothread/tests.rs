@@ -151,3 +151,59 @@ fn registered_buffers_read_and_write() {
     }
     assert_eq!(byte, (5, 6));
 }
+
+#[test]
+fn writev_then_readv_through_a_pipe_split_where_asked() {
+    let t = spawn("t-rwv");
+    assert!(
+        t.handle().features().sqe128,
+        "this kernel has 128-byte SQEs"
+    );
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let got = t
+        .handle()
+        .block_on(move || async move {
+            let (r, w) = (op::SharedFd::new(r), op::SharedFd::new(w));
+            let mut list = op::GatherList::new();
+            list.push_bytes(b"header--");
+            let mut data = Buf::zeroed(4096);
+            data.as_mut_slice().fill(5);
+            list.push_buf(data, 0..100);
+            let (n, _list) = op::writev_list(&w, list).await;
+            let mut head = Buf::zeroed(8);
+            head.set_len(8);
+            let mut body = Buf::zeroed(4096);
+            body.set_len(4096);
+            let (m, bufs) = op::readv_bufs(&r, vec![head, body]).await;
+            (n.expect("writev"), m.expect("readv"), bufs)
+        })
+        .expect("block_on");
+    let (n, m, bufs) = got;
+    assert_eq!((n, m), (108, 108));
+    assert_eq!(bufs[0].as_slice(), b"header--");
+    assert!(bufs[1].as_slice()[..100].iter().all(|&b| b == 5));
+    t.stop();
+}
+
+#[test]
+fn uring_cmd_refuses_replaced_buffers_without_submitting() {
+    let t = spawn("t-cmd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = std::fs::File::create(dir.path().join("f")).expect("create");
+    let r = t
+        .handle()
+        .block_on(move || async move {
+            let fd = op::SharedFd::from_owner(file);
+            let mut bufs = op::CmdBufs::new(vec![Buf::zeroed(4096)]);
+            let taken = bufs.take(0).expect("buffer 0");
+            assert!(bufs.get(0).is_none());
+            bufs.put(0, Buf::zeroed(4096));
+            drop(taken);
+            // SAFETY: the command never reaches the kernel (replaced buffer).
+            let (r, _) = unsafe { op::uring_cmd80(&fd, 0, [0; 80], bufs).await };
+            r.map_err(|e| e.raw_os_error())
+        })
+        .expect("block_on");
+    assert_eq!(r, Err(Some(libc::EINVAL)));
+    t.stop();
+}

@@ -25,6 +25,7 @@ mod recv;
 mod sendmsg;
 mod splice;
 mod timeout;
+mod uring_cmd;
 mod write;
 mod writev;
 
@@ -43,14 +44,15 @@ pub use fd::SharedFd;
 pub use fsync::{fdatasync, fsync};
 pub use poll::poll_readable;
 pub use read::{read_at, read_at_len};
-pub use readv::readv_at;
+pub use readv::{readv_at, readv_bufs};
 pub use recv::recv_into;
 pub use sendmsg::GatherList;
 pub use sendmsg::{send_all, sendmsg};
 pub use splice::Pipe;
 pub use timeout::{sleep, timeout, Elapsed};
+pub use uring_cmd::{uring_cmd80, CmdBufs};
 pub use write::{write_at, write_at_flags, write_at_len};
-pub use writev::writev_at;
+pub use writev::{writev_at, writev_list};
 
 /// Data that turns into an output once the kernel completed the operation.
 pub(crate) trait Completable {
@@ -102,6 +104,37 @@ impl<T: 'static> Op<T> {
 }
 
 impl<T: 'static> Op<T> {
+    /// Like [`Op::submit`] for a 128-byte SQE; completes with `EINVAL` at
+    /// once when the ring has 64-byte SQEs.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Op::submit`].
+    ///
+    /// # Panics
+    ///
+    /// As for [`Op::submit`].
+    pub(crate) unsafe fn submit128(data: T, sqe: squeue::Entry128) -> Op<T> {
+        let key = with_runtime(|rt| {
+            let mut ring = rt.ring.borrow_mut();
+            let key = ring.ops.insert(Lifecycle::Submitted);
+            let sqe = sqe.user_data(key as u64);
+            // SAFETY: forwarded from this function's contract.
+            if let Err(e) = unsafe { ring.push128(&sqe) } {
+                let result = -e.raw_os_error().unwrap_or(libc::EAGAIN);
+                if let Some(slot) = ring.ops.get_mut(key) {
+                    *slot = Lifecycle::Completed(Completion { result });
+                }
+            }
+            key
+        });
+        Op {
+            key,
+            data: Some(data),
+            result_is_fd: false,
+        }
+    }
+
     /// Marks the op as one whose result is a new fd.
     pub(crate) fn result_is_fd(mut self) -> Self {
         self.result_is_fd = true;

@@ -5,7 +5,7 @@ use io_uring::opcode;
 
 use super::{Completable, Op, SharedFd};
 use crate::buf::iovec::tail;
-use crate::buf::{BufResult, IoVecBuf};
+use crate::buf::{Buf, BufResult, IoBufMut, IoVecBuf};
 use crate::ring::Completion;
 
 struct Readv<B> {
@@ -52,4 +52,37 @@ pub async fn readv_at<B: IoVecBuf + Unpin>(
         )
     }
     .await
+}
+
+/// Owned [`Buf`]s as an [`IoVecBuf`]: each buffer's first `len` bytes, in
+/// order (a message read from a character device, split where the caller
+/// wants it: a FUSE request's headers into the first buffer, so that a
+/// WRITE's data lands page-aligned at the start of the next).
+struct BufVec {
+    bufs: Vec<Buf>,
+    iov: Vec<libc::iovec>,
+}
+
+// SAFETY: the iovecs cover the first `len` bytes of each buffer, heap memory
+// owned by `bufs` (it does not move when the value moves, and `bufs` is not
+// touched while the value lives); `iov` is a heap array built once.
+unsafe impl IoVecBuf for BufVec {
+    fn iovecs(&self) -> &[libc::iovec] {
+        &self.iov
+    }
+}
+
+/// Reads one message into `bufs[0][..len]`, then `bufs[1][..len]`, and so
+/// on, at the file's position (devices have none); returns how many bytes
+/// were read in all.
+pub async fn readv_bufs(fd: &SharedFd, mut bufs: Vec<Buf>) -> BufResult<usize, Vec<Buf>> {
+    let iov = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_len: b.len(),
+            iov_base: b.stable_mut_ptr().cast(),
+        })
+        .collect();
+    let (r, v) = readv_at(fd, BufVec { bufs, iov }, 0, u64::MAX).await;
+    (r, v.bufs)
 }

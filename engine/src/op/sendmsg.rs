@@ -109,6 +109,18 @@ impl GatherList {
         self.segs.len()
     }
 
+    /// The bytes of the list in order, one slice per segment: for a
+    /// transport that must transform them (encrypt) rather than send them.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.segs.iter().map(move |seg| {
+            let (base, range) = match seg {
+                Seg::Bytes(r) => (self.bytes.as_slice(), r),
+                Seg::Buf(i, r) => (self.bufs.get(*i).map_or(&[][..], |b| b.as_slice()), r),
+            };
+            base.get(range.clone()).unwrap_or(&[])
+        })
+    }
+
     /// Empties the list, returning its buffers to the thread's pool.
     pub fn clear(&mut self) {
         self.bytes.clear();
@@ -122,7 +134,7 @@ impl GatherList {
 
     /// Builds the iovecs for the bytes after the first `skip`; returns how
     /// many bytes they cover.
-    fn build_iov(&mut self, skip: usize) -> usize {
+    pub(crate) fn build_iov(&mut self, skip: usize) -> usize {
         self.iov.clear();
         let mut skip = skip;
         let mut covered = 0;
@@ -152,6 +164,13 @@ impl GatherList {
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = self.iov.len() as _;
         covered
+    }
+}
+
+impl GatherList {
+    /// The iovecs [`Self::build_iov`] built: pointer and count.
+    pub(crate) fn iovecs(&self) -> (*const libc::iovec, usize) {
+        (self.iov.as_ptr(), self.iov.len())
     }
 }
 
@@ -215,4 +234,23 @@ pub async fn send_all(fd: &SharedFd, list: GatherList) -> BufResult<(), GatherLi
         }
     }
     (Ok(()), list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_follow_push_order() {
+        let mut l = GatherList::new();
+        l.push_bytes(b"ab");
+        l.push_with(|v| v.extend_from_slice(b"cd"));
+        let mut b = Buf::with_capacity(16);
+        b.extend_from_slice(b"0123456789");
+        l.push_buf(b, 2..5);
+        l.push_bytes(b"ef");
+        let all: Vec<&[u8]> = l.slices().collect();
+        assert_eq!(all, vec![&b"abcd"[..], b"234", b"ef"]);
+        assert_eq!(all.iter().map(|s| s.len()).sum::<usize>(), l.len());
+    }
 }

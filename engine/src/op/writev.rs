@@ -3,7 +3,7 @@
 
 use io_uring::opcode;
 
-use super::{Completable, Op, SharedFd};
+use super::{Completable, GatherList, Op, SharedFd};
 use crate::buf::iovec::tail;
 use crate::buf::{BufResult, IoVecBuf};
 use crate::ring::Completion;
@@ -57,4 +57,24 @@ pub async fn writev_at<B: IoVecBuf + Unpin>(
         )
     }
     .await
+}
+
+// SAFETY: after `build_iov`, `iov` (a heap array) points into the list's own
+// byte arena and owned Bufs, which nobody mutates while an op owns the list.
+unsafe impl IoVecBuf for GatherList {
+    fn iovecs(&self) -> &[libc::iovec] {
+        let (p, n) = GatherList::iovecs(self);
+        // SAFETY: `p` and `n` are the pointer and length of the list's `iov` Vec.
+        unsafe { std::slice::from_raw_parts(p, n) }
+    }
+}
+
+/// Writes the whole list in one `writev` at the file's position (devices
+/// and pipes have none; a FUSE reply: header bytes, then the read data as
+/// it is); returns how many bytes were written.
+pub async fn writev_list(fd: &SharedFd, mut list: GatherList) -> BufResult<usize, GatherList> {
+    if list.build_iov(0) == 0 {
+        return (Ok(0), list);
+    }
+    writev_at(fd, list, 0, u64::MAX, 0).await
 }

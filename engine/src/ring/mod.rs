@@ -10,13 +10,17 @@
 //! The ring is built with `SINGLE_ISSUER | DEFER_TASKRUN` (completions are
 //! run in our own context when we enter the kernel, not by interrupting us)
 //! and falls back to `COOP_TASKRUN`, then to no flags, on kernels that refuse.
+//! Each of these is tried first with 128-byte SQEs (`IORING_SETUP_SQE128`,
+//! which `IORING_OP_URING_CMD` with an 80-byte command needs: FUSE over
+//! io_uring), then with the plain 64-byte ones; ordinary operations are the
+//! same either way, only [`Ring::push128`] needs the wide ring.
 
 mod slab;
 
 use std::io;
 use std::task::Waker;
 
-use io_uring::{cqueue, squeue, IoUring};
+use io_uring::{cqueue, squeue, IoUring, Submitter};
 
 pub(crate) use slab::Slab;
 
@@ -87,13 +91,48 @@ pub struct RingFeatures {
     pub defer_taskrun: bool,
     /// `IORING_SETUP_COOP_TASKRUN` (the fallback).
     pub coop_taskrun: bool,
+    /// `IORING_SETUP_SQE128`: 128-byte SQEs (80-byte `URING_CMD`s).
+    pub sqe128: bool,
+}
+
+/// The io_uring with 64- or 128-byte SQEs (see the module's Setup).
+enum Uring {
+    Narrow(IoUring),
+    Wide(IoUring<squeue::Entry128>),
+}
+
+/// Runs `$body` with `$u` bound to the io_uring, whichever its SQE size.
+macro_rules! with_uring {
+    ($uring:expr, |$u:ident| $body:expr) => {
+        match $uring {
+            Uring::Narrow($u) => $body,
+            Uring::Wide($u) => $body,
+        }
+    };
+}
+
+fn build<S: squeue::EntryMarker>(entries: u32, defer: bool, coop: bool) -> io::Result<IoUring<S>> {
+    let mut b = IoUring::<S>::builder();
+    b.setup_cqsize(entries.saturating_mul(4)).setup_clamp();
+    if defer {
+        // TASKRUN_FLAG: the kernel marks the SQ ring when task work
+        // (deferred completions) waits, so a poll that finds it clear
+        // stays in user space.
+        b.setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag();
+    }
+    if coop {
+        b.setup_coop_taskrun();
+    }
+    b.build(entries)
 }
 
 /// Slots in each ring's registered file table.
 const FIXED_FILES: u32 = 256;
 
 pub(crate) struct Ring {
-    uring: IoUring,
+    uring: Uring,
     /// Free slots of the registered file table (empty when unavailable).
     free_files: Vec<u32>,
     pub(crate) ops: Slab<Lifecycle>,
@@ -106,30 +145,24 @@ pub(crate) struct Ring {
 
 impl Ring {
     pub(crate) fn new(entries: u32) -> io::Result<Ring> {
-        let cq = entries.saturating_mul(4);
         let attempts: [(bool, bool); 3] = [(true, false), (false, true), (false, false)];
         let mut last_err = None;
         for (defer, coop) in attempts {
-            let mut b = IoUring::builder();
-            b.setup_cqsize(cq).setup_clamp();
-            if defer {
-                // TASKRUN_FLAG: the kernel marks the SQ ring when task work
-                // (deferred completions) waits, so a poll that finds it clear
-                // stays in user space.
-                b.setup_single_issuer()
-                    .setup_defer_taskrun()
-                    .setup_taskrun_flag();
-            }
-            if coop {
-                b.setup_coop_taskrun();
-            }
-            match b.build(entries) {
+            let built = match build::<squeue::Entry128>(entries, defer, coop) {
+                Ok(u) => Ok(Uring::Wide(u)),
+                Err(_) => build::<squeue::Entry>(entries, defer, coop).map(Uring::Narrow),
+            };
+            match built {
                 Ok(uring) => {
                     let features = RingFeatures {
                         defer_taskrun: defer,
                         coop_taskrun: coop,
+                        sqe128: matches!(uring, Uring::Wide(_)),
                     };
-                    let free_files = match uring.submitter().register_files_sparse(FIXED_FILES) {
+                    let free_files = match with_uring!(&uring, |u| u
+                        .submitter()
+                        .register_files_sparse(FIXED_FILES))
+                    {
                         Ok(()) => (0..FIXED_FILES).rev().collect(),
                         Err(e) => {
                             log::info!("registered files unavailable ({e}); using plain fds");
@@ -151,15 +184,15 @@ impl Ring {
         Err(last_err.unwrap_or_else(|| io::Error::other("io_uring setup failed")))
     }
 
-    /// The io_uring, for registration calls.
-    pub(crate) fn uring(&self) -> &IoUring {
-        &self.uring
+    /// The io_uring's submitter, for registration calls.
+    pub(crate) fn submitter(&self) -> Submitter<'_> {
+        with_uring!(&self.uring, |u| u.submitter())
     }
 
     /// Puts `fd` in the registered file table; `None` when full or refused.
     pub(crate) fn register_file(&mut self, fd: std::os::fd::RawFd) -> Option<u32> {
         let slot = self.free_files.pop()?;
-        match self.uring.submitter().register_files_update(slot, &[fd]) {
+        match self.submitter().register_files_update(slot, &[fd]) {
             Ok(_) => Some(slot),
             Err(e) => {
                 log::debug!("register_files_update failed: {e}");
@@ -171,19 +204,14 @@ impl Ring {
 
     /// Empties a slot of the registered file table.
     pub(crate) fn unregister_file(&mut self, slot: u32) {
-        if self
-            .uring
-            .submitter()
-            .register_files_update(slot, &[-1])
-            .is_ok()
-        {
+        if self.submitter().register_files_update(slot, &[-1]).is_ok() {
             self.free_files.push(slot);
         }
     }
 
     /// SQEs queued but not yet handed to the kernel.
     pub(crate) fn sq_len(&mut self) -> usize {
-        self.uring.submission().len()
+        with_uring!(&mut self.uring, |u| u.submission().len())
     }
 
     /// Queues one SQE, flushing the SQ to the kernel first when it is full.
@@ -194,8 +222,37 @@ impl Ring {
     /// the caller parks what it points to in the op (or the ring) until then.
     pub(crate) unsafe fn push(&mut self, sqe: &squeue::Entry) -> io::Result<()> {
         for _ in 0..64 {
+            let pushed = match &mut self.uring {
+                // SAFETY: forwarded from this function's contract.
+                Uring::Narrow(u) => unsafe { u.submission().push(sqe) }.is_ok(),
+                // SAFETY: as above; the second half of a widened SQE is zeroes.
+                Uring::Wide(u) => unsafe {
+                    u.submission()
+                        .push(&squeue::Entry128::from(sqe.clone()))
+                        .is_ok()
+                },
+            };
+            if pushed {
+                return Ok(());
+            }
+            self.enter(false)?;
+        }
+        Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    }
+
+    /// Queues one 128-byte SQE; `EINVAL` when the ring has 64-byte SQEs
+    /// ([`RingFeatures::sqe128`] false).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Ring::push`].
+    pub(crate) unsafe fn push128(&mut self, sqe: &squeue::Entry128) -> io::Result<()> {
+        for _ in 0..64 {
+            let Uring::Wide(u) = &mut self.uring else {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            };
             // SAFETY: forwarded from this function's contract.
-            if unsafe { self.uring.submission().push(sqe) }.is_ok() {
+            if unsafe { u.submission().push(sqe) }.is_ok() {
                 return Ok(());
             }
             self.enter(false)?;
@@ -210,8 +267,10 @@ impl Ring {
         if !self.features.defer_taskrun {
             return false;
         }
-        let sq = self.uring.submission();
-        sq.taskrun() || sq.cq_overflow()
+        with_uring!(&mut self.uring, |u| {
+            let sq = u.submission();
+            sq.taskrun() || sq.cq_overflow()
+        })
     }
 
     /// Submits what is queued and runs completions; waits for one if `wait`.
@@ -219,7 +278,7 @@ impl Ring {
     /// when it has completions to run: a busy-poll spins in user space.
     pub(crate) fn enter(&mut self, wait: bool) -> io::Result<()> {
         let want = u32::from(wait);
-        let to_submit = self.uring.submission().len() as u32;
+        let to_submit = self.sq_len() as u32;
         if !wait && to_submit == 0 && !self.kernel_has_work() {
             return Ok(());
         }
@@ -227,8 +286,7 @@ impl Ring {
         // SAFETY: plain io_uring_enter without an argument pointer; every SQE
         // queued was pushed under `push`'s contract.
         match unsafe {
-            self.uring
-                .submitter()
+            self.submitter()
                 .enter::<libc::sigset_t>(to_submit, want, flags, None)
         } {
             Ok(_) => Ok(()),
@@ -244,19 +302,24 @@ impl Ring {
     /// whether the wake eventfd fired.
     pub(crate) fn reap(&mut self) -> bool {
         let mut woke = false;
-        let mut cq = self.uring.completion();
-        cq.sync();
-        self.reaped = cq.len();
-        for cqe in &mut cq {
-            match classify(cqe.user_data()) {
-                Token::Wake => {
-                    self.wake_armed = false;
-                    woke = true;
+        let ops = &mut self.ops;
+        let wake_armed = &mut self.wake_armed;
+        let reaped = &mut self.reaped;
+        with_uring!(&mut self.uring, |u| {
+            let mut cq = u.completion();
+            cq.sync();
+            *reaped = cq.len();
+            for cqe in &mut cq {
+                match classify(cqe.user_data()) {
+                    Token::Wake => {
+                        *wake_armed = false;
+                        woke = true;
+                    }
+                    Token::Ignore => {}
+                    Token::Op(key) => complete(ops, key, cqe),
                 }
-                Token::Ignore => {}
-                Token::Op(key) => complete(&mut self.ops, key, cqe),
             }
-        }
+        });
         woke
     }
 

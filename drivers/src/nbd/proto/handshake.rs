@@ -25,6 +25,16 @@
 //! Client flags follow QEMU: unknown flags drop the connection; a client
 //! without `FIXED_NEWSTYLE` may only send `NBD_OPT_EXPORT_NAME`, anything
 //! else drops it.
+//!
+//! # TLS
+//!
+//! With [`NegotiatorConfig::tls`] the server requires TLS, with QEMU's rules
+//! before the upgrade (`starttls.rs`). `NBD_OPT_STARTTLS` is acknowledged
+//! and [`Outcome::StartTls`] returned: the caller flushes the ACK, runs the
+//! TLS handshake over the socket (bytes left unconsumed after the option
+//! are already TLS records), calls [`Negotiator::tls_started`], and then
+//! feeds decrypted bytes as before. Output queued afterwards goes through
+//! TLS too.
 #![forbid(unsafe_code)]
 
 use thiserror::Error;
@@ -41,6 +51,8 @@ pub struct NegotiatorConfig {
     /// Largest option payload buffered for parsing; larger payloads of
     /// INFO/GO/meta-context options are skipped and refused as TOO_BIG.
     pub max_option_buffer: u32,
+    /// TLS is required: only `NBD_OPT_STARTTLS` is served before it.
+    pub tls: bool,
 }
 
 impl Default for NegotiatorConfig {
@@ -48,6 +60,7 @@ impl Default for NegotiatorConfig {
         NegotiatorConfig {
             max_options: 4096,
             max_option_buffer: 64 * 1024,
+            tls: false,
         }
     }
 }
@@ -97,6 +110,10 @@ pub enum HandshakeError {
     UnknownExport(String),
     #[error("NBD_OPT_EXPORT_NAME after extended headers were negotiated")]
     ExportNameWithExtendedHeaders,
+    #[error("Option {0:#x} not permitted before TLS")]
+    TlsRequired(u32),
+    #[error("NBD_OPT_STARTTLS with a payload")]
+    StartTlsPayload,
 }
 
 /// Final result of a handshake.
@@ -106,12 +123,16 @@ pub enum Outcome {
     Negotiated(Box<Negotiated>),
     /// The client sent `NBD_OPT_ABORT`; flush the ACK (best effort), close.
     Aborted,
+    /// The client asked for TLS and got its ACK: flush it, run the TLS
+    /// handshake, then [`Negotiator::tls_started`]. Only with
+    /// [`NegotiatorConfig::tls`].
+    StartTls,
     /// Protocol violation or unservable request: close the connection.
     Failed(HandshakeError),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum State {
     ClientFlags,
     OptHeader,
     /// Buffering `len` payload bytes of `option` into `payload`.
@@ -119,21 +140,25 @@ enum State {
         option: u32,
         len: u32,
     },
-    /// Skipping `remaining` bytes, then replying `reply` to `option`.
+    /// Skipping `remaining` bytes, then replying `reply` to `option`
+    /// (and, with `fatal`, dropping the client).
     Discard {
         option: u32,
         remaining: u32,
         reply: u32,
         msg: &'static str,
+        fatal: Option<HandshakeError>,
     },
+    /// `NBD_OPT_STARTTLS` was acknowledged; waiting for the TLS handshake.
+    StartTls,
     Finished,
 }
 
 /// Server handshake state machine; see the module docs.
 #[derive(Debug)]
 pub struct Negotiator {
-    config: NegotiatorConfig,
-    state: State,
+    pub(super) config: NegotiatorConfig,
+    pub(super) state: State,
     hdr: [u8; OPTION_HEADER_LEN],
     hdr_fill: usize,
     pub(super) payload: Vec<u8>,
@@ -142,6 +167,8 @@ pub struct Negotiator {
     pub(super) no_zeroes: bool,
     pub(super) structured: bool,
     pub(super) extended: bool,
+    /// TLS is required and not started yet.
+    pub(super) before_tls: bool,
     options_seen: u32,
     /// Canonical export name and contexts of the last successful SET.
     pub(super) meta: Option<(String, Vec<(u32, MetaContext)>)>,
@@ -166,6 +193,7 @@ impl Negotiator {
             no_zeroes: false,
             structured: false,
             extended: false,
+            before_tls: config.tls,
             options_seen: 0,
             meta: None,
             outcome: None,
@@ -193,9 +221,9 @@ impl Negotiator {
     /// returned exactly once.
     pub fn feed(&mut self, input: &[u8], catalog: &dyn ExportCatalog) -> (usize, Option<Outcome>) {
         let mut pos = 0;
-        while self.state != State::Finished {
+        while !matches!(self.state, State::Finished | State::StartTls) {
             let rest = input.get(pos..).unwrap_or(&[]);
-            match self.state {
+            match self.state.clone() {
                 State::ClientFlags | State::OptHeader => {
                     let want = if self.state == State::ClientFlags {
                         4
@@ -239,6 +267,7 @@ impl Negotiator {
                     remaining,
                     reply,
                     msg,
+                    fatal,
                 } => {
                     let take = (remaining as usize).min(rest.len());
                     pos += take;
@@ -249,13 +278,17 @@ impl Negotiator {
                             remaining,
                             reply,
                             msg,
+                            fatal,
                         };
                         break;
                     }
                     self.state = State::OptHeader;
                     self.rep_err(option, reply, msg);
+                    if let Some(e) = fatal {
+                        self.finish(Outcome::Failed(e));
+                    }
                 }
-                State::Finished => break,
+                State::Finished | State::StartTls => break,
             }
         }
         (pos, self.outcome.take())
@@ -263,6 +296,11 @@ impl Negotiator {
 
     pub(super) fn finish(&mut self, outcome: Outcome) {
         self.state = State::Finished;
+        self.outcome = Some(outcome);
+    }
+
+    /// Returns `outcome` from this `feed` without finishing the handshake.
+    pub(super) fn set_outcome(&mut self, outcome: Outcome) {
         self.outcome = Some(outcome);
     }
 
@@ -304,6 +342,9 @@ impl Negotiator {
         if let Some(e) = fail {
             self.finish(Outcome::Failed(e));
             return;
+        }
+        if self.before_tls {
+            return self.option_before_tls(option, len);
         }
         let needs_payload = matches!(
             option,
@@ -360,16 +401,32 @@ impl Negotiator {
         }
     }
 
-    fn discard(&mut self, option: u32, len: u32, reply: u32, msg: &'static str) {
+    pub(super) fn discard(&mut self, option: u32, len: u32, reply: u32, msg: &'static str) {
+        self.discard_then(option, len, reply, msg, None)
+    }
+
+    /// Skips `len` payload bytes, replies, and with `fatal` drops the client.
+    pub(super) fn discard_then(
+        &mut self,
+        option: u32,
+        len: u32,
+        reply: u32,
+        msg: &'static str,
+        fatal: Option<HandshakeError>,
+    ) {
         if len == 0 {
             self.state = State::OptHeader;
             self.rep_err(option, reply, msg);
+            if let Some(e) = fatal {
+                self.finish(Outcome::Failed(e));
+            }
         } else {
             self.state = State::Discard {
                 option,
                 remaining: len,
                 reply,
                 msg,
+                fatal,
             };
         }
     }
@@ -382,6 +439,9 @@ impl Negotiator {
                 self.handle_meta(option, payload, catalog)
             }
             NBD_OPT_LIST => self.handle_list(catalog),
+            NBD_OPT_STARTTLS if self.config.tls => {
+                self.rep_err(option, NBD_REP_ERR_INVALID, "TLS already enabled")
+            }
             NBD_OPT_STARTTLS => self.rep_err(option, NBD_REP_ERR_POLICY, "TLS not configured"),
             NBD_OPT_STRUCTURED_REPLY => {
                 if self.extended {

@@ -10,6 +10,7 @@ mod meta;
 mod options;
 mod reply;
 mod request;
+mod starttls;
 mod wire;
 
 #[cfg(test)]

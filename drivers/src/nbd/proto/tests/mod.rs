@@ -1,9 +1,11 @@
 //! Unit tests for the NBD protocol codec: handshake (`handshake.rs`),
-//! request parsing/validation and reply encoding (`wire.rs`).
+//! request parsing/validation and reply encoding (`wire.rs`), the
+//! handshake of a server that requires TLS (`starttls.rs`).
 
 mod fuzz_regressions;
 mod handshake;
 mod meta;
+mod starttls;
 mod wire;
 
 use super::consts::*;
