@@ -29,8 +29,14 @@ impl Transport for NbdTwoIothreads {
                     *a = format!("{}{two}", &a[..a.len() - one.len()]);
                 }
             }
-            spec.args.push("--object".into());
-            spec.args.push("iothread,id=io1".into());
+            // Objects before the export that names them.
+            let at = spec
+                .args
+                .iter()
+                .position(|a| a == "--export")
+                .unwrap_or(spec.args.len());
+            spec.args
+                .splice(at..at, ["--object".to_string(), "iothread,id=io1".into()]);
         }
         Some(spec)
     }

@@ -270,3 +270,49 @@ pub(crate) fn duplicate(id: &str) -> ControlError {
         "attempt to add duplicate property '{id}' to object (type 'container')"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(grow: Option<i64>, shrink: Option<i64>, max: Option<i64>) -> IothreadOptions {
+        IothreadOptions {
+            id: "t".into(),
+            poll_grow: grow,
+            poll_shrink: shrink,
+            poll_max_ns: max,
+            ..IothreadOptions::default()
+        }
+    }
+
+    #[test]
+    fn poll_params_take_qemu_defaults_and_values() {
+        assert_eq!(
+            poll_params(&opts(None, None, None)).unwrap(),
+            PollParams::default()
+        );
+        assert_eq!(
+            poll_params(&opts(Some(4), Some(2), Some(50000))).unwrap(),
+            PollParams {
+                max_ns: 50000,
+                grow: 4,
+                shrink: 2
+            }
+        );
+    }
+
+    #[test]
+    fn negative_poll_params_are_refused_as_qsd_does() {
+        // QSD 10: `--object iothread,id=t,poll-max-ns=-1,poll-grow=-1`
+        // names poll-grow.
+        let e = poll_params(&opts(Some(-1), None, Some(-1))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "poll-grow value must be in range [0, 9223372036854775807]"
+        );
+        let e = poll_params(&opts(None, None, Some(-1))).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("poll-max-ns value must be in range"));
+    }
+}

@@ -39,9 +39,12 @@ pub(crate) enum Mode {
     Inline,
 }
 
-/// The default, by measurement (page-cache 4k randwrite: 1.3-1.4x the
-/// IOPS of `ring` at qd32, 1.8x at qd1).
-const DEFAULT: Mode = Mode::Inline;
+/// The default, by measurement. `inline` won on an image whose writeback
+/// had settled (4k randwrite qd32 1.4x, qd1 1.8x the IOPS of `ring`), but
+/// lost on the benches' freshly written image, where overwrites wait for
+/// pages under writeback (qd1 0.51x the best other server, against 0.88x
+/// with `ring`): blocking the iothread there stalls every request.
+const DEFAULT: Mode = Mode::Ring;
 
 /// An inline write slower than this was throttled or waited for I/O.
 const STALL: Duration = Duration::from_millis(1);
