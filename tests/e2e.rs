@@ -34,6 +34,8 @@ mod reliability;
 mod stats;
 #[path = "e2e/tls.rs"]
 mod tls;
+#[path = "e2e/vduse_blk.rs"]
+mod vduse_blk;
 #[path = "e2e/vhost_user_blk.rs"]
 mod vhost_user_blk;
 #[path = "e2e/vhost_user_blk_hostile.rs"]

@@ -13,5 +13,6 @@ pub mod fuse;
 pub mod nbd;
 pub mod socket;
 pub mod stats;
+pub mod vduse_blk;
 pub mod vhost_user_blk;
 pub mod virtio_blk;

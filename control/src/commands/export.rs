@@ -47,6 +47,8 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
         ExportKind::Fuse(_) => Perm::ALL,
         // QEMU's vhost-user-blk server follows resizes (config change).
         ExportKind::VhostUserBlk(_) => Perm::ALL,
+        // So does QEMU's vduse-blk export.
+        ExportKind::VduseBlk(_) => Perm::ALL,
     };
     let prepared = d.exports.prepare(&base, &node, &d.objects, shared)?;
     match kind {
@@ -95,6 +97,10 @@ pub(super) fn add_export(d: &mut Daemon, base: ExportBase, kind: ExportKind) -> 
         }
         ExportKind::VhostUserBlk(args) => {
             let export = super::vhost_user_blk::create(d, &prepared, &args)?;
+            d.exports.insert(prepared, export);
+        }
+        ExportKind::VduseBlk(args) => {
+            let export = super::vduse_blk::create(&prepared, &base.id, &args)?;
             d.exports.insert(prepared, export);
         }
     }

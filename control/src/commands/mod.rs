@@ -12,6 +12,7 @@ mod fd;
 mod nbd;
 mod object;
 mod stats;
+mod vduse_blk;
 mod vhost_user_blk;
 
 pub use block::blockdev_add;

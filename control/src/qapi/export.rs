@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::input::{Input, InputError};
+use super::vduse_blk::VduseBlkArgs;
 use super::vhost_user_blk::VhostUserBlkArgs;
 
 /// Longest NBD export name or description (QEMU's `NBD_MAX_STRING_SIZE`).
@@ -152,6 +153,7 @@ pub enum ExportKind {
     Nbd(NbdExportArgs),
     Fuse(FuseExportArgs),
     VhostUserBlk(VhostUserBlkArgs),
+    VduseBlk(VduseBlkArgs),
 }
 
 /// `BlockExportOptions`.
@@ -175,11 +177,7 @@ impl BlockExportOptions {
             }
             "fuse" => ExportKind::Fuse(input.parse()?),
             "vhost-user-blk" => ExportKind::VhostUserBlk(VhostUserBlkArgs::parse(input)?),
-            "vduse-blk" => {
-                return Err(InputError(format!(
-                    "Export type '{kind}' is not supported by ringstor yet"
-                )))
-            }
+            "vduse-blk" => ExportKind::VduseBlk(VduseBlkArgs::parse(input)?),
             other => return Err(InputError::bad_value("type", other)),
         };
         Ok(BlockExportOptions { base, kind })

@@ -10,6 +10,7 @@ mod nbd;
 mod object;
 mod qcow2;
 mod tls;
+mod vduse_blk;
 mod vhost_user_blk;
 
 #[cfg(test)]
@@ -32,4 +33,5 @@ pub use tls::{
     AuthzFormat, AuthzListFileOptions, AuthzListOptions, AuthzListRules, AuthzPolicy, AuthzRule,
     AuthzSimpleOptions, TlsCredsPskOptions, TlsCredsX509Options, TlsEndpoint,
 };
+pub use vduse_blk::{VduseBlkArgs, VduseBlkChecked};
 pub use vhost_user_blk::VhostUserBlkArgs;

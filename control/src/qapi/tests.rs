@@ -342,8 +342,9 @@ fn export_union_dispatch() {
         err(json!({"type": "nbd", "id": "e0", "node-name": "f0", "iothread": 5})),
         "Invalid parameter type for 'iothread', expected: string"
     );
-    assert!(
-        err(json!({"type": "vduse-blk", "id": "e0", "node-name": "f0"})).contains("not supported")
+    assert_eq!(
+        err(json!({"type": "vduse-blk", "id": "e0", "node-name": "f0"})),
+        "Parameter 'name' is missing"
     );
     assert_eq!(
         err(json!({"type": "fuse", "id": "e0", "node-name": "f0"})),

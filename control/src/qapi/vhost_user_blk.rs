@@ -28,7 +28,7 @@ struct Rest {
 
 /// QEMU's JSON input visitor for unsigned members: any integer (a negative
 /// one wraps, "for backward compatibility"), else `expects uint64`.
-fn json_unsigned(input: &mut Input, name: &str) -> Result<Option<Value>, InputError> {
+pub(super) fn json_unsigned(input: &mut Input, name: &str) -> Result<Option<Value>, InputError> {
     let Some(v) = input.take(name) else {
         return Ok(None);
     };

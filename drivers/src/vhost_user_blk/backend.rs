@@ -26,7 +26,7 @@ use super::inflight::InflightRegion;
 use super::memory::{MemoryTable, MAX_MEM_SLOTS};
 use super::vring::{Running, Vring};
 use crate::virtio_blk::spec::{self, DeviceConfig, CONFIG_LEN, CONFIG_WRITEBACK};
-use crate::virtio_blk::{spawn_queue, ExecParams, InflightLog, QueueControl, QueueSetup};
+use crate::virtio_blk::{spawn_queue, ExecParams, InflightLog, Notify, QueueControl, QueueSetup};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -175,7 +175,8 @@ impl Backend {
             Some(Ok(f)) => f.into(),
             _ => return Err(invalid("cannot duplicate the kick fd")),
         };
-        let (control, done) = QueueControl::new(v.call.clone(), v.err.clone());
+        let call = v.call.clone().map(|c| c as Arc<dyn Notify>);
+        let (control, done) = QueueControl::new(call, v.err.clone());
         let params = ExecParams {
             node: self.shared.common.node.clone(),
             writable: self.shared.common.writable,
@@ -325,7 +326,8 @@ impl VhostUserBackendReqHandlerMut for Backend {
         let v = self.vring(u32::from(index))?;
         v.call = fd.map(Arc::new);
         if let Some(r) = &v.running {
-            r.control.set_call(v.call.clone());
+            r.control
+                .set_call(v.call.clone().map(|c| c as Arc<dyn Notify>));
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! virtio-blk request handling shared by the virtio exports
-//! (`vhost-user-blk` now, `vduse-blk` later): it knows virtqueues, guest
+//! (`vhost-user-blk` and `vduse-blk`): it knows virtqueues, guest
 //! memory and the block layer, and nothing of the transport that set the
 //! queue up or delivers its kicks.
 //!
@@ -27,7 +27,7 @@ pub mod request;
 pub mod spec;
 
 pub use execute::{ExecContext, ExecParams, Outcome};
-pub use queue::{spawn_queue, InflightLog, QueueControl, QueueEnd, QueueSetup};
+pub use queue::{spawn_queue, InflightLog, Notify, QueueControl, QueueEnd, QueueSetup};
 pub use request::{Rejected, Request, RequestKind, Segment};
 pub use spec::DeviceConfig;
 

@@ -31,7 +31,7 @@ use std::future::{poll_fn, Future};
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
@@ -90,13 +90,33 @@ pub trait InflightLog: Send + Sync {
     fn end(&self, queue: u16, head: u16, next_used: u16);
 }
 
+/// How a queue tells the driver that used entries are waiting: an eventfd
+/// (vhost-user's call fd) or the transport's own doorbell (VDUSE's
+/// `VDUSE_VQ_INJECT_IRQ` ioctl). Called on the queue's iothread, at most
+/// once per completion batch.
+pub trait Notify: Send + Sync {
+    /// Interrupts the driver.
+    fn notify(&self);
+}
+
+impl Notify for File {
+    fn notify(&self) {
+        signal(self);
+    }
+}
+
+/// `avail` holds this bit once the queue task has published its index.
+const AVAIL_KNOWN: u32 = 1 << 16;
+
 /// The `Send` side of a running queue, held by the transport's control
 /// thread: stop it, swap its call/error eventfds, see whether it broke.
 pub struct QueueControl {
     stop: AtomicBool,
     broken: AtomicBool,
+    /// `AVAIL_KNOWN | next_avail`, stored by the queue task after each batch.
+    avail: AtomicU32,
     waker: Mutex<Option<Waker>>,
-    call: Mutex<Option<Arc<File>>>,
+    call: Mutex<Option<Arc<dyn Notify>>>,
     err: Mutex<Option<Arc<File>>>,
     done: crossbeam_channel::Sender<QueueEnd>,
 }
@@ -104,19 +124,29 @@ pub struct QueueControl {
 impl QueueControl {
     /// A control and the receiver its [`QueueEnd`] arrives on.
     pub fn new(
-        call: Option<Arc<File>>,
+        call: Option<Arc<dyn Notify>>,
         err: Option<Arc<File>>,
     ) -> (Arc<QueueControl>, crossbeam_channel::Receiver<QueueEnd>) {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let c = QueueControl {
             stop: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            avail: AtomicU32::new(0),
             waker: Mutex::new(None),
             call: Mutex::new(call),
             err: Mutex::new(err),
             done: tx,
         };
         (Arc::new(c), rx)
+    }
+
+    /// The first avail entry not yet taken, as of the queue's last batch
+    /// (`None` before the queue task has run). For a transport asked where
+    /// a running ring stands (VDUSE's `GET_VQ_STATE`); exact once the
+    /// driver has stopped kicking.
+    pub fn next_avail(&self) -> Option<u16> {
+        let v = self.avail.load(Ordering::Acquire);
+        (v & AVAIL_KNOWN != 0).then_some(v as u16)
     }
 
     /// Asks the queue to stop; its [`QueueEnd`] follows once every request
@@ -128,8 +158,8 @@ impl QueueControl {
         }
     }
 
-    /// Replaces the call eventfd (`None`: the driver polls).
-    pub fn set_call(&self, call: Option<Arc<File>>) {
+    /// Replaces the call notifier (`None`: the driver polls).
+    pub fn set_call(&self, call: Option<Arc<dyn Notify>>) {
         *lock(&self.call) = call;
     }
 
@@ -252,6 +282,9 @@ pub fn spawn_queue<M: GuestMemory + Send + Sync + 'static>(
     q.set_next_used(setup.next_used);
     q.set_event_idx(setup.event_idx);
     q.set_ready(true);
+    control
+        .avail
+        .store(AVAIL_KNOWN | u32::from(setup.next_avail), Ordering::Release);
     let mem = memory.memory().into_inner();
     let rec = params.stats.queue(setup.index.to_string(), None);
     let local = Rc::new(Local {
@@ -408,6 +441,9 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                         return;
                     }
                 }
+                self.control
+                    .avail
+                    .store(AVAIL_KNOWN | u32::from(q.next_avail()), Ordering::Release);
             }
             for p in popped {
                 self.start(p, &mem);
@@ -514,7 +550,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
             .unwrap_or(true);
         if needed {
             if let Some(call) = lock(&self.control.call).as_ref() {
-                signal(call);
+                call.notify();
             }
         }
     }

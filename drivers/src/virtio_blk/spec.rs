@@ -26,6 +26,9 @@ pub const F_INDIRECT_DESC: u32 = 28;
 pub const F_EVENT_IDX: u32 = 29;
 /// `VIRTIO_F_VERSION_1`.
 pub const F_VERSION_1: u32 = 32;
+/// `VIRTIO_F_ACCESS_PLATFORM`: the device reaches memory through an IOMMU
+/// (VDUSE requires it: its addresses are IOVAs).
+pub const F_ACCESS_PLATFORM: u32 = 33;
 
 /// Request types (`virtio_blk_outhdr.type`).
 pub const T_IN: u32 = 0;
@@ -73,6 +76,8 @@ pub const MAX_DWZ_SEG: u32 = 1;
 pub const CONFIG_LEN: usize = 96;
 /// Offset of `writeback` in the configuration space.
 pub const CONFIG_WRITEBACK: usize = 32;
+/// Offset of `seg_max` in the configuration space.
+pub const CONFIG_SEG_MAX: usize = 12;
 
 /// What the configuration space says; see [`DeviceConfig::to_bytes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +99,7 @@ impl DeviceConfig {
         let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
         put(0, &self.capacity.to_le_bytes());
         // size_max (8) stays 0: no VIRTIO_BLK_F_SIZE_MAX.
-        put(12, &SEG_MAX.to_le_bytes());
+        put(CONFIG_SEG_MAX, &SEG_MAX.to_le_bytes());
         // geometry (16..20) stays 0: no VIRTIO_BLK_F_GEOMETRY.
         put(20, &self.blk_size.to_le_bytes());
         // topology: physical_block_exp, alignment_offset, min_io_size (in
