@@ -51,6 +51,7 @@ fn job(id: &'static str) -> Job {
         rwmixread: None,
         primary: Primary::Iops,
         short_direct: false,
+        named_only: false,
     }
 }
 

@@ -27,7 +27,8 @@ ratios.svg into DIR (default benches/results/<UTC timestamp>).
   --repeats N  --runtime SECONDS  --ramp SECONDS  --image-mib MIB   override the mode
   --pin-server CPUS     run servers under taskset -c CPUS (default: no pinning)
   --pin-fio CPUS        run fio under taskset -c CPUS (default: no pinning)
-  --transport T         nbd (default), vhost-user-blk (1 queue, 1 iothread) or
+  --hog CPUS            run a busy loop pinned to CPUS (taskset) for the whole run
+  --transport T         nbd (default), nbd-2t (ringstor's export on 2 iothreads), vhost-user-blk (1 queue, 1 iothread) or
                         vhost-user-blk-2q (2 queues; ringstor on 2 iothreads),
                         driven by ringstor-vu-load (libblkio) instead of fio;
                         or fuse: the image mounted on a file, fio io_uring
@@ -70,6 +71,8 @@ pub struct Options {
     pub help: bool,
     /// `--transport`.
     pub transport: String,
+    /// `--hog`: CPUs of a busy loop running beside the servers.
+    pub hog: Option<String>,
 }
 
 fn list(v: &str) -> Vec<String> {
@@ -104,6 +107,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options> {
         pin_fio: None,
         help: false,
         transport: "nbd".into(),
+        hog: None,
     };
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -137,6 +141,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options> {
             "--pin-server" => o.pin_server = Some(value()?),
             "--pin-fio" => o.pin_fio = Some(value()?),
             "--transport" => o.transport = value()?,
+            "--hog" => o.hog = Some(value()?),
             other => return Err(Error::msg(format!("unknown option {other}\n\n{USAGE}"))),
         }
     }

@@ -74,6 +74,7 @@ impl Fuse {
             rwmixread: None,
             primary,
             short_direct: false,
+            named_only: false,
         };
         Scenario {
             id: self.scenario_id(),

@@ -10,10 +10,12 @@ mod cpu;
 mod error;
 mod fio;
 mod fuse;
+mod hog;
 mod image;
 mod jobs;
 mod machine;
 mod nbd;
+mod nbd_multi;
 mod qsd;
 mod rbd;
 mod recording;
@@ -76,6 +78,10 @@ fn real_main() -> Result<()> {
         for s in &mut scenarios {
             s.jobs.retain(|j| f.iter().any(|x| x == j.id));
         }
+    } else {
+        for s in &mut scenarios {
+            s.jobs.retain(|j| !j.named_only);
+        }
     }
     scenarios.retain(|s| !s.jobs.is_empty());
     if scenarios.is_empty() {
@@ -133,6 +139,7 @@ fn real_main() -> Result<()> {
     // their own (NBD over TCP loopback).
     let transport: Box<dyn Transport> = match opts.transport.as_str() {
         "nbd" => Box::new(nbd::Nbd),
+        "nbd-2t" => Box::new(nbd_multi::NbdTwoIothreads),
         "vhost-user-blk" | "vhost-user-blk-2q" => Box::new(vhost_user_blk::VhostUserBlk {
             queues: if opts.transport.ends_with("2q") { 2 } else { 1 },
             client: vu_client(),
@@ -141,6 +148,13 @@ fn real_main() -> Result<()> {
         // this one only names the transport.
         "fuse" => Box::new(fuse::VARIANTS[0]),
         other => return Err(Error::msg(format!("unknown transport {other}"))),
+    };
+    let _hog = match &opts.hog {
+        Some(cpus) => {
+            println!("ringstor-bench: CPU hog pinned to {cpus} for the whole run");
+            Some(hog::Hog::start(cpus)?)
+        }
+        None => None,
     };
     let mut used: Vec<&str> = Vec::new();
     for s in &scenarios {

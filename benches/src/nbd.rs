@@ -5,8 +5,8 @@
 //! Fairness settings per server (same image, same cache mode, writable):
 //! * ringstor / QSD: one iothread (`--object iothread,id=io0`, export
 //!   `iothread=io0`), file node `aio=io_uring,cache.direct=on|off`.
-//! * qemu-nbd: `--cache=none|writeback --aio=io_uring -f raw`, `--shared=8`
-//!   so four connections are allowed, `--persistent`.
+//! * qemu-nbd: `--cache=none|writeback --aio=io_uring -f raw`, `--shared=32`
+//!   so 4 and 16 connections are allowed, `--persistent`.
 //! * nbdkit: `file` plugin `cache=none|default` (nbdkit 1.32 has no
 //!   O_DIRECT; `cache=none` evicts pages after each request), default
 //!   thread pool; `null` plugin for the null backend.
@@ -50,7 +50,7 @@ impl Transport for Nbd {
                     format!("--socket={s}"),
                     format!("--export-name={EXPORT}"),
                     "--persistent".into(),
-                    "--shared=8".into(),
+                    "--shared=32".into(),
                 ];
                 match backend {
                     Backend::File { path, cache } => {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::iothread::{
-    IoThread, IoThreadConfig, IoThreadHandle, DEFAULT_POLL_MAX_NS, DEFAULT_RING_ENTRIES,
+    IoThread, IoThreadConfig, IoThreadHandle, PollParams, DEFAULT_POLL_MAX_NS, DEFAULT_RING_ENTRIES,
 };
 use serde_json::{json, Value};
 
@@ -127,15 +127,17 @@ impl Objects {
         if self.contains(&options.id) {
             return Err(duplicate(&options.id));
         }
+        let poll = poll_params(&options)?;
         let cpu = self.placement.place(options.cpu)?;
-        let thread = IoThread::spawn(IoThreadConfig {
-            name: options.id.clone(),
-            cpu: Some(cpu),
-            ring_entries: DEFAULT_RING_ENTRIES,
-            poll_max_ns: options
-                .poll_max_ns
-                .map_or(DEFAULT_POLL_MAX_NS, |n| n.max(0) as u64),
-        })?;
+        let thread = IoThread::spawn_with_poll(
+            IoThreadConfig {
+                name: options.id.clone(),
+                cpu: Some(cpu),
+                ring_entries: DEFAULT_RING_ENTRIES,
+                poll_max_ns: poll.max_ns,
+            },
+            poll,
+        )?;
         self.order.push(options.id.clone());
         self.iothreads
             .insert(options.id.clone(), IothreadEntry { thread, options });
@@ -235,9 +237,82 @@ impl Objects {
     }
 }
 
+/// The polling parameters of `options`, refused as QEMU refuses them
+/// (negative values; QEMU checks `poll-grow` first).
+fn poll_params(options: &IothreadOptions) -> Result<PollParams> {
+    let checked = [
+        ("poll-grow", options.poll_grow),
+        ("poll-shrink", options.poll_shrink),
+        ("poll-max-ns", options.poll_max_ns),
+        ("aio-max-batch", options.aio_max_batch),
+        ("thread-pool-min", options.thread_pool_min),
+        ("thread-pool-max", options.thread_pool_max),
+    ];
+    for (name, v) in checked {
+        if v.is_some_and(|v| v < 0) {
+            return Err(ControlError::failed(format!(
+                "{name} value must be in range [0, {}]",
+                i64::MAX
+            )));
+        }
+    }
+    let get = |v: Option<i64>, default: u64| v.map_or(default, |v| v as u64);
+    Ok(PollParams {
+        max_ns: get(options.poll_max_ns, DEFAULT_POLL_MAX_NS),
+        grow: get(options.poll_grow, 0),
+        shrink: get(options.poll_shrink, 0),
+    })
+}
+
 /// QEMU's error for an object id that is taken (by any object type).
 pub(crate) fn duplicate(id: &str) -> ControlError {
     ControlError::failed(format!(
         "attempt to add duplicate property '{id}' to object (type 'container')"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(grow: Option<i64>, shrink: Option<i64>, max: Option<i64>) -> IothreadOptions {
+        IothreadOptions {
+            id: "t".into(),
+            poll_grow: grow,
+            poll_shrink: shrink,
+            poll_max_ns: max,
+            ..IothreadOptions::default()
+        }
+    }
+
+    #[test]
+    fn poll_params_take_qemu_defaults_and_values() {
+        assert_eq!(
+            poll_params(&opts(None, None, None)).unwrap(),
+            PollParams::default()
+        );
+        assert_eq!(
+            poll_params(&opts(Some(4), Some(2), Some(50000))).unwrap(),
+            PollParams {
+                max_ns: 50000,
+                grow: 4,
+                shrink: 2
+            }
+        );
+    }
+
+    #[test]
+    fn negative_poll_params_are_refused_as_qsd_does() {
+        // QSD 10: `--object iothread,id=t,poll-max-ns=-1,poll-grow=-1`
+        // names poll-grow.
+        let e = poll_params(&opts(Some(-1), None, Some(-1))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "poll-grow value must be in range [0, 9223372036854775807]"
+        );
+        let e = poll_params(&opts(None, None, Some(-1))).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("poll-max-ns value must be in range"));
+    }
 }

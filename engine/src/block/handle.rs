@@ -29,6 +29,7 @@ use super::status::{file_status, BlockStatus};
 use crate::buf::{pool, Buf};
 use crate::op::{self, Pipe, SharedFd};
 
+mod buffered_write;
 mod vectored;
 
 /// Largest chunk written at once when emulating write-zeroes.
@@ -211,7 +212,15 @@ impl BlockHandle {
                 let mut buf = buf;
                 let mut done = 0usize;
                 while done < buf.len() {
-                    let (r, b) = op::write_at(&fd, buf, done, at + done as u64, flags).await;
+                    let (r, b) = buffered_write::write_at(
+                        &fd,
+                        buf,
+                        done,
+                        at + done as u64,
+                        flags,
+                        buffered.is_none(),
+                    )
+                    .await;
                     buf = b;
                     match r {
                         Ok(0) => {

@@ -8,6 +8,7 @@
 
 mod executor;
 mod notify;
+mod poll;
 pub(crate) mod runtime;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Sender};
 
+pub use poll::PollParams;
 pub use runtime::{reap_time, spawn_local};
 
 use crate::error::{EngineError, Result};
@@ -81,7 +83,19 @@ impl std::fmt::Debug for IoThreadHandle {
 
 impl IoThread {
     /// Starts the thread, pins it, builds its ring; returns once it runs.
+    /// It polls adaptively up to `config.poll_max_ns` with QEMU's default
+    /// growth and shrinking.
     pub fn spawn(config: IoThreadConfig) -> Result<IoThread> {
+        let poll = PollParams {
+            max_ns: config.poll_max_ns,
+            ..PollParams::default()
+        };
+        Self::spawn_with_poll(config, poll)
+    }
+
+    /// [`IoThread::spawn`] with all of QEMU's polling parameters (`poll`
+    /// overrides `config.poll_max_ns`).
+    pub fn spawn_with_poll(config: IoThreadConfig, poll: PollParams) -> Result<IoThread> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new().map_err(EngineError::Eventfd)?);
         let (tx, rx) = unbounded::<Job>();
@@ -113,11 +127,7 @@ impl IoThread {
                 let features = ring.features;
                 let rt = Runtime::install(id, ring, notify);
                 let _ = ready_tx.send(Ok((tid, features)));
-                rt.run(
-                    &rx,
-                    &thread_shared.stop,
-                    std::time::Duration::from_nanos(cfg.poll_max_ns),
-                );
+                rt.run(&rx, &thread_shared.stop, poll);
                 rt.shutdown();
             })
             .map_err(EngineError::Spawn)?;

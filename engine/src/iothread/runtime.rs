@@ -28,6 +28,7 @@ use io_uring::opcode;
 
 use super::executor::Executor;
 use super::notify::Notify;
+use super::poll::{AdaptivePoll, PollParams, PREEMPT_GAP};
 use crate::ring::{Ring, WAKE_TOKEN};
 
 /// Work posted to an iothread from elsewhere.
@@ -122,12 +123,8 @@ impl Runtime {
     }
 
     /// The loop; returns when `stop` is set.
-    pub(crate) fn run(
-        &self,
-        mailbox: &Receiver<Job>,
-        stop: &AtomicBool,
-        poll: std::time::Duration,
-    ) {
+    pub(crate) fn run(&self, mailbox: &Receiver<Job>, stop: &AtomicBool, poll: PollParams) {
+        let mut adapt = AdaptivePoll::new(poll);
         let mut idle_skips = 0u32;
         loop {
             while let Ok(job) = mailbox.try_recv() {
@@ -154,31 +151,46 @@ impl Runtime {
             if !mailbox.is_empty() || self.exec.has_ready() || stop.load(Ordering::Acquire) {
                 continue;
             }
-            if self.poll(mailbox, poll) {
+            let idle_at = Instant::now();
+            if self.poll(mailbox, &mut adapt, idle_at) {
+                adapt.adjust(idle_at.elapsed());
                 continue;
             }
             self.arm_wake();
             self.enter(true);
+            adapt.adjust(idle_at.elapsed());
         }
     }
 
-    /// Busy-polls the ring for up to `limit` before parking (QEMU's
-    /// `poll-max-ns`): a client that answers within that time finds the
-    /// iothread awake, without a sleep and wake-up per round trip. Returns
-    /// true when work turned up.
-    fn poll(&self, mailbox: &Receiver<Job>, limit: std::time::Duration) -> bool {
+    /// Busy-polls the ring for as long as `adapt` says (QEMU's adaptive
+    /// `poll-max-ns`, see [`super::poll`]): a client that answers within
+    /// that time finds the iothread awake, without a sleep and wake-up per
+    /// round trip. Spins in user space (see `Ring::enter`). Returns true
+    /// when work turned up.
+    fn poll(&self, mailbox: &Receiver<Job>, adapt: &mut AdaptivePoll, start: Instant) -> bool {
+        let limit = adapt.budget(start);
         if limit.is_zero() {
             return false;
         }
-        let start = std::time::Instant::now();
+        let mut last = start;
         loop {
             self.enter(false);
             if self.exec.has_ready() || !mailbox.is_empty() {
+                adapt.undisturbed();
                 return true;
             }
-            if start.elapsed() >= limit {
+            let now = Instant::now();
+            if now - last > PREEMPT_GAP {
+                // Another task ran on this core meanwhile: spinning
+                // delays it, so park instead.
+                adapt.preempted(now);
                 return false;
             }
+            if now - start >= limit {
+                adapt.undisturbed();
+                return false;
+            }
+            last = now;
             // io_uring's workers (buffered writes to ext4 go there) inherit
             // this thread's CPU: polling must not keep them off it. With
             // nothing else runnable here this returns at once.

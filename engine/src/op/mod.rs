@@ -53,7 +53,7 @@ pub use sendmsg::{send_all, sendmsg};
 pub use splice::Pipe;
 pub use timeout::{sleep, timeout, Elapsed};
 pub use uring_cmd::{uring_cmd80, CmdBufs};
-pub use write::{write_at, write_at_len};
+pub use write::{write_at, write_at_flags, write_at_len};
 pub use writev::{writev_at, writev_list};
 
 /// Data that turns into an output once the kernel completed the operation.

@@ -1,6 +1,6 @@
 //! `IORING_OP_WRITE`: a positioned write from an owned [`Buf`].
 
-use io_uring::opcode;
+use io_uring::{opcode, squeue};
 
 use super::{Completable, Op, SharedFd};
 use crate::buf::{Buf, BufResult, IoBuf};
@@ -41,6 +41,20 @@ pub async fn write_at_len(
     offset: u64,
     rw_flags: i32,
 ) -> BufResult<usize, Buf> {
+    write_at_flags(fd, buf, from, len, offset, rw_flags, squeue::Flags::empty()).await
+}
+
+/// [`write_at_len`] with SQE flags (`IOSQE_ASYNC`: straight to an io-wq
+/// worker, skipping the inline attempt a buffered write cannot win).
+pub async fn write_at_flags(
+    fd: &SharedFd,
+    buf: Buf,
+    from: usize,
+    len: usize,
+    offset: u64,
+    rw_flags: i32,
+    sqe_flags: squeue::Flags,
+) -> BufResult<usize, Buf> {
     let from = from.min(buf.len());
     let len = (buf.len() - from).min(len).min(u32::MAX as usize) as u32;
     // SAFETY: from <= len of the allocation, so the pointer stays inside it.
@@ -56,7 +70,8 @@ pub async fn write_at_len(
             .offset(offset)
             .rw_flags(rw_flags)
             .build()),
-    };
+    }
+    .flags(sqe_flags);
     // SAFETY: the SQE points into buf's heap memory, which the op owns.
     unsafe {
         Op::submit(

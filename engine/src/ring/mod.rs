@@ -115,7 +115,12 @@ fn build<S: squeue::EntryMarker>(entries: u32, defer: bool, coop: bool) -> io::R
     let mut b = IoUring::<S>::builder();
     b.setup_cqsize(entries.saturating_mul(4)).setup_clamp();
     if defer {
-        b.setup_single_issuer().setup_defer_taskrun();
+        // TASKRUN_FLAG: the kernel marks the SQ ring when task work
+        // (deferred completions) waits, so a poll that finds it clear
+        // stays in user space.
+        b.setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag();
     }
     if coop {
         b.setup_coop_taskrun();
@@ -255,11 +260,26 @@ impl Ring {
         Err(io::Error::from_raw_os_error(libc::EAGAIN))
     }
 
+    /// Whether an enter without SQEs could post completions: under
+    /// DEFER_TASKRUN only when the kernel flagged task work (or a CQ
+    /// overflow); otherwise completions land in the CQ by themselves.
+    fn kernel_has_work(&mut self) -> bool {
+        if !self.features.defer_taskrun {
+            return false;
+        }
+        with_uring!(&mut self.uring, |u| {
+            let sq = u.submission();
+            sq.taskrun() || sq.cq_overflow()
+        })
+    }
+
     /// Submits what is queued and runs completions; waits for one if `wait`.
+    /// Without `wait` and with nothing to submit, enters the kernel only
+    /// when it has completions to run: a busy-poll spins in user space.
     pub(crate) fn enter(&mut self, wait: bool) -> io::Result<()> {
         let want = u32::from(wait);
         let to_submit = self.sq_len() as u32;
-        if !wait && to_submit == 0 && !self.features.defer_taskrun {
+        if !wait && to_submit == 0 && !self.kernel_has_work() {
             return Ok(());
         }
         let flags = io_uring::EnterFlags::GETEVENTS.bits();

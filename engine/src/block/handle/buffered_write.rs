@@ -1,0 +1,129 @@
+//! How a small write to a buffered (page-cache) file is issued.
+//!
+//! ext4 in this kernel has no non-blocking buffered writes, so io_uring
+//! cannot complete one inline: it first tries (and fails) a `RWF_NOWAIT`
+//! attempt, then punts the write to an `iou-wrk` worker, and io-wq
+//! serialises the buffered writes to one inode on one worker. The choices,
+//! measured on the benches' page-cache randwrite rows (see
+//! `benches/README.md`, "Where the time goes"), are selected with
+//! `RINGSTOR_BUFFERED_WRITES`:
+//!
+//! * `ring` — a plain io_uring write (punted as above);
+//! * `async` — the same with `IOSQE_ASYNC`: straight to the worker;
+//! * `inline` — `pwrite` on the iothread for writes up to [`INLINE_MAX`]
+//!   without FUA: a page-cache copy costs less than a worker hand-off and
+//!   its wake-ups. Writes with `RWF_DSYNC` (FUA, writethrough) always go
+//!   through the ring, since they wait for the disk. An inline write that
+//!   blocks (the kernel throttles a writer when too much of the page cache
+//!   is dirty) stalls every request of the iothread, so one that takes
+//!   longer than [`STALL`] sends this thread's writes back to the ring for
+//!   [`BACKOFF`].
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use io_uring::squeue;
+
+use crate::buf::{Buf, BufResult};
+use crate::op::{self, SharedFd};
+
+/// Buffered writes at most this long may be written inline.
+pub(crate) const INLINE_MAX: usize = 64 * 1024;
+
+/// The issuing strategy; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Ring,
+    Async,
+    Inline,
+}
+
+/// The default, by measurement. `inline` won on an image whose writeback
+/// had settled (4k randwrite qd32 1.4x, qd1 1.8x the IOPS of `ring`), but
+/// lost on the benches' freshly written image, where overwrites wait for
+/// pages under writeback (qd1 0.51x the best other server, against 0.88x
+/// with `ring`): blocking the iothread there stalls every request.
+const DEFAULT: Mode = Mode::Ring;
+
+/// An inline write slower than this was throttled or waited for I/O.
+const STALL: Duration = Duration::from_millis(1);
+/// How long writes go through the ring after a stall.
+const BACKOFF: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// Until when this iothread writes through the ring (after a stall).
+    static RING_UNTIL: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Whether this iothread may write inline now.
+fn inline_allowed() -> bool {
+    match RING_UNTIL.with(Cell::get) {
+        None => true,
+        Some(t) if Instant::now() >= t => {
+            RING_UNTIL.with(|c| c.set(None));
+            true
+        }
+        Some(_) => false,
+    }
+}
+
+fn mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(
+        || match std::env::var("RINGSTOR_BUFFERED_WRITES").as_deref() {
+            Ok("ring") => Mode::Ring,
+            Ok("async") => Mode::Async,
+            Ok("inline") => Mode::Inline,
+            _ => DEFAULT,
+        },
+    )
+}
+
+/// Writes `buf[from..]` at `offset`; `page_cache` says `fd` is buffered.
+pub(crate) async fn write_at(
+    fd: &SharedFd,
+    buf: Buf,
+    from: usize,
+    offset: u64,
+    rw_flags: i32,
+    page_cache: bool,
+) -> BufResult<usize, Buf> {
+    let len = buf.len().saturating_sub(from);
+    if !page_cache || rw_flags != 0 {
+        return op::write_at(fd, buf, from, offset, rw_flags).await;
+    }
+    match mode() {
+        Mode::Inline if len <= INLINE_MAX && inline_allowed() => {
+            let start = Instant::now();
+            let r = pwrite(fd, &buf, from, offset);
+            let took = start.elapsed();
+            if took > STALL {
+                log::debug!("inline buffered write took {took:?}; using the ring for a while");
+                RING_UNTIL.with(|c| c.set(Some(start + took + BACKOFF)));
+            }
+            (r, buf)
+        }
+        Mode::Async => {
+            op::write_at_flags(fd, buf, from, len, offset, 0, squeue::Flags::ASYNC).await
+        }
+        _ => op::write_at(fd, buf, from, offset, 0).await,
+    }
+}
+
+fn pwrite(fd: &SharedFd, buf: &Buf, from: usize, offset: u64) -> std::io::Result<usize> {
+    let Some(data) = buf.as_slice().get(from..) else {
+        return Ok(0);
+    };
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: `data` is initialised memory owned by `buf`, borrowed for the
+    // whole call; the kernel only reads it.
+    let n = unsafe { libc::pwrite(fd.raw(), data.as_ptr().cast(), data.len(), off) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
