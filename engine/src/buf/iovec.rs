@@ -101,6 +101,21 @@ pub(crate) fn tail(iovecs: &[libc::iovec], mut skip: usize) -> Vec<libc::iovec> 
     out
 }
 
+/// The iovec array an SQE should point at for `iovecs` after their first
+/// `skip` bytes: `rest` holds a shortened copy when `skip > 0` (keep it
+/// alive with the op), and the count is capped at `UIO_MAXIOV`.
+pub(crate) fn sqe_iovecs(
+    iovecs: &[libc::iovec],
+    skip: usize,
+) -> (Option<Vec<libc::iovec>>, *const libc::iovec, u32) {
+    let rest = (skip > 0).then(|| tail(iovecs, skip));
+    let (ptr, n) = match &rest {
+        Some(r) => (r.as_ptr(), r.len()),
+        None => (iovecs.as_ptr(), iovecs.len()),
+    };
+    (rest, ptr, n.min(libc::UIO_MAXIOV as usize) as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use io_uring::opcode;
 
 use super::{Completable, Op, SharedFd};
-use crate::buf::iovec::tail;
+use crate::buf::iovec::sqe_iovecs;
 use crate::buf::{Buf, BufResult, IoBufMut, IoVecBuf};
 use crate::ring::Completion;
 
@@ -30,12 +30,7 @@ pub async fn readv_at<B: IoVecBuf + Unpin>(
     skip: usize,
     offset: u64,
 ) -> BufResult<usize, B> {
-    let rest = (skip > 0).then(|| tail(bufs.iovecs(), skip));
-    let (ptr, n) = match &rest {
-        Some(r) => (r.as_ptr(), r.len()),
-        None => (bufs.iovecs().as_ptr(), bufs.iovecs().len()),
-    };
-    let n = n.min(libc::UIO_MAXIOV as usize) as u32;
+    let (rest, ptr, n) = sqe_iovecs(bufs.iovecs(), skip);
     let sqe = super::fd::with_fd!(fd, |f| opcode::Readv::new(f, ptr, n).offset(offset).build());
     // SAFETY: the SQE points at the iovec array, which lives on the heap in
     // `rest` or inside `bufs` (IoVecBuf: it does not move with the value),

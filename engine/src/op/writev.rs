@@ -4,7 +4,7 @@
 use io_uring::opcode;
 
 use super::{Completable, GatherList, Op, SharedFd};
-use crate::buf::iovec::tail;
+use crate::buf::iovec::sqe_iovecs;
 use crate::buf::{BufResult, IoVecBuf};
 use crate::ring::Completion;
 
@@ -32,12 +32,7 @@ pub async fn writev_at<B: IoVecBuf + Unpin>(
     offset: u64,
     rw_flags: i32,
 ) -> BufResult<usize, B> {
-    let rest = (skip > 0).then(|| tail(bufs.iovecs(), skip));
-    let (ptr, n) = match &rest {
-        Some(r) => (r.as_ptr(), r.len()),
-        None => (bufs.iovecs().as_ptr(), bufs.iovecs().len()),
-    };
-    let n = n.min(libc::UIO_MAXIOV as usize) as u32;
+    let (rest, ptr, n) = sqe_iovecs(bufs.iovecs(), skip);
     let sqe = super::fd::with_fd!(fd, |f| opcode::Writev::new(f, ptr, n)
         .offset(offset)
         .rw_flags(rw_flags)
