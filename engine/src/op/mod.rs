@@ -37,7 +37,7 @@ use std::task::{Context, Poll};
 use io_uring::squeue;
 
 use crate::iothread::runtime::{try_with_runtime, with_runtime};
-use crate::ring::{Completion, Lifecycle};
+use crate::ring::{Completion, Lifecycle, Ring};
 
 pub use accept::accept;
 pub use connect::connect;
@@ -84,12 +84,19 @@ impl<T: 'static> Op<T> {
     ///
     /// When called on a thread that is not an iothread.
     pub(crate) unsafe fn submit(data: T, sqe: squeue::Entry) -> Op<T> {
+        Self::queue(data, |ring, key| {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { ring.push(&sqe.user_data(key)) }
+        })
+    }
+
+    /// Gives `data` a slot, then lets `push` queue its SQE tagged with the
+    /// slot's key; a push that fails completes the op with its errno.
+    fn queue(data: T, push: impl FnOnce(&mut Ring, u64) -> std::io::Result<()>) -> Op<T> {
         let key = with_runtime(|rt| {
             let mut ring = rt.ring.borrow_mut();
             let key = ring.ops.insert(Lifecycle::Submitted);
-            let sqe = sqe.user_data(key as u64);
-            // SAFETY: forwarded from this function's contract.
-            if let Err(e) = unsafe { ring.push(&sqe) } {
+            if let Err(e) = push(&mut ring, key as u64) {
                 let result = -e.raw_os_error().unwrap_or(libc::EAGAIN);
                 if let Some(slot) = ring.ops.get_mut(key) {
                     *slot = Lifecycle::Completed(Completion { result });
@@ -117,24 +124,10 @@ impl<T: 'static> Op<T> {
     ///
     /// As for [`Op::submit`].
     pub(crate) unsafe fn submit128(data: T, sqe: squeue::Entry128) -> Op<T> {
-        let key = with_runtime(|rt| {
-            let mut ring = rt.ring.borrow_mut();
-            let key = ring.ops.insert(Lifecycle::Submitted);
-            let sqe = sqe.user_data(key as u64);
+        Self::queue(data, |ring, key| {
             // SAFETY: forwarded from this function's contract.
-            if let Err(e) = unsafe { ring.push128(&sqe) } {
-                let result = -e.raw_os_error().unwrap_or(libc::EAGAIN);
-                if let Some(slot) = ring.ops.get_mut(key) {
-                    *slot = Lifecycle::Completed(Completion { result });
-                }
-            }
-            key
-        });
-        Op {
-            key,
-            data: Some(data),
-            result_is_fd: false,
-        }
+            unsafe { ring.push128(&sqe.user_data(key)) }
+        })
     }
 
     /// Marks the op as one whose result is a new fd.
