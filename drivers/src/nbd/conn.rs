@@ -420,6 +420,11 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
     let mut rbuf = Buf::with_capacity(RECV_BUF.max(leftover.len()));
     rbuf.extend_from_slice(&leftover);
     let ext = conn.session.extended;
+    // A node that answers at once (null-co) runs its requests right here:
+    // no task per request, and every reply of one receive is queued before
+    // the writer runs, so they leave in one `sendmsg`.
+    let inline = conn.handle.completes_inline();
+    let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
     // Every header of one receive arrived at the same moment.
     let mut received = conn.rec.now();
     loop {
@@ -500,7 +505,12 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
                     };
                     conn.start_request(read_bytes);
                     let t = request::start(conn, received, &hdr);
-                    spawn_local(request::execute(conn.clone(), hdr, payload, t));
+                    let fut = request::execute(conn.clone(), hdr, payload, t);
+                    if inline {
+                        run_inline(fut, &waker);
+                    } else {
+                        spawn_local(fut);
+                    }
                 }
             }
         }
@@ -523,6 +533,19 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
         if r? == 0 {
             return Ok(());
         }
+    }
+}
+
+/// Polls a request of a node that completes inline (see `reader`) once,
+/// with the reader's waker; should it wait after all, it becomes a task of
+/// its own, which polls it again so that what it waits on wakes that task
+/// (such a node waits, if ever, only on ring operations, which take the
+/// waker of every poll; a future that kept the first waker would not do).
+fn run_inline(fut: impl std::future::Future<Output = ()> + 'static, waker: &Waker) {
+    let mut fut = Box::pin(fut);
+    let mut cx = std::task::Context::from_waker(waker);
+    if fut.as_mut().poll(&mut cx).is_pending() {
+        spawn_local(fut);
     }
 }
 
@@ -675,7 +698,8 @@ async fn writer(conn: Rc<Conn>) {
 
 /// Records the requests of a batch as finished when its send completed.
 fn finish_all(conn: &Conn, done: impl IntoIterator<Item = Done>) {
-    let now = conn.rec.reaped();
+    // Not the last reap: the send may not have used the ring.
+    let now = conn.rec.now();
     for (t, o) in done {
         conn.rec.finish_at(now, t, o);
     }

@@ -113,11 +113,26 @@ pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Bu
 async fn read(conn: &Conn, h: &RequestHeader, t: Started) {
     let to = conn.reply_to(h);
     let len = h.length as usize;
+    // A node that answers at once (null-co) has free block status: every
+    // read of its zeroes is answered with a hole, as QEMU's server does
+    // for any node (it asks the block status of every structured read).
     let sparse = conn.mode != ReplyMode::Simple
         && h.flags & NBD_CMD_FLAG_DF == 0
-        && h.length >= SPARSE_READ_MIN;
+        && h.length > 0
+        && (h.length >= SPARSE_READ_MIN || conn.handle.completes_inline());
     if sparse {
         if let Ok((st, n)) = conn.handle.block_status(h.offset, h.length).await {
+            if st.zero && n >= h.length {
+                // All zeroes: one hole chunk that ends the reply.
+                conn.release_read_budget(len);
+                return conn.reply(
+                    (t, Outcome::Ok),
+                    |v| {
+                        let _ = chunk_offset_hole(v, &to, true, h.offset, len as u32);
+                    },
+                    None,
+                );
+            }
             if n < h.length || st.zero {
                 return sparse_read(conn, h, (st, n), t).await;
             }

@@ -99,6 +99,13 @@ impl BlockHandle {
         &self.inner.node
     }
 
+    /// True when every operation of this handle completes without waiting
+    /// for anything (a `null-co` leaf): a caller may poll it inline once
+    /// instead of spawning a task for it.
+    pub fn completes_inline(&self) -> bool {
+        matches!(self.inner.leaf, Leaf::Null { .. })
+    }
+
     /// Current size in bytes.
     pub fn size(&self) -> u64 {
         self.inner.node.size()

@@ -49,7 +49,7 @@ pub use read::{read_at, read_at_len};
 pub use readv::{readv_at, readv_bufs};
 pub use recv::recv_into;
 pub use sendmsg::GatherList;
-pub use sendmsg::{send_all, sendmsg};
+pub use sendmsg::{send_all, send_all_eager, sendmsg};
 pub use splice::Pipe;
 pub use timeout::{sleep, timeout, Elapsed};
 pub use uring_cmd::{uring_cmd80, CmdBufs};
