@@ -61,11 +61,6 @@ pub(super) fn node(
     auto_read_only: bool,
     refs: Refs<'_>,
 ) -> Result<NodeOptions> {
-    if n.x_dirty_bitmap.is_some() {
-        return Err(ControlError::failed(
-            "'x-dirty-bitmap' of the nbd driver is not supported by ringstor",
-        ));
-    }
     let opts = ClientOptions {
         server: server(&n.server)?,
         export: n.export.clone().unwrap_or_default(),
@@ -74,6 +69,7 @@ pub(super) fn node(
         read_only,
         auto_read_only,
         tls: tls(n, refs)?,
+        x_dirty_bitmap: n.x_dirty_bitmap.clone(),
     };
     connect(opts).map_err(|e| ControlError::failed(e.to_string()))
 }

@@ -385,7 +385,7 @@ async fn writer(conn: Weak<Conn>, io: Rc<Io>, gen: u64) {
 async fn reconnect(conn: Weak<Conn>, since: Instant) {
     let mut pause = RETRY_MIN;
     loop {
-        let (addrs, export, tls, label) = {
+        let (addrs, opts, label) = {
             let Some(c) = conn.upgrade() else { return };
             if c.closed.get()
                 || !matches!(&*c.link.borrow(), Link::Down { since: s, .. } if *s == since)
@@ -394,12 +394,11 @@ async fn reconnect(conn: Weak<Conn>, since: Instant) {
             }
             (
                 c.shared.addrs.clone(),
-                c.shared.opts.export.clone(),
-                c.shared.opts.tls.clone(),
+                c.shared.opts.clone(),
                 c.shared.label.clone(),
             )
         };
-        match dial::dial_ring(&addrs, &export, tls.as_ref()).await {
+        match dial::dial_ring(&addrs, &opts).await {
             Ok((io, info)) => {
                 let Some(c) = conn.upgrade() else { return };
                 if c.closed.get() {

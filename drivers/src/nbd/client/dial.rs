@@ -140,9 +140,9 @@ fn connect_once(addrs: &[Addr]) -> Result<Stream, DialError> {
 
 fn handshake_blocking(
     s: &mut Stream,
-    export: &str,
-    tls: Option<&ClientTls>,
+    opts: &ClientOptions,
 ) -> Result<(ServerInfo, Option<Spare>), DialError> {
+    let tls = opts.tls.as_ref();
     match s {
         Stream::Unix(u) => {
             u.set_read_timeout(Some(STEP_TIMEOUT))
@@ -161,7 +161,7 @@ fn handshake_blocking(
         sock: s.io(),
         tls: None,
     };
-    let mut hs = new_handshake(export, tls);
+    let mut hs = new_handshake(opts);
     loop {
         match hs.step() {
             Action::Send(b) => io.write_all(&b).map_err(|e| io_error(tls, &io.tls, e))?,
@@ -186,13 +186,15 @@ fn handshake_blocking(
     }
 }
 
-fn new_handshake(export: &str, tls: Option<&ClientTls>) -> ClientHandshake {
-    let hs = ClientHandshake::new(export);
-    if tls.is_some() {
-        hs.with_tls()
-    } else {
-        hs
+fn new_handshake(opts: &ClientOptions) -> ClientHandshake {
+    let mut hs = ClientHandshake::new(&opts.export);
+    if opts.tls.is_some() {
+        hs = hs.with_tls();
     }
+    if let Some(b) = &opts.x_dirty_bitmap {
+        hs = hs.with_x_dirty_bitmap(b);
+    }
+    hs
 }
 
 /// A failed read or write of the negotiation; once TLS is up, in the
@@ -216,7 +218,7 @@ pub(crate) fn dial_blocking(
     let deadline = Instant::now() + opts.open_timeout;
     loop {
         let attempt = connect_once(addrs).and_then(|mut s| {
-            let (info, spare) = handshake_blocking(&mut s, &opts.export, opts.tls.as_ref())?;
+            let (info, spare) = handshake_blocking(&mut s, opts)?;
             let fd: OwnedFd = match s {
                 Stream::Unix(u) => {
                     let _ = u.set_read_timeout(None);
@@ -281,13 +283,10 @@ fn timed_out() -> DialError {
     DialError::Io(std::io::ErrorKind::TimedOut.into())
 }
 
-async fn handshake_ring(
-    fd: SharedFd,
-    export: &str,
-    tls: Option<&ClientTls>,
-) -> Result<(Io, ServerInfo), DialError> {
+async fn handshake_ring(fd: SharedFd, opts: &ClientOptions) -> Result<(Io, ServerInfo), DialError> {
+    let tls = opts.tls.as_ref();
     let mut io = Io::new(fd, None);
-    let mut hs = new_handshake(export, tls);
+    let mut hs = new_handshake(opts);
     loop {
         match hs.step() {
             Action::Send(b) => {
@@ -322,14 +321,13 @@ async fn handshake_ring(
 /// One connection attempt in the ring (a reconnection).
 pub(crate) async fn dial_ring(
     addrs: &[Addr],
-    export: &str,
-    tls: Option<&ClientTls>,
+    opts: &ClientOptions,
 ) -> Result<(Rc<Io>, ServerInfo), DialError> {
     let mut last = None;
     for a in addrs {
         match op::timeout(STEP_TIMEOUT, connect_ring(a)).await {
             Ok(Ok(fd)) => {
-                let (io, info) = handshake_ring(fd, export, tls).await?;
+                let (io, info) = handshake_ring(fd, opts).await?;
                 return Ok((Rc::new(io), info));
             }
             Ok(Err(e)) => {

@@ -79,6 +79,10 @@ pub struct ClientOptions {
     pub auto_read_only: bool,
     /// `tls-creds`: every connection upgrades to TLS first.
     pub tls: Option<ClientTls>,
+    /// `x-dirty-bitmap`: this meta context's extents stand in for
+    /// `base:allocation` in block status (QEMU's debugging aid, used to
+    /// read a dirty bitmap through `qemu-img map`).
+    pub x_dirty_bitmap: Option<String>,
 }
 
 /// What every iothread's connection shares: options, resolved addresses,

@@ -84,6 +84,8 @@ enum State {
 pub struct ClientHandshake {
     export: String,
     tls: bool,
+    /// `x-dirty-bitmap`: the one context asked for, read as `base:allocation`.
+    x_dirty_bitmap: Option<String>,
     state: State,
     out: Vec<u8>,
     info: ServerInfo,
@@ -109,6 +111,7 @@ impl ClientHandshake {
         ClientHandshake {
             export: export.to_string(),
             tls: false,
+            x_dirty_bitmap: None,
             state: State::Start,
             out: Vec::new(),
             info: ServerInfo {
@@ -130,6 +133,15 @@ impl ClientHandshake {
     /// other option.
     pub fn with_tls(mut self) -> ClientHandshake {
         self.tls = true;
+        self
+    }
+
+    /// QEMU's `x-dirty-bitmap`: ask for the meta context `name` instead
+    /// of `base:allocation` and `qemu:allocation-depth`, and report its
+    /// extents as if they were `base:allocation`'s (a dirty bitmap's dirty
+    /// bit reads as a hole); the handshake fails if the server lacks it.
+    pub fn with_x_dirty_bitmap(mut self, name: &str) -> ClientHandshake {
+        self.x_dirty_bitmap = Some(name.to_string());
         self
     }
 
@@ -224,9 +236,17 @@ impl ClientHandshake {
     fn send_meta(&mut self) {
         let mut data = Vec::new();
         name_field(&mut data, &self.export);
-        put_u32(&mut data, 2);
-        name_field(&mut data, CONTEXT_BASE_ALLOCATION);
-        name_field(&mut data, CONTEXT_QEMU_ALLOCATION_DEPTH);
+        match &self.x_dirty_bitmap {
+            Some(ctx) => {
+                put_u32(&mut data, 1);
+                name_field(&mut data, ctx);
+            }
+            None => {
+                put_u32(&mut data, 2);
+                name_field(&mut data, CONTEXT_BASE_ALLOCATION);
+                name_field(&mut data, CONTEXT_QEMU_ALLOCATION_DEPTH);
+            }
+        }
         option(&mut self.out, NBD_OPT_SET_META_CONTEXT, &data);
         self.state = State::ReplyHeader(NBD_OPT_SET_META_CONTEXT);
     }
@@ -259,7 +279,11 @@ impl ClientHandshake {
                         return self.fail(ClientHandshakeError::Malformed("meta context"));
                     };
                     let name = r.bytes(r.remaining()).unwrap_or(&[]);
-                    if name == CONTEXT_BASE_ALLOCATION.as_bytes() {
+                    if let Some(ctx) = &self.x_dirty_bitmap {
+                        if name == ctx.as_bytes() {
+                            self.info.base_allocation = Some(id);
+                        }
+                    } else if name == CONTEXT_BASE_ALLOCATION.as_bytes() {
                         self.info.base_allocation = Some(id);
                     } else if name == CONTEXT_QEMU_ALLOCATION_DEPTH.as_bytes() {
                         self.info.allocation_depth = Some(id);
@@ -307,6 +331,10 @@ impl ClientHandshake {
                 self.state = State::ReplyHeader(NBD_OPT_GO);
             }
             NBD_REP_ACK if self.have_export_info => {
+                if let (Some(ctx), None) = (&self.x_dirty_bitmap, self.info.base_allocation) {
+                    let text = format!("requested x-dirty-bitmap {ctx} not found");
+                    return self.fail(ClientHandshakeError::Refused(text));
+                }
                 self.result = Some(Ok(self.info.clone()));
                 self.state = State::Finished;
             }
