@@ -614,6 +614,9 @@ async fn watchdog(conn: std::rc::Weak<Conn>) {
 }
 
 async fn writer(conn: Rc<Conn>) {
+    // See `Transport`: a direct `sendmsg` pays only where nothing else
+    // would enter the kernel with it.
+    let eager = conn.handle.completes_inline();
     loop {
         let item = poll_fn(|cx| {
             let mut st = conn.st.borrow_mut();
@@ -661,15 +664,15 @@ async fn writer(conn: Rc<Conn>) {
                 data,
                 done,
             } => {
-                let (r, mut list) = conn.io.send_all(&conn.fd, list).await;
+                let (r, mut list) = conn.io.send_all(&conn.fd, list, eager).await;
                 list.clear();
                 conn.st.borrow_mut().spare = list;
-                finish_all(&conn, done);
+                finish_all(&conn, done, eager);
                 (r.is_ok(), replies, data)
             }
             OutItem::Splice { offset, len, done } => {
                 let ok = splice_out(&conn, offset, len).await;
-                finish_all(&conn, [done]);
+                finish_all(&conn, [done], false);
                 (ok, 0, len)
             }
         };
@@ -697,9 +700,13 @@ async fn writer(conn: Rc<Conn>) {
 }
 
 /// Records the requests of a batch as finished when its send completed.
-fn finish_all(conn: &Conn, done: impl IntoIterator<Item = Done>) {
-    // Not the last reap: the send may not have used the ring.
-    let now = conn.rec.now();
+fn finish_all(conn: &Conn, done: impl IntoIterator<Item = Done>, direct: bool) {
+    // A direct send did not reap: read the clock.
+    let now = if direct {
+        conn.rec.now()
+    } else {
+        conn.rec.reaped()
+    };
     for (t, o) in done {
         conn.rec.finish_at(now, t, o);
     }

@@ -53,7 +53,7 @@ async fn flush(
     let mut list = out.take().unwrap_or_default();
     list.clear();
     list.push_bytes(neg.output());
-    let (r, list) = io.send_all(fd, list).await;
+    let (r, list) = io.send_all(fd, list, false).await;
     *out = Some(list);
     r?;
     neg.advance_output(pending);
