@@ -28,7 +28,7 @@
 use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::future::{poll_fn, Future};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -97,12 +97,41 @@ pub trait InflightLog: Send + Sync {
 pub trait Notify: Send + Sync {
     /// Interrupts the driver.
     fn notify(&self);
+
+    /// The eventfd behind [`Notify::notify`], when it is one: the queue
+    /// then signals it through its iothread's ring (no syscall of its own).
+    fn eventfd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 impl Notify for File {
     fn notify(&self) {
         signal(self);
     }
+
+    fn eventfd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
+}
+
+/// A call notifier's eventfd as a [`SharedFd`] owner: the notifier stays
+/// alive (and its fd open) while a queued signal still names it.
+struct CallFd {
+    _owner: Arc<dyn Notify>,
+    raw: RawFd,
+}
+
+impl AsRawFd for CallFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw
+    }
+}
+
+/// The call notifier the queue last used, with its ring handle.
+struct CachedCall {
+    call: Arc<dyn Notify>,
+    fd: Option<SharedFd>,
 }
 
 /// `avail` holds this bit once the queue task has published its index.
@@ -231,6 +260,7 @@ struct Local<M: GuestMemory> {
     inflight: Option<Arc<dyn InflightLog>>,
     in_flight: Cell<usize>,
     notify_pending: Cell<bool>,
+    call: RefCell<Option<CachedCall>>,
     completed: LocalSignal,
     broken: Cell<bool>,
     warned: Cell<bool>,
@@ -298,6 +328,7 @@ pub fn spawn_queue<M: GuestMemory + Send + Sync + 'static>(
         inflight,
         in_flight: Cell::new(0),
         notify_pending: Cell::new(false),
+        call: RefCell::new(None),
         completed: LocalSignal::default(),
         broken: Cell::new(false),
         warned: Cell::new(false),
@@ -410,7 +441,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         let table = GuestAddress(self.setup.desc_table);
         for &head in &self.setup.resubmit {
             let descs = walk(&*mem, table, self.setup.size, head);
-            let p = parse_descriptors(head, &*mem, descs.into_iter());
+            let p = parse_descriptors(head, &mem, descs.into_iter());
             self.start(p, &mem);
         }
     }
@@ -423,7 +454,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         let mem = self.source.memory().into_inner();
         *self.mem.borrow_mut() = mem.clone();
         loop {
-            let mut popped: Vec<Result<Request, Rejected>> = Vec::new();
+            let mut popped: Vec<Result<Request<M>, Rejected>> = Vec::new();
             {
                 let mut q = self.queue.borrow_mut();
                 if q.event_idx_enabled() {
@@ -434,7 +465,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                     }
                 }
                 match q.iter(&*mem) {
-                    Ok(iter) => popped.extend(iter.map(parse)),
+                    Ok(iter) => popped.extend(iter.map(|c| parse(c, &mem))),
                     Err(e) => {
                         drop(q);
                         self.fail(&format!("bad avail ring: {e}"));
@@ -467,7 +498,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         }
     }
 
-    fn start(self: &Rc<Self>, p: Result<Request, Rejected>, mem: &Arc<M>) {
+    fn start(self: &Rc<Self>, p: Result<Request<M>, Rejected>, mem: &Arc<M>) {
         let head = match &p {
             Ok(r) => r.head,
             Err(r) => r.head,
@@ -498,9 +529,10 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                     req.sector.saturating_mul(512),
                     req.data_len,
                 );
+                let (head, status) = (req.head, req.status);
                 spawn_local(async move {
-                    let out = execute(&me.ctx, &mem, &req).await;
-                    me.complete(req.head, Some(req.status), out);
+                    let out = execute(&me.ctx, &mem, req).await;
+                    me.complete(head, Some(status), out);
                     me.rec.finish(t, out.record);
                 });
             }
@@ -549,8 +581,34 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
             .needs_notification(&*mem)
             .unwrap_or(true);
         if needed {
-            if let Some(call) = lock(&self.control.call).as_ref() {
-                call.notify();
+            self.signal_call();
+        }
+    }
+
+    /// Interrupts the driver through the current call notifier: an eventfd
+    /// through the ring, anything else by its own `notify`.
+    fn signal_call(&self) {
+        let current = lock(&self.control.call).clone();
+        let Some(current) = current else {
+            return;
+        };
+        let mut cached = self.call.borrow_mut();
+        let fresh = !cached
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.call, &current));
+        if fresh {
+            let fd = current.eventfd().map(|raw| {
+                SharedFd::from_owner(CallFd {
+                    _owner: current.clone(),
+                    raw,
+                })
+            });
+            *cached = Some(CachedCall { call: current, fd });
+        }
+        if let Some(c) = cached.as_ref() {
+            match &c.fd {
+                Some(fd) => op::signal_eventfd(fd),
+                None => c.call.notify(),
             }
         }
     }
