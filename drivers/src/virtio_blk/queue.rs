@@ -261,6 +261,7 @@ struct Local<M: GuestMemory> {
     in_flight: Cell<usize>,
     notify_pending: Cell<bool>,
     call: RefCell<Option<CachedCall>>,
+    popped: RefCell<Vec<Result<Request<M>, Rejected>>>,
     completed: LocalSignal,
     broken: Cell<bool>,
     warned: Cell<bool>,
@@ -329,6 +330,7 @@ pub fn spawn_queue<M: GuestMemory + Send + Sync + 'static>(
         in_flight: Cell::new(0),
         notify_pending: Cell::new(false),
         call: RefCell::new(None),
+        popped: RefCell::new(Vec::new()),
         completed: LocalSignal::default(),
         broken: Cell::new(false),
         warned: Cell::new(false),
@@ -454,7 +456,8 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         let mem = self.source.memory().into_inner();
         *self.mem.borrow_mut() = mem.clone();
         loop {
-            let mut popped: Vec<Result<Request<M>, Rejected>> = Vec::new();
+            // The batch's Vec is kept between batches (no allocation per kick).
+            let mut popped = std::mem::take(&mut *self.popped.borrow_mut());
             {
                 let mut q = self.queue.borrow_mut();
                 if q.event_idx_enabled() {
@@ -476,11 +479,16 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                     .avail
                     .store(AVAIL_KNOWN | u32::from(q.next_avail()), Ordering::Release);
             }
-            for p in popped {
-                self.start(p, &mem);
-                if self.broken.get() {
-                    return;
+            let mut broke = false;
+            for p in popped.drain(..) {
+                if !broke {
+                    self.start(p, &mem);
+                    broke = self.broken.get();
                 }
+            }
+            *self.popped.borrow_mut() = popped;
+            if broke {
+                return;
             }
             let mut q = self.queue.borrow_mut();
             if !q.event_idx_enabled() {
