@@ -28,7 +28,7 @@
 use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::future::{poll_fn, Future};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -97,41 +97,12 @@ pub trait InflightLog: Send + Sync {
 pub trait Notify: Send + Sync {
     /// Interrupts the driver.
     fn notify(&self);
-
-    /// The eventfd behind [`Notify::notify`], when it is one: the queue
-    /// then signals it through its iothread's ring (no syscall of its own).
-    fn eventfd(&self) -> Option<RawFd> {
-        None
-    }
 }
 
 impl Notify for File {
     fn notify(&self) {
         signal(self);
     }
-
-    fn eventfd(&self) -> Option<RawFd> {
-        Some(self.as_raw_fd())
-    }
-}
-
-/// A call notifier's eventfd as a [`SharedFd`] owner: the notifier stays
-/// alive (and its fd open) while a queued signal still names it.
-struct CallFd {
-    _owner: Arc<dyn Notify>,
-    raw: RawFd,
-}
-
-impl AsRawFd for CallFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.raw
-    }
-}
-
-/// The call notifier the queue last used, with its ring handle.
-struct CachedCall {
-    call: Arc<dyn Notify>,
-    fd: Option<SharedFd>,
 }
 
 /// `avail` holds this bit once the queue task has published its index.
@@ -260,7 +231,6 @@ struct Local<M: GuestMemory> {
     inflight: Option<Arc<dyn InflightLog>>,
     in_flight: Cell<usize>,
     notify_pending: Cell<bool>,
-    call: RefCell<Option<CachedCall>>,
     popped: RefCell<Vec<Result<Request<M>, Rejected>>>,
     completed: LocalSignal,
     broken: Cell<bool>,
@@ -329,7 +299,6 @@ pub fn spawn_queue<M: GuestMemory + Send + Sync + 'static>(
         inflight,
         in_flight: Cell::new(0),
         notify_pending: Cell::new(false),
-        call: RefCell::new(None),
         popped: RefCell::new(Vec::new()),
         completed: LocalSignal::default(),
         broken: Cell::new(false),
@@ -593,31 +562,10 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         }
     }
 
-    /// Interrupts the driver through the current call notifier: an eventfd
-    /// through the ring, anything else by its own `notify`.
+    /// Interrupts the driver through the current call notifier.
     fn signal_call(&self) {
-        let current = lock(&self.control.call).clone();
-        let Some(current) = current else {
-            return;
-        };
-        let mut cached = self.call.borrow_mut();
-        let fresh = !cached
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(&c.call, &current));
-        if fresh {
-            let fd = current.eventfd().map(|raw| {
-                SharedFd::from_owner(CallFd {
-                    _owner: current.clone(),
-                    raw,
-                })
-            });
-            *cached = Some(CachedCall { call: current, fd });
-        }
-        if let Some(c) = cached.as_ref() {
-            match &c.fd {
-                Some(fd) => op::signal_eventfd(fd),
-                None => c.call.notify(),
-            }
+        if let Some(call) = lock(&self.control.call).as_ref() {
+            call.notify();
         }
     }
 }
