@@ -22,6 +22,8 @@ mod inherited;
 mod nbd;
 #[path = "e2e/nbd_client.rs"]
 mod nbd_client;
+#[path = "e2e/nbd_client_tls.rs"]
+mod nbd_client_tls;
 #[path = "e2e/nbd_qmp.rs"]
 mod nbd_qmp;
 #[path = "e2e/parity.rs"]

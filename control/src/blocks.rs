@@ -16,14 +16,23 @@ use engine::block::{
 use serde_json::{json, Value};
 
 use crate::error::{ControlError, Result};
+use crate::objects::Objects;
 use crate::qapi::{
-    is_identifier, BlockdevOptions, BlockdevRef, DetectZeroes, Discard, DriverOptions,
-    NbdDriverOptions, OnOffAuto, RbdDriverOptions, SocketAddress,
+    is_identifier, BlockdevOptions, BlockdevRef, DetectZeroes, Discard, DriverOptions, OnOffAuto,
+    RbdDriverOptions,
 };
 use crate::qmp::to_qemu_json;
 use crate::secrets::Secrets;
 
+mod nbd;
 mod qcow2;
+
+/// The objects a node's options may name (`key-secret`, `tls-creds`).
+#[derive(Debug, Clone, Copy)]
+pub struct Refs<'a> {
+    pub secrets: &'a Secrets,
+    pub objects: &'a Objects,
+}
 
 /// What the control plane remembers about a node.
 #[derive(Debug)]
@@ -58,14 +67,14 @@ impl BlockGraph {
     }
 
     /// `blockdev-add`.
-    pub fn add(&mut self, opts: BlockdevOptions, secrets: &Secrets) -> Result<Arc<BlockNode>> {
+    pub fn add(&mut self, opts: BlockdevOptions, refs: Refs<'_>) -> Result<Arc<BlockNode>> {
         if opts.base.node_name.is_none() {
             return Err(ControlError::failed(
                 "'node-name' must be specified for the root node",
             ));
         }
         let mut created = Vec::new();
-        match self.open(opts, true, &mut created, secrets) {
+        match self.open(opts, true, &mut created, refs) {
             Ok(node) => Ok(node),
             Err(e) => {
                 // Undo inline children opened before the failure.
@@ -82,7 +91,7 @@ impl BlockGraph {
         opts: BlockdevOptions,
         monitor_owned: bool,
         created: &mut Vec<String>,
-        secrets: &Secrets,
+        refs: Refs<'_>,
     ) -> Result<Arc<BlockNode>> {
         let name = match &opts.base.node_name {
             Some(n) => {
@@ -148,7 +157,7 @@ impl BlockGraph {
                     },
                     BlockdevRef::Definition(def) => {
                         let def = inline_child(def);
-                        let node = self.open(def, false, created, secrets)?;
+                        let node = self.open(def, false, created, refs)?;
                         children.push(node.name().to_string());
                         owned_children.push(node.name().to_string());
                         node
@@ -180,20 +189,20 @@ impl BlockGraph {
                     return Err(ControlError::failed("rbd snapshots are read-only"));
                 }
                 (
-                    NodeOptions::Rbd(rbd_options(r, read_only, direct, secrets)?),
+                    NodeOptions::Rbd(rbd_options(r, read_only, direct, refs.secrets)?),
                     rbd_json(r),
                 )
             }
             DriverOptions::Nbd(n) => (
-                nbd_node(n, read_only, opts.base.auto_read_only == Some(true))?,
-                nbd_json(n),
+                nbd::node(n, read_only, opts.base.auto_read_only == Some(true), refs)?,
+                nbd::json(n),
             ),
             DriverOptions::Qcow2(q) => {
                 let mut links = qcow2::Links {
                     created,
                     children: &mut children,
                     owned: &mut owned_children,
-                    secrets,
+                    refs,
                 };
                 self.qcow2_options(q, read_only, &mut links)?
             }
@@ -405,56 +414,6 @@ fn rbd_json(r: &RbdDriverOptions) -> Value {
         if let Some(v) = v {
             j[k] = json!(v);
         }
-    }
-    j
-}
-
-fn nbd_server(a: &SocketAddress) -> Result<drivers::nbd::client::ServerAddr> {
-    use drivers::nbd::client::ServerAddr;
-    match a {
-        SocketAddress::Unix { path } => Ok(ServerAddr::Unix(path.into())),
-        SocketAddress::Inet { host, port } => Ok(ServerAddr::Inet {
-            host: host.clone(),
-            port: port.clone(),
-        }),
-        SocketAddress::Fd { .. } => Err(ControlError::failed(
-            "An fd server address is not supported by the nbd driver of ringstor yet",
-        )),
-    }
-}
-
-fn nbd_node(n: &NbdDriverOptions, read_only: bool, auto_read_only: bool) -> Result<NodeOptions> {
-    use drivers::nbd::client::{connect, ClientOptions};
-    if n.tls_creds.is_some() || n.tls_hostname.is_some() {
-        return Err(ControlError::failed(
-            "TLS for the nbd driver ('tls-creds') is not supported by ringstor yet",
-        ));
-    }
-    if n.x_dirty_bitmap.is_some() {
-        return Err(ControlError::failed(
-            "'x-dirty-bitmap' of the nbd driver is not supported by ringstor",
-        ));
-    }
-    let opts = ClientOptions {
-        server: nbd_server(&n.server)?,
-        export: n.export.clone().unwrap_or_default(),
-        reconnect_delay: std::time::Duration::from_secs(n.reconnect_delay.into()),
-        open_timeout: std::time::Duration::from_secs(n.open_timeout.into()),
-        read_only,
-        auto_read_only,
-    };
-    connect(opts).map_err(|e| ControlError::failed(e.to_string()))
-}
-
-fn nbd_json(n: &NbdDriverOptions) -> Value {
-    let server = match &n.server {
-        SocketAddress::Unix { path } => json!({"type": "unix", "path": path}),
-        SocketAddress::Inet { host, port } => json!({"type": "inet", "host": host, "port": port}),
-        SocketAddress::Fd { name } => json!({"type": "fd", "str": name}),
-    };
-    let mut j = json!({"driver": "nbd", "server": server});
-    if let Some(e) = &n.export {
-        j["export"] = json!(e);
     }
     j
 }

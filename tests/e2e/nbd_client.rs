@@ -4,7 +4,8 @@
 //! `qemu:allocation-depth`) passes through, and a remote that goes away
 //! is reconnected within `reconnect-delay` with the requests retried;
 //! past it requests fail with EIO (never hang) and the exporting
-//! connection stays up.
+//! connection stays up. `x-dirty-bitmap` reads a remote bitmap as
+//! allocation, as QSD's node does. (TLS: `nbd_client_tls.rs`.)
 
 use ringstor_tests::*;
 use serde_json::Value;
@@ -401,4 +402,93 @@ fn nbd_client_fails_with_eio_past_reconnect_delay_and_the_export_stays_up() {
         assert_eq!(q["gone"], v["gone"], "QSD: {q}");
         assert_eq!(q["back"], v["back"], "QSD: {q}");
     }
+}
+
+/// `bin` with an nbd node reading `bitmap` of export `r` on `sock` through
+/// `x-dirty-bitmap`, exported as `n`; nbdinfo's `base:allocation` map of it.
+fn x_dirty_bitmap_map(bin: &Path, sock: &Path, bitmap: &str) -> String {
+    let node = format!(
+        "driver=nbd,node-name=n,server.type=unix,server.path={},export=r,\
+         x-dirty-bitmap=qemu:dirty-bitmap:{bitmap},read-only=on",
+        sock.display()
+    );
+    let d = Daemon::start_bin(
+        bin,
+        scratch(),
+        &[
+            "--blockdev",
+            &node,
+            "--nbd-server",
+            "addr.type=unix,addr.path={dir}/nbd.sock",
+            "--export",
+            "type=nbd,id=e0,node-name=n,name=n",
+        ],
+    );
+    map(&nbd_uri("n", &d.path("nbd.sock")), "base:allocation")
+}
+
+#[test]
+fn nbd_client_x_dirty_bitmap_reads_a_bitmap_as_allocation() {
+    let d = disk_daemon(
+        4 * MIB,
+        Fill::Sparse,
+        &cli_export_args("")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let mut q = d.d.qmp();
+    q.ok(
+        "block-dirty-bitmap-add",
+        serde_json::json!({"node": "disk0", "name": "b0"}),
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 1M 64k",
+            "-c",
+            "write -P 2 3M 128k",
+            &d.uri("disk0"),
+        ],
+        TOOL_TIMEOUT,
+    )
+    .success("qemu-io write");
+    q.ok(
+        "block-dirty-bitmap-disable",
+        serde_json::json!({"node": "disk0", "name": "b0"}),
+    );
+    q.ok(
+        "block-export-add",
+        serde_json::json!({"type": "nbd", "id": "r", "node-name": "disk0", "name": "r", "bitmaps": ["b0"]}),
+    );
+    let sock = d.nbd_sock();
+    let ours = x_dirty_bitmap_map(&binary(), &sock, "b0");
+    // Dirty areas read as holes (QEMU's convention for this option).
+    let holes: Vec<(u64, u64)> = ours
+        .lines()
+        .filter(|l| l.trim_end().ends_with("hole"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.first()?.parse().ok()?, f.get(1)?.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(holes, vec![(MIB, 65536), (3 * MIB, 131072)], "{ours}");
+    if !skip_unless_comparing("QSD's nbd node with x-dirty-bitmap") {
+        assert_eq!(
+            x_dirty_bitmap_map(Path::new(daemon::QSD_BIN), &sock, "b0"),
+            ours
+        );
+    }
+    // A bitmap the server does not offer fails the open.
+    let c = Daemon::start_bin(&binary(), scratch(), &[]);
+    let e = c.qmp().err(
+        "blockdev-add",
+        serde_json::json!({"driver": "nbd", "node-name": "m", "read-only": true,
+            "export": "r", "server": {"type": "unix", "path": sock},
+            "x-dirty-bitmap": "qemu:dirty-bitmap:zz"}),
+    );
+    assert_eq!(e.class, "GenericError", "{e:?}");
 }

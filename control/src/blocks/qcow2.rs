@@ -8,17 +8,16 @@ use std::sync::Arc;
 use engine::block::{qcow2, BlockNode, NodeOptions, Qcow2Options};
 use serde_json::{json, Map, Value};
 
-use super::{BlockGraph, NodeEntry};
+use super::{BlockGraph, NodeEntry, Refs};
 use crate::error::{ControlError, Result};
 use crate::qapi::{BackingChoice, BlockdevOptions, BlockdevRef, Input, Qcow2DriverOptions, Syntax};
-use crate::secrets::Secrets;
 
 /// Nodes a new node uses and owns, as [`BlockGraph`] records them.
 pub(super) struct Links<'a> {
     pub(super) created: &'a mut Vec<String>,
     pub(super) children: &'a mut Vec<String>,
     pub(super) owned: &'a mut Vec<String>,
-    pub(super) secrets: &'a Secrets,
+    pub(super) refs: Refs<'a>,
 }
 
 impl BlockGraph {
@@ -39,12 +38,7 @@ impl BlockGraph {
                 ))),
             },
             BlockdevRef::Definition(def) => {
-                let node = self.open(
-                    super::inline_child(def),
-                    false,
-                    links.created,
-                    links.secrets,
-                )?;
+                let node = self.open(super::inline_child(def), false, links.created, links.refs)?;
                 links.children.push(node.name().to_string());
                 links.owned.push(node.name().to_string());
                 Ok(node)
@@ -122,7 +116,7 @@ impl BlockGraph {
                 // Probe: qcow2 by its magic, anything else is raw.
                 let opts = BlockdevOptions::parse(Input::new(file_opts.clone(), Syntax::Json))?;
                 let probe = self
-                    .open(opts, false, links.created, links.secrets)
+                    .open(opts, false, links.created, links.refs)
                     .map_err(fail)?;
                 let fmt = if qcow2::is_qcow2(&probe) {
                     "qcow2"
@@ -143,7 +137,7 @@ impl BlockGraph {
         let opts =
             BlockdevOptions::parse(Input::new(opts, Syntax::Json)).map_err(|e| fail(e.into()))?;
         let node = self
-            .open(opts, false, links.created, links.secrets)
+            .open(opts, false, links.created, links.refs)
             .map_err(fail)?;
         links.children.push(node.name().to_string());
         links.owned.push(node.name().to_string());

@@ -10,7 +10,11 @@ use crate::qapi::{from_args, BlockdevOptions, Input, Syntax};
 /// `blockdev-add` / `--blockdev`.
 pub fn blockdev_add(d: &mut Daemon, input: Input) -> Result<Value> {
     let opts = BlockdevOptions::parse(input)?;
-    d.blocks.add(opts, &d.secrets)?;
+    let refs = crate::blocks::Refs {
+        secrets: &d.secrets,
+        objects: &d.objects,
+    };
+    d.blocks.add(opts, refs)?;
     Ok(Value::Null)
 }
 

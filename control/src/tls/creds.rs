@@ -7,7 +7,8 @@
 //! `client-key.pem`). A missing or unreadable file, a key that does not
 //! match its certificate, and (with `sanity-check`, the default) a
 //! certificate that is not valid now fail `object-add` with one line.
-//! `nbd-server-start` then builds its rustls configuration from them.
+//! `nbd-server-start` then builds its rustls configuration from them, and
+//! an `nbd` block node with `tls-creds` its client one (`client.rs`).
 //!
 //! Not used, and documented so: `priority` (a GnuTLS priority string;
 //! rustls offers TLS 1.3 and 1.2 with AEAD suites only) and
@@ -43,7 +44,7 @@ const DH_PARAMS: &str = "dh-params.pem";
 const PSK_FILE: &str = "keys.psk";
 
 /// The provider every TLS object uses (the project's choice: `ring`).
-fn provider() -> Arc<CryptoProvider> {
+pub(super) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -73,8 +74,8 @@ pub struct X509Creds {
     pub endpoint: TlsEndpoint,
     pub verify_peer: bool,
     /// This endpoint's certificate chain and key (always, for a server).
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-    roots: Arc<RootCertStore>,
+    pub(super) identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    pub(super) roots: Arc<RootCertStore>,
     crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
@@ -143,10 +144,12 @@ impl X509Creds {
             roots: Arc::new(roots),
             crls,
         };
+        // Everything rustls checks (key type, CRL syntax) fails now,
+        // not at nbd-server-start or blockdev-add.
         if server {
-            // Everything rustls checks (key type, CRL syntax) fails now,
-            // not at nbd-server-start.
             creds.server_config(None)?;
+        } else {
+            creds.client_config()?;
         }
         Ok(creds)
     }

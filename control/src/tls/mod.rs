@@ -4,10 +4,13 @@
 //! and the subject DN it matches (`dn`).
 //!
 //! What the data plane gets is one `rustls::ServerConfig` per NBD server,
-//! built at `nbd-server-start`; the record layer runs in the NBD driver.
+//! built at `nbd-server-start`, and one `rustls::ClientConfig` per `nbd`
+//! block node with `tls-creds` (`client`), built at `blockdev-add`; the
+//! record layer runs in the NBD driver.
 
 pub mod authz;
 mod check;
+mod client;
 pub mod creds;
 pub mod dn;
 mod verifier;

@@ -1,6 +1,8 @@
-//! TLS on an NBD connection: rustls' buffered [`ServerConnection`], fed
-//! from a receive buffer and drained into send batches, on the iothread
-//! (and ring) that owns the socket. No thread of its own, no kTLS.
+//! TLS on an NBD connection: rustls' buffered connection (a
+//! [`ServerConnection`] for the NBD server, a [`ClientConnection`] for the
+//! `nbd` client node), fed from a receive buffer and drained into send
+//! batches, on the iothread (and ring) that owns the socket. No thread of
+//! its own, no kTLS.
 //!
 //! ```text
 //!  socket ─recv─► ciphertext Buf ─read_tls, process_new_packets─► rustls ─reader()─► caller's Buf
@@ -15,7 +17,8 @@
 //! # Sharing
 //!
 //! [`TlsSession`] is the `Send` state that moves with the socket from the
-//! accept iothread to the connection's iothread. [`TlsConn`] wraps it for
+//! accept iothread to the connection's iothread (or, for the client node,
+//! from the control thread's blocking handshake to an iothread). [`TlsConn`] wraps it for
 //! use by the reader and the writer task of one connection, which share
 //! one thread: every borrow ends before an `await`. Only one task sends
 //! (the writer, or the handshake), so records go out in the order rustls
@@ -29,7 +32,10 @@ use std::sync::Arc;
 
 use engine::buf::{Buf, BufResult};
 use engine::op::{self, GatherList, SharedFd};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::client::ClientConnectionData;
+use rustls::pki_types::ServerName;
+use rustls::server::ServerConnectionData;
+use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
 
 /// Ciphertext received per `recv`: several full records.
 const RX_BUF: usize = 128 * 1024;
@@ -40,10 +46,26 @@ const TX_CHUNK: usize = 256 * 1024;
 /// Slices handed to rustls per vectored write.
 const TX_SLICES: usize = 64;
 
+/// Either side of a rustls connection: the session code only needs the
+/// part both share.
+pub(crate) trait TlsSide:
+    std::ops::DerefMut<Target = ConnectionCommon<<Self as TlsSide>::Data>>
+{
+    type Data;
+}
+
+impl TlsSide for ServerConnection {
+    type Data = ServerConnectionData;
+}
+
+impl TlsSide for ClientConnection {
+    type Data = ClientConnectionData;
+}
+
 /// The TLS state of one connection (`Send`: it moves between iothreads
 /// with the socket, between the handshake and the transmission phase).
-pub(crate) struct TlsSession {
-    tls: ServerConnection,
+pub(crate) struct TlsSession<C = ServerConnection> {
+    tls: C,
     /// Ciphertext received; `rx[rx_pos..]` is not yet given to rustls.
     /// `None` while a receive is in flight.
     rx: Option<Buf>,
@@ -54,7 +76,21 @@ fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-impl TlsSession {
+impl<C: TlsSide> TlsSession<C> {
+    /// A session whose handshake is done (or to be run by [`handshake`]);
+    /// `early` are bytes of the TLS stream already received.
+    pub(crate) fn new(mut tls: C, early: &[u8]) -> TlsSession<C> {
+        // The sender bounds what it encrypts at once (TX_CHUNK) instead.
+        tls.set_buffer_limit(None);
+        let mut rx = Buf::with_capacity(RX_BUF.max(early.len()));
+        rx.extend_from_slice(early);
+        TlsSession {
+            tls,
+            rx: Some(rx),
+            rx_pos: 0,
+        }
+    }
+
     /// Moves up to `want` decrypted bytes to the end of `dst`, giving
     /// rustls buffered ciphertext as needed. `Ok(None)`: more ciphertext
     /// must be received first. `Ok(Some(0))`: the client closed the TLS
@@ -119,14 +155,14 @@ impl TlsSession {
 }
 
 /// A [`TlsSession`] in use on one iothread. See the module docs.
-pub(crate) struct TlsConn {
-    s: RefCell<TlsSession>,
+pub(crate) struct TlsConn<C = ServerConnection> {
+    s: RefCell<TlsSession<C>>,
     /// Ciphertext batches, kept for their arena's capacity.
     tx: RefCell<Option<GatherList>>,
 }
 
-impl TlsConn {
-    pub(crate) fn new(session: TlsSession) -> TlsConn {
+impl<C: TlsSide> TlsConn<C> {
+    pub(crate) fn new(session: TlsSession<C>) -> TlsConn<C> {
         TlsConn {
             s: RefCell::new(session),
             tx: RefCell::new(None),
@@ -134,7 +170,7 @@ impl TlsConn {
     }
 
     /// The `Send` state, to move to another iothread.
-    pub(crate) fn into_session(self) -> TlsSession {
+    pub(crate) fn into_session(self) -> TlsSession<C> {
         self.s.into_inner()
     }
 
@@ -301,16 +337,24 @@ pub(crate) async fn accept(
     config: Arc<ServerConfig>,
     early: &[u8],
 ) -> Result<TlsConn, TlsEnd> {
-    let mut tls = ServerConnection::new(config).map_err(tls_error)?;
-    // The sender bounds what it encrypts at once (TX_CHUNK) instead.
-    tls.set_buffer_limit(None);
-    let mut rx = Buf::with_capacity(RX_BUF.max(early.len()));
-    rx.extend_from_slice(early);
-    let conn = TlsConn::new(TlsSession {
-        tls,
-        rx: Some(rx),
-        rx_pos: 0,
-    });
+    let tls = ServerConnection::new(config).map_err(tls_error)?;
+    handshake(fd, TlsConn::new(TlsSession::new(tls, early))).await
+}
+
+/// Runs the client side of the TLS handshake on `fd`, after the server
+/// acknowledged `NBD_OPT_STARTTLS`; `name` is what the server's
+/// certificate is checked against.
+pub(crate) async fn connect(
+    fd: &SharedFd,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> Result<TlsConn<ClientConnection>, TlsEnd> {
+    let tls = ClientConnection::new(config, name).map_err(tls_error)?;
+    handshake(fd, TlsConn::new(TlsSession::new(tls, &[]))).await
+}
+
+/// Sends and receives handshake records until rustls is done (either side).
+async fn handshake<C: TlsSide>(fd: &SharedFd, conn: TlsConn<C>) -> Result<TlsConn<C>, TlsEnd> {
     loop {
         conn.flush(fd).await?;
         if !conn.s.borrow().tls.is_handshaking() {

@@ -12,7 +12,8 @@
 //! request in flight when the connection drops is sent again on the next
 //! connection. The reader and writer tasks of one connection carry its
 //! generation number: a loss reported by a task of an older connection is
-//! ignored.
+//! ignored. Both share the connection's [`Io`] (plaintext or TLS); with
+//! TLS the writer also sends what rustls wants to send on its own.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +29,7 @@ use engine::iothread::spawn_local;
 use engine::op::{self, GatherList, SharedFd};
 
 use super::dial;
+use super::io::Io;
 use super::Shared;
 use crate::nbd::proto::client::encode_request;
 use crate::nbd::proto::{Command, Extent, RequestHeader, ServerInfo};
@@ -90,7 +92,7 @@ impl Pending {
 #[derive(Clone)]
 enum Link {
     Up {
-        fd: SharedFd,
+        io: Rc<Io>,
         gen: u64,
     },
     /// Lost at `since`; `failing` once `reconnect-delay` has passed.
@@ -136,9 +138,10 @@ impl Conn {
             closed: Cell::new(false),
         });
         match spare {
-            Some(fd) => {
+            Some((fd, session)) => {
                 let info = conn.shared.info.clone();
-                conn.up(SharedFd::new(fd), info);
+                let tls = session.map(|s| crate::nbd::tls::TlsConn::new(s.0));
+                conn.up(Rc::new(Io::new(SharedFd::new(fd), tls)), info);
             }
             None => {
                 // Requests wait for the first dial as for a reconnection,
@@ -167,22 +170,29 @@ impl Conn {
         o.unwrap_or_else(|| eio("no reply"))
     }
 
-    fn up(self: &Rc<Self>, fd: SharedFd, info: ServerInfo) {
+    fn up(self: &Rc<Self>, io: Rc<Io>, info: ServerInfo) {
         let gen = self.gen.get() + 1;
         self.gen.set(gen);
         *self.info.borrow_mut() = info;
         *self.link.borrow_mut() = Link::Up {
-            fd: fd.clone(),
+            io: io.clone(),
             gen,
         };
-        spawn_local(writer(Rc::downgrade(self), fd.clone(), gen));
-        spawn_local(super::reader::reader(Rc::downgrade(self), fd, gen));
+        spawn_local(writer(Rc::downgrade(self), io.clone(), gen));
+        spawn_local(super::reader::reader(Rc::downgrade(self), io, gen));
+    }
+
+    /// Runs the writer: requests are queued, or TLS has records to send.
+    pub(crate) fn wake_writer(&self) {
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
     }
 
     /// A task of connection `gen` saw it fail.
     pub(crate) fn lost(self: &Rc<Self>, gen: u64, why: &str) {
         let fd = match &*self.link.borrow() {
-            Link::Up { fd, gen: g } if *g == gen => fd.clone(),
+            Link::Up { io, gen: g } if *g == gen => io.fd.clone(),
             _ => return,
         };
         if !self.closed.get() {
@@ -254,8 +264,8 @@ impl Conn {
     /// The node is going away: stop every task of this connection.
     pub(crate) fn close(&self) {
         self.closed.set(true);
-        if let Link::Up { fd, .. } = &*self.link.borrow() {
-            let _ = nix::sys::socket::shutdown(fd.raw(), nix::sys::socket::Shutdown::Both);
+        if let Link::Up { io, .. } = &*self.link.borrow() {
+            let _ = nix::sys::socket::shutdown(io.fd.raw(), nix::sys::socket::Shutdown::Both);
         }
         self.fail_queued();
         if let Some(w) = self.writer_waker.take() {
@@ -290,9 +300,11 @@ impl Future for Wait<'_> {
     }
 }
 
-/// Waits until requests are queued (or the connection is to stop).
+/// Waits until requests are queued, TLS has records of its own to send
+/// (or the connection is to stop).
 struct Queued<'a> {
     conn: &'a Conn,
+    io: &'a Io,
     gen: u64,
 }
 
@@ -304,7 +316,7 @@ impl Future for Queued<'_> {
         if stale {
             return Poll::Ready(false);
         }
-        if !self.conn.queue.borrow().is_empty() {
+        if !self.conn.queue.borrow().is_empty() || self.io.wants_write() {
             return Poll::Ready(true);
         }
         self.conn.writer_waker.set(Some(cx.waker().clone()));
@@ -314,11 +326,17 @@ impl Future for Queued<'_> {
 
 /// Sends queued requests in batches: every request queued while the last
 /// `sendmsg` was in flight goes out in the next one.
-async fn writer(conn: Weak<Conn>, fd: SharedFd, gen: u64) {
+async fn writer(conn: Weak<Conn>, io: Rc<Io>, gen: u64) {
     let mut list = GatherList::new();
     loop {
         let Some(c) = conn.upgrade() else { return };
-        if !(Queued { conn: &c, gen }).await {
+        if !(Queued {
+            conn: &c,
+            io: &io,
+            gen,
+        })
+        .await
+        {
             return;
         }
         let batch: Vec<Rc<Pending>> = c.queue.borrow_mut().drain(..).collect();
@@ -343,7 +361,7 @@ async fn writer(conn: Weak<Conn>, fd: SharedFd, gen: u64) {
             c.in_flight.borrow_mut().insert(h.cookie, p);
         }
         drop(c);
-        let (r, l) = op::send_all(&fd, list).await;
+        let (r, l) = io.send_all(list).await;
         list = l;
         for (p, b) in lent.into_iter().zip(list.take_bufs()) {
             *p.buf.borrow_mut() = Some(b);
@@ -367,7 +385,7 @@ async fn writer(conn: Weak<Conn>, fd: SharedFd, gen: u64) {
 async fn reconnect(conn: Weak<Conn>, since: Instant) {
     let mut pause = RETRY_MIN;
     loop {
-        let (addrs, export, label) = {
+        let (addrs, opts, label) = {
             let Some(c) = conn.upgrade() else { return };
             if c.closed.get()
                 || !matches!(&*c.link.borrow(), Link::Down { since: s, .. } if *s == since)
@@ -376,12 +394,12 @@ async fn reconnect(conn: Weak<Conn>, since: Instant) {
             }
             (
                 c.shared.addrs.clone(),
-                c.shared.opts.export.clone(),
+                c.shared.opts.clone(),
                 c.shared.label.clone(),
             )
         };
-        match dial::dial_ring(&addrs, &export).await {
-            Ok((fd, info)) => {
+        match dial::dial_ring(&addrs, &opts).await {
+            Ok((io, info)) => {
                 let Some(c) = conn.upgrade() else { return };
                 if c.closed.get() {
                     return;
@@ -393,8 +411,11 @@ async fn reconnect(conn: Weak<Conn>, since: Instant) {
                         info.size
                     );
                 } else {
-                    log::info!("nbd client {label}: reconnected");
-                    c.up(fd, info);
+                    match io.describe() {
+                        Some(t) => log::info!("nbd client {label}: reconnected ({t})"),
+                        None => log::info!("nbd client {label}: reconnected"),
+                    }
+                    c.up(io, info);
                     if let Some(w) = c.writer_waker.take() {
                         w.wake();
                     }

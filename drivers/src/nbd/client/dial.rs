@@ -1,12 +1,15 @@
 //! Connecting to the server and running the client handshake: blocking
 //! (the first connection, during `blockdev-add`, retried for
-//! `open-timeout`) and in the ring (reconnections on an iothread).
+//! `open-timeout`) and in the ring (reconnections on an iothread). With
+//! `tls-creds` both upgrade to TLS first (`NBD_OPT_STARTTLS`), so a
+//! reconnection runs a full TLS handshake again.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use engine::buf::Buf;
@@ -15,8 +18,11 @@ use nix::sys::socket::{
     self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, UnixAddr,
 };
 
+use super::io::Io;
+use super::tls::{BlockingIo, ClientTls, Spare};
 use super::{ClientOptions, ServerAddr};
 use crate::nbd::proto::{Action, ClientHandshake, ServerInfo};
+use crate::nbd::tls::{self, TlsSession};
 
 /// One step of the handshake may take this long before the attempt fails.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,6 +52,10 @@ pub enum DialError {
     },
     #[error("Failed to read initial magic: {0}")]
     Io(#[source] std::io::Error),
+    /// The TLS handshake failed, or the server ended the TLS session
+    /// before the negotiation was done (QEMU's words where it has them).
+    #[error("{0}")]
+    Tls(String),
     #[error("NBD export is read-only")]
     ReadOnly,
     #[error(transparent)]
@@ -128,7 +138,11 @@ fn connect_once(addrs: &[Addr]) -> Result<Stream, DialError> {
     Err(last.unwrap_or(DialError::Io(std::io::ErrorKind::NotFound.into())))
 }
 
-fn handshake_blocking(s: &mut Stream, export: &str) -> Result<ServerInfo, DialError> {
+fn handshake_blocking(
+    s: &mut Stream,
+    opts: &ClientOptions,
+) -> Result<(ServerInfo, Option<Spare>), DialError> {
+    let tls = opts.tls.as_ref();
     match s {
         Stream::Unix(u) => {
             u.set_read_timeout(Some(STEP_TIMEOUT))
@@ -143,31 +157,68 @@ fn handshake_blocking(s: &mut Stream, export: &str) -> Result<ServerInfo, DialEr
                 .map_err(DialError::Io)?;
         }
     }
-    let io = s.io();
-    let mut hs = ClientHandshake::new(export);
+    let mut io = BlockingIo {
+        sock: s.io(),
+        tls: None,
+    };
+    let mut hs = new_handshake(opts);
     loop {
         match hs.step() {
-            Action::Send(b) => io.write_all(&b).map_err(DialError::Io)?,
+            Action::Send(b) => io.write_all(&b).map_err(|e| io_error(tls, &io.tls, e))?,
             Action::Recv(n) => {
                 let mut b = vec![0u8; n];
-                io.read_exact(&mut b).map_err(DialError::Io)?;
+                io.read_exact(&mut b)
+                    .map_err(|e| io_error(tls, &io.tls, e))?;
                 hs.input(&b);
             }
-            Action::Done(r) => return Ok(r?),
+            Action::StartTls => {
+                let Some(t) = tls else {
+                    return Err(DialError::Tls("TLS was not asked for".into()));
+                };
+                io.tls = Some(t.handshake_blocking(&mut io.sock).map_err(DialError::Tls)?);
+            }
+            Action::Done(r) => {
+                let info = r?;
+                let spare = io.tls.take().map(|c| Spare(TlsSession::new(c, &[])));
+                return Ok((info, spare));
+            }
         }
     }
 }
 
+fn new_handshake(opts: &ClientOptions) -> ClientHandshake {
+    let mut hs = ClientHandshake::new(&opts.export);
+    if opts.tls.is_some() {
+        hs = hs.with_tls();
+    }
+    if let Some(b) = &opts.x_dirty_bitmap {
+        hs = hs.with_x_dirty_bitmap(b);
+    }
+    hs
+}
+
+/// A failed read or write of the negotiation; once TLS is up, in the
+/// words of a failed option reply, with the TLS reason.
+fn io_error<T>(tls: Option<&ClientTls>, up: &Option<T>, e: std::io::Error) -> DialError {
+    match (tls, up) {
+        (Some(t), Some(_)) => {
+            DialError::Tls(format!("Failed to read option reply: {}", t.describe(&e)))
+        }
+        _ => DialError::Io(e),
+    }
+}
+
 /// The first connection: retried until `open_timeout` has passed (one
-/// attempt when it is zero). A refused export is not retried.
+/// attempt when it is zero). A refused export (or TLS session) is not
+/// retried.
 pub(crate) fn dial_blocking(
     addrs: &[Addr],
     opts: &ClientOptions,
-) -> Result<(OwnedFd, ServerInfo), DialError> {
+) -> Result<(OwnedFd, ServerInfo, Option<Spare>), DialError> {
     let deadline = Instant::now() + opts.open_timeout;
     loop {
         let attempt = connect_once(addrs).and_then(|mut s| {
-            let info = handshake_blocking(&mut s, &opts.export)?;
+            let (info, spare) = handshake_blocking(&mut s, opts)?;
             let fd: OwnedFd = match s {
                 Stream::Unix(u) => {
                     let _ = u.set_read_timeout(None);
@@ -180,11 +231,12 @@ pub(crate) fn dial_blocking(
                     t.into()
                 }
             };
-            Ok((fd, info))
+            Ok((fd, info, spare))
         });
         match attempt {
             Ok(v) => return Ok(v),
             Err(DialError::Handshake(e)) => return Err(DialError::Handshake(e)),
+            Err(DialError::Tls(e)) => return Err(DialError::Tls(e)),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
@@ -210,12 +262,12 @@ async fn connect_ring(a: &Addr) -> std::io::Result<SharedFd> {
     Ok(fd)
 }
 
-async fn recv_exact(fd: &SharedFd, n: usize) -> std::io::Result<Vec<u8>> {
+async fn recv_exact(io: &Io, n: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Buf::with_capacity(n.max(1));
     buf.set_len(0);
     while buf.len() < n {
         let want = n - buf.len();
-        let (r, b) = op::recv_into(fd, buf, want).await;
+        let (r, b) = io.recv_into(buf, want).await;
         buf = b;
         match r {
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
@@ -227,24 +279,41 @@ async fn recv_exact(fd: &SharedFd, n: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf.as_slice()[..n].to_vec())
 }
 
-async fn handshake_ring(fd: &SharedFd, export: &str) -> Result<ServerInfo, DialError> {
-    let mut hs = ClientHandshake::new(export);
+fn timed_out() -> DialError {
+    DialError::Io(std::io::ErrorKind::TimedOut.into())
+}
+
+async fn handshake_ring(fd: SharedFd, opts: &ClientOptions) -> Result<(Io, ServerInfo), DialError> {
+    let tls = opts.tls.as_ref();
+    let mut io = Io::new(fd, None);
+    let mut hs = new_handshake(opts);
     loop {
         match hs.step() {
             Action::Send(b) => {
                 let mut list = GatherList::new();
                 list.push_bytes(&b);
-                let send = op::send_all(fd, list);
-                match op::timeout(STEP_TIMEOUT, send).await {
+                match op::timeout(STEP_TIMEOUT, io.send_all(list)).await {
                     Ok((r, _)) => r.map_err(DialError::Io)?,
-                    Err(_) => return Err(DialError::Io(std::io::ErrorKind::TimedOut.into())),
+                    Err(_) => return Err(timed_out()),
                 }
             }
-            Action::Recv(n) => match op::timeout(STEP_TIMEOUT, recv_exact(fd, n)).await {
-                Ok(r) => hs.input(&r.map_err(DialError::Io)?),
-                Err(_) => return Err(DialError::Io(std::io::ErrorKind::TimedOut.into())),
+            Action::Recv(n) => match op::timeout(STEP_TIMEOUT, recv_exact(&io, n)).await {
+                Ok(r) => hs.input(&r.map_err(|e| io_error(tls, &io.describe(), e))?),
+                Err(_) => return Err(timed_out()),
             },
-            Action::Done(r) => return Ok(r?),
+            Action::StartTls => {
+                let Some(t) = tls else {
+                    return Err(DialError::Tls("TLS was not asked for".into()));
+                };
+                let fd = io.fd.clone();
+                let up = tls::connect(&fd, t.config.clone(), t.server_name());
+                match op::timeout(STEP_TIMEOUT, up).await {
+                    Ok(Ok(conn)) => io = Io::new(fd, Some(conn)),
+                    Ok(Err(e)) => return Err(DialError::Tls(t.describe_end(&e))),
+                    Err(_) => return Err(timed_out()),
+                }
+            }
+            Action::Done(r) => return Ok((io, r?)),
         }
     }
 }
@@ -252,14 +321,14 @@ async fn handshake_ring(fd: &SharedFd, export: &str) -> Result<ServerInfo, DialE
 /// One connection attempt in the ring (a reconnection).
 pub(crate) async fn dial_ring(
     addrs: &[Addr],
-    export: &str,
-) -> Result<(SharedFd, ServerInfo), DialError> {
+    opts: &ClientOptions,
+) -> Result<(Rc<Io>, ServerInfo), DialError> {
     let mut last = None;
     for a in addrs {
         match op::timeout(STEP_TIMEOUT, connect_ring(a)).await {
             Ok(Ok(fd)) => {
-                let info = handshake_ring(&fd, export).await?;
-                return Ok((fd, info));
+                let (io, info) = handshake_ring(fd, opts).await?;
+                return Ok((Rc::new(io), info));
             }
             Ok(Err(e)) => {
                 last = Some(DialError::Connect {

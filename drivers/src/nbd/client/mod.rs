@@ -14,6 +14,9 @@
 //! ```
 //!
 //! - `dial`: connecting and the handshake, blocking and in the ring.
+//! - `tls`: `tls-creds` (the upgrade at `blockdev-add`, QEMU's errors);
+//!   `io`: a connection's byte stream, plaintext or TLS (the record
+//!   layer is the server's, `nbd/tls.rs`).
 //! - `conn`: one iothread's connection: queued requests, the writer,
 //!   loss and reconnection within `reconnect-delay`.
 //! - `reader`: replies in, routed by cookie to the waiting request.
@@ -33,8 +36,10 @@
 
 mod conn;
 mod dial;
+mod io;
 mod leaf;
 mod reader;
+mod tls;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -48,6 +53,7 @@ use super::proto::consts::NBD_FLAG_READ_ONLY;
 use super::proto::ServerInfo;
 
 pub use dial::DialError;
+pub use tls::ClientTls;
 
 /// Where the server is (`server` of `BlockdevOptionsNbd`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +77,12 @@ pub struct ClientOptions {
     /// `auto-read-only`: a read-only export makes a read-only node instead
     /// of an error.
     pub auto_read_only: bool,
+    /// `tls-creds`: every connection upgrades to TLS first.
+    pub tls: Option<ClientTls>,
+    /// `x-dirty-bitmap`: this meta context's extents stand in for
+    /// `base:allocation` in block status (QEMU's debugging aid, used to
+    /// read a dirty bitmap through `qemu-img map`).
+    pub x_dirty_bitmap: Option<String>,
 }
 
 /// What every iothread's connection shares: options, resolved addresses,
@@ -81,7 +93,7 @@ pub(crate) struct Shared {
     pub(crate) opts: ClientOptions,
     pub(crate) addrs: Vec<dial::Addr>,
     pub(crate) info: ServerInfo,
-    spare: Mutex<Option<OwnedFd>>,
+    spare: Mutex<Option<(OwnedFd, Option<tls::Spare>)>>,
     /// Dead once the node is gone: each iothread then closes its connection.
     pub(crate) alive: Weak<()>,
     /// The server and export, for log lines.
@@ -99,7 +111,7 @@ pub struct NbdClient {
 /// node options for the engine. Blocking: runs during `blockdev-add`.
 pub fn connect(opts: ClientOptions) -> Result<NodeOptions, DialError> {
     let addrs = dial::resolve(&opts.server)?;
-    let (fd, info) = dial::dial_blocking(&addrs, &opts)?;
+    let (fd, info, session) = dial::dial_blocking(&addrs, &opts)?;
     let remote_ro = info.transmission_flags & NBD_FLAG_READ_ONLY != 0;
     if remote_ro && !opts.read_only && !opts.auto_read_only {
         return Err(DialError::ReadOnly);
@@ -113,7 +125,7 @@ pub fn connect(opts: ClientOptions) -> Result<NodeOptions, DialError> {
         opts,
         addrs,
         info,
-        spare: Mutex::new(Some(fd)),
+        spare: Mutex::new(Some((fd, session))),
         alive: Arc::downgrade(&alive),
     });
     Ok(NodeOptions::Remote(RemoteOptions {
@@ -127,8 +139,8 @@ pub fn connect(opts: ClientOptions) -> Result<NodeOptions, DialError> {
 }
 
 impl Shared {
-    /// The probe's socket, once.
-    pub(crate) fn take_spare(&self) -> Option<OwnedFd> {
+    /// The probe's socket (and TLS session), once.
+    pub(crate) fn take_spare(&self) -> Option<(OwnedFd, Option<tls::Spare>)> {
         self.spare.lock().ok().and_then(|mut s| s.take())
     }
 }

@@ -9,9 +9,9 @@
 use std::rc::{Rc, Weak};
 
 use engine::buf::{pool, Buf};
-use engine::op::{self, SharedFd};
 
 use super::conn::{Conn, Outcome, Pending};
+use super::io::Io;
 use crate::nbd::proto::client::{
     errno_from_wire, parse_block_status_chunk, parse_error_chunk, parse_offset_hole,
     parse_reply_header, ReplyHeader,
@@ -27,7 +27,9 @@ const SHUTTING_DOWN: &str = "the server is shutting down";
 const RECV_BUF: usize = 256 * 1024;
 
 struct Rx {
-    fd: SharedFd,
+    io: Rc<Io>,
+    /// Wakes the writer when TLS has records to send after a receive.
+    conn: Weak<Conn>,
     buf: Buf,
     start: usize,
 }
@@ -41,6 +43,16 @@ impl Rx {
         self.start = (self.start + n).min(self.buf.len());
     }
 
+    /// Receiving made rustls want to send (a key update, an alert): only
+    /// the writer sends, so wake it.
+    fn tls_send(&self) {
+        if self.io.wants_write() {
+            if let Some(c) = self.conn.upgrade() {
+                c.wake_writer();
+            }
+        }
+    }
+
     /// Makes at least `min` bytes available (`min` ≤ the buffer size).
     async fn fill(&mut self, min: usize) -> Result<(), String> {
         while self.data().len() < min {
@@ -50,8 +62,9 @@ impl Rx {
             }
             let buf = std::mem::replace(&mut self.buf, Buf::with_capacity(0));
             let room = buf.capacity() - buf.len();
-            let (r, b) = op::recv_into(&self.fd, buf, room).await;
+            let (r, b) = self.io.recv_into(buf, room).await;
             self.buf = b;
+            self.tls_send();
             match r {
                 Ok(0) => return Err("the server closed the connection".into()),
                 Ok(_) => {}
@@ -73,9 +86,10 @@ impl Rx {
         while done < n {
             let mut b = std::mem::replace(dst, Buf::with_capacity(0));
             b.set_len(at + done);
-            let (r, mut b) = op::recv_into(&self.fd, b, n - done).await;
+            let (r, mut b) = self.io.recv_into(b, n - done).await;
             b.set_len(full);
             *dst = b;
+            self.tls_send();
             match r {
                 Ok(0) => return Err("the server closed the connection".into()),
                 Ok(k) => done += k,
@@ -88,9 +102,10 @@ impl Rx {
 }
 
 /// Reads replies until the connection fails, then reports the loss.
-pub(crate) async fn reader(conn: Weak<Conn>, fd: SharedFd, gen: u64) {
+pub(crate) async fn reader(conn: Weak<Conn>, io: Rc<Io>, gen: u64) {
     let mut rx = Rx {
-        fd,
+        io,
+        conn: conn.clone(),
         buf: pool::check_out(RECV_BUF),
         start: 0,
     };

@@ -1,5 +1,5 @@
 //! The client side of the fixed-newstyle handshake, sans I/O: the
-//! greeting, `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_SET_META_CONTEXT`
+//! greeting, `NBD_OPT_STARTTLS` when TLS is wanted, `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_SET_META_CONTEXT`
 //! (`base:allocation`, `qemu:allocation-depth`) and `NBD_OPT_GO` asking
 //! for block sizes, as QEMU's `nbd_receive_negotiate` does.
 //!
@@ -7,6 +7,11 @@
 //! how many bytes to read next, [`ClientHandshake::input`] takes exactly
 //! those bytes. The same machine runs over a blocking socket (the first
 //! connection, at `blockdev-add`) and over ring operations (reconnects).
+//!
+//! With TLS ([`ClientHandshake::with_tls`]) `NBD_OPT_STARTTLS` is the
+//! first option, as in QEMU; once the server acknowledged it, `step`
+//! returns [`Action::StartTls`]: the caller runs the TLS handshake, and
+//! every byte after that goes through TLS.
 #![forbid(unsafe_code)]
 
 use thiserror::Error;
@@ -52,6 +57,9 @@ pub enum Action {
     Send(Vec<u8>),
     /// Read exactly this many bytes and pass them to `input`.
     Recv(usize),
+    /// Run the TLS handshake now, then call `step` again; from here on
+    /// every byte is sent and received through TLS.
+    StartTls,
     /// Negotiation is over.
     Done(Result<ServerInfo, ClientHandshakeError>),
 }
@@ -61,7 +69,13 @@ enum State {
     Start,
     Greeting,
     ReplyHeader(u32),
-    ReplyPayload { option: u32, kind: u32, len: u32 },
+    ReplyPayload {
+        option: u32,
+        kind: u32,
+        len: u32,
+    },
+    /// STARTTLS acknowledged: the caller upgrades the connection.
+    StartTls,
     Finished,
 }
 
@@ -69,6 +83,9 @@ enum State {
 #[derive(Debug)]
 pub struct ClientHandshake {
     export: String,
+    tls: bool,
+    /// `x-dirty-bitmap`: the one context asked for, read as `base:allocation`.
+    x_dirty_bitmap: Option<String>,
     state: State,
     out: Vec<u8>,
     info: ServerInfo,
@@ -93,6 +110,8 @@ impl ClientHandshake {
     pub fn new(export: &str) -> ClientHandshake {
         ClientHandshake {
             export: export.to_string(),
+            tls: false,
+            x_dirty_bitmap: None,
             state: State::Start,
             out: Vec::new(),
             info: ServerInfo {
@@ -108,6 +127,22 @@ impl ClientHandshake {
             have_export_info: false,
             result: None,
         }
+    }
+
+    /// Upgrades the connection to TLS (`NBD_OPT_STARTTLS`) before any
+    /// other option.
+    pub fn with_tls(mut self) -> ClientHandshake {
+        self.tls = true;
+        self
+    }
+
+    /// QEMU's `x-dirty-bitmap`: ask for the meta context `name` instead
+    /// of `base:allocation` and `qemu:allocation-depth`, and report its
+    /// extents as if they were `base:allocation`'s (a dirty bitmap's dirty
+    /// bit reads as a hole); the handshake fails if the server lacks it.
+    pub fn with_x_dirty_bitmap(mut self, name: &str) -> ClientHandshake {
+        self.x_dirty_bitmap = Some(name.to_string());
+        self
     }
 
     /// What to do next.
@@ -127,6 +162,10 @@ impl ClientHandshake {
             State::Greeting => Action::Recv(GREETING_LEN),
             State::ReplyHeader(_) => Action::Recv(OPTION_REPLY_HEADER_LEN),
             State::ReplyPayload { len, .. } => Action::Recv(len as usize),
+            State::StartTls => {
+                self.send_structured_reply();
+                Action::StartTls
+            }
             State::Finished => Action::Done(Err(ClientHandshakeError::Malformed("finished"))),
         }
     }
@@ -141,7 +180,7 @@ impl ClientHandshake {
             State::Greeting => self.greeting(bytes),
             State::ReplyHeader(opt) => self.reply_header(opt, bytes),
             State::ReplyPayload { option, kind, .. } => self.reply(option, kind, bytes),
-            State::Start | State::Finished => {}
+            State::Start | State::StartTls | State::Finished => {}
         }
     }
 
@@ -159,6 +198,15 @@ impl ClientHandshake {
             cflags |= NBD_FLAG_C_NO_ZEROES;
         }
         put_u32(&mut self.out, cflags);
+        if self.tls {
+            option(&mut self.out, NBD_OPT_STARTTLS, &[]);
+            self.state = State::ReplyHeader(NBD_OPT_STARTTLS);
+        } else {
+            self.send_structured_reply();
+        }
+    }
+
+    fn send_structured_reply(&mut self) {
         option(&mut self.out, NBD_OPT_STRUCTURED_REPLY, &[]);
         self.state = State::ReplyHeader(NBD_OPT_STRUCTURED_REPLY);
     }
@@ -188,9 +236,17 @@ impl ClientHandshake {
     fn send_meta(&mut self) {
         let mut data = Vec::new();
         name_field(&mut data, &self.export);
-        put_u32(&mut data, 2);
-        name_field(&mut data, CONTEXT_BASE_ALLOCATION);
-        name_field(&mut data, CONTEXT_QEMU_ALLOCATION_DEPTH);
+        match &self.x_dirty_bitmap {
+            Some(ctx) => {
+                put_u32(&mut data, 1);
+                name_field(&mut data, ctx);
+            }
+            None => {
+                put_u32(&mut data, 2);
+                name_field(&mut data, CONTEXT_BASE_ALLOCATION);
+                name_field(&mut data, CONTEXT_QEMU_ALLOCATION_DEPTH);
+            }
+        }
         option(&mut self.out, NBD_OPT_SET_META_CONTEXT, &data);
         self.state = State::ReplyHeader(NBD_OPT_SET_META_CONTEXT);
     }
@@ -207,6 +263,7 @@ impl ClientHandshake {
     fn reply(&mut self, option: u32, kind: u32, payload: &[u8]) {
         let error = kind & (1 << 31) != 0;
         match option {
+            NBD_OPT_STARTTLS => self.starttls_reply(kind, payload),
             NBD_OPT_STRUCTURED_REPLY => {
                 self.info.structured = kind == NBD_REP_ACK;
                 if self.info.structured {
@@ -222,7 +279,11 @@ impl ClientHandshake {
                         return self.fail(ClientHandshakeError::Malformed("meta context"));
                     };
                     let name = r.bytes(r.remaining()).unwrap_or(&[]);
-                    if name == CONTEXT_BASE_ALLOCATION.as_bytes() {
+                    if let Some(ctx) = &self.x_dirty_bitmap {
+                        if name == ctx.as_bytes() {
+                            self.info.base_allocation = Some(id);
+                        }
+                    } else if name == CONTEXT_BASE_ALLOCATION.as_bytes() {
                         self.info.base_allocation = Some(id);
                     } else if name == CONTEXT_QEMU_ALLOCATION_DEPTH.as_bytes() {
                         self.info.allocation_depth = Some(id);
@@ -270,26 +331,83 @@ impl ClientHandshake {
                 self.state = State::ReplyHeader(NBD_OPT_GO);
             }
             NBD_REP_ACK if self.have_export_info => {
+                if let (Some(ctx), None) = (&self.x_dirty_bitmap, self.info.base_allocation) {
+                    let text = format!("requested x-dirty-bitmap {ctx} not found");
+                    return self.fail(ClientHandshakeError::Refused(text));
+                }
                 self.result = Some(Ok(self.info.clone()));
                 self.state = State::Finished;
             }
             NBD_REP_ACK => self.fail(ClientHandshakeError::Malformed("no export info")),
-            k if k & (1 << 31) != 0 => {
-                let msg = String::from_utf8_lossy(payload).into_owned();
-                let what = match k {
-                    NBD_REP_ERR_UNKNOWN => "Requested export not available",
-                    NBD_REP_ERR_TLS_REQD => "The server requires TLS",
-                    NBD_REP_ERR_POLICY => "Server refused the export (policy)",
-                    _ => "Server refused the export",
-                };
-                let text = if msg.is_empty() {
-                    what.to_string()
-                } else {
-                    format!("{what}: server reported: {msg}")
-                };
-                self.fail(ClientHandshakeError::Refused(text))
-            }
+            k if k & (1 << 31) != 0 => self.fail(ClientHandshakeError::Refused(refusal(
+                NBD_OPT_GO, k, payload,
+            ))),
             _ => self.fail(ClientHandshakeError::Malformed("GO reply")),
         }
+    }
+
+    /// QEMU's `nbd_receive_starttls`: only an empty ACK upgrades.
+    fn starttls_reply(&mut self, kind: u32, payload: &[u8]) {
+        match kind {
+            NBD_REP_ACK if payload.is_empty() => self.state = State::StartTls,
+            NBD_REP_ACK => self.fail(ClientHandshakeError::Refused(format!(
+                "Start TLS response was not zero {}",
+                payload.len()
+            ))),
+            NBD_REP_ERR_UNSUP => self.fail(ClientHandshakeError::Refused(
+                "Server don't support STARTTLS option".into(),
+            )),
+            k if k & (1 << 31) != 0 => self.fail(ClientHandshakeError::Refused(refusal(
+                NBD_OPT_STARTTLS,
+                k,
+                payload,
+            ))),
+            k => self.fail(ClientHandshakeError::Refused(format!(
+                "Server rejected request to start TLS {k:x}"
+            ))),
+        }
+    }
+}
+
+/// QEMU's name of an option (`nbd_opt_lookup`).
+fn option_name(opt: u32) -> &'static str {
+    match opt {
+        NBD_OPT_EXPORT_NAME => "export-name",
+        NBD_OPT_ABORT => "abort",
+        NBD_OPT_LIST => "list",
+        NBD_OPT_PEEK_EXPORT => "peek-export",
+        NBD_OPT_STARTTLS => "starttls",
+        NBD_OPT_INFO => "info",
+        NBD_OPT_GO => "go",
+        NBD_OPT_STRUCTURED_REPLY => "structured-reply",
+        NBD_OPT_LIST_META_CONTEXT => "list-meta-context",
+        NBD_OPT_SET_META_CONTEXT => "set-meta-context",
+        NBD_OPT_EXTENDED_HEADERS => "extended-headers",
+        _ => "<unknown>",
+    }
+}
+
+/// The text QEMU's `nbd_handle_reply_err` gives an error reply to
+/// `option`, with the server's message after it.
+fn refusal(option: u32, kind: u32, payload: &[u8]) -> String {
+    let name = option_name(option);
+    let what = match kind {
+        NBD_REP_ERR_UNKNOWN => "Requested export not available".to_string(),
+        NBD_REP_ERR_POLICY => format!("Denied by server for option {option} ({name})"),
+        NBD_REP_ERR_INVALID => format!("Invalid parameters for option {option} ({name})"),
+        NBD_REP_ERR_PLATFORM => format!("Server lacks support for option {option} ({name})"),
+        NBD_REP_ERR_TLS_REQD => format!("TLS negotiation required before option {option} ({name})"),
+        NBD_REP_ERR_SHUTDOWN => format!("Server shutting down before option {option} ({name})"),
+        NBD_REP_ERR_BLOCK_SIZE_REQD => {
+            format!("Server requires INFO_BLOCK_SIZE for option {option} ({name})")
+        }
+        NBD_REP_ERR_TOO_BIG => format!("option {option} ({name}) was too big"),
+        _ => format!("Unknown error code when asking for option {option} ({name})"),
+    };
+    let msg = String::from_utf8_lossy(payload);
+    if msg.is_empty() {
+        what
+    } else {
+        format!("{what}: server reported: {msg}")
     }
 }

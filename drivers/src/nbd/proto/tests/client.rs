@@ -119,23 +119,46 @@ fn replies_round_trip_through_the_client_parser() {
 
 /// Runs the client handshake against the server's negotiator in memory.
 fn negotiate(export: &str) -> (Result<ServerInfo, ClientHandshakeError>, Option<Negotiated>) {
-    let mut server = Negotiator::new(NegotiatorConfig::default());
-    let mut client = ClientHandshake::new(export);
+    negotiate_with(
+        NegotiatorConfig::default(),
+        ClientHandshake::new(export),
+        &mut 0,
+    )
+}
+
+/// [`negotiate`] with a server configuration and client of the test's
+/// choosing; the TLS upgrades both sides agree on are counted in `tls`
+/// (in memory, the "TLS" stream is the plaintext one).
+fn negotiate_with(
+    config: NegotiatorConfig,
+    mut client: ClientHandshake,
+    tls: &mut u32,
+) -> (Result<ServerInfo, ClientHandshakeError>, Option<Negotiated>) {
+    let mut server = Negotiator::new(config);
     let mut to_client: Vec<u8> = server.output().to_vec();
     let n = to_client.len();
     server.advance_output(n);
     let mut negotiated = None;
+    let mut server_started_tls = false;
     for _ in 0..64 {
         match client.step() {
             Action::Send(b) => {
                 let (used, outcome) = server.feed(&b, &Cat);
                 assert_eq!(used, b.len());
-                if let Some(Outcome::Negotiated(n)) = outcome {
-                    negotiated = Some(*n);
+                match outcome {
+                    Some(Outcome::Negotiated(n)) => negotiated = Some(*n),
+                    Some(Outcome::StartTls) => server_started_tls = true,
+                    _ => {}
                 }
                 to_client.extend_from_slice(server.output());
                 let n = server.output().len();
                 server.advance_output(n);
+            }
+            Action::StartTls => {
+                assert!(server_started_tls, "the client upgrades before the server");
+                assert!(to_client.is_empty(), "bytes before the TLS stream");
+                server.tls_started();
+                *tls += 1;
             }
             Action::Recv(n) => {
                 assert!(
@@ -190,4 +213,48 @@ fn client_handshake_rejects_a_bad_greeting() {
     assert_eq!(c.step(), Action::Recv(GREETING_LEN));
     c.input(&[0u8; GREETING_LEN]);
     assert_eq!(c.step(), Action::Done(Err(ClientHandshakeError::BadMagic)));
+}
+
+#[test]
+fn client_handshake_upgrades_to_tls_first_when_asked() {
+    let tls_server = NegotiatorConfig {
+        tls: true,
+        ..NegotiatorConfig::default()
+    };
+    let mut upgrades = 0;
+    let (r, n) = negotiate_with(
+        tls_server,
+        ClientHandshake::new("disk").with_tls(),
+        &mut upgrades,
+    );
+    assert_eq!(upgrades, 1);
+    assert_eq!(r.expect("negotiated over TLS").size, disk().size);
+    assert!(n.expect("server side done").structured);
+
+    // Without TLS, a server that requires it refuses GO in QEMU's words.
+    let (r, _) = negotiate_with(tls_server, ClientHandshake::new("disk"), &mut upgrades);
+    match r {
+        Err(ClientHandshakeError::Refused(m)) => assert!(
+            m.starts_with("TLS negotiation required before option 7 (go)"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // A server without TLS refuses STARTTLS; the client does not go on.
+    let (r, n) = negotiate_with(
+        NegotiatorConfig::default(),
+        ClientHandshake::new("disk").with_tls(),
+        &mut upgrades,
+    );
+    assert_eq!(upgrades, 1);
+    assert!(n.is_none());
+    match r {
+        Err(ClientHandshakeError::Refused(m)) => assert!(
+            m.starts_with("Denied by server for option 5 (starttls)")
+                || m.starts_with("Server don't support STARTTLS option"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
