@@ -56,3 +56,5 @@ mod vhost_user_blk_nodes;
 mod vhost_user_blk_qmp;
 #[path = "e2e/vhost_user_blk_remote.rs"]
 mod vhost_user_blk_remote;
+#[path = "e2e/vhost_user_blk_writes.rs"]
+mod vhost_user_blk_writes;

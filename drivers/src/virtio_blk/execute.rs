@@ -9,9 +9,8 @@ use std::sync::Arc;
 use engine::block::{BlockError, BlockHandle, BlockNode};
 
 use crate::stats::{self, ErrorKind, ExportStats, OpKind};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-use super::iovec::GuestIoVecs;
 use super::request::{Request, RequestKind, Segment};
 use super::spec::{
     DWZ_SEGMENT_LEN, ID_BYTES, MAX_DWZ_SECTORS, SECTOR_SHIFT, S_IOERR, S_OK, S_UNSUPP,
@@ -145,17 +144,14 @@ fn range_ok(ctx: &ExecContext, sector: u64, len: u64) -> bool {
 pub async fn execute<M: GuestMemory + 'static>(
     ctx: &ExecContext,
     mem: &Arc<M>,
-    req: &Request,
+    req: Request<M>,
 ) -> Outcome {
     match req.kind {
         RequestKind::Read => {
             if !range_ok(ctx, req.sector, req.data_len) {
                 return Outcome::refused(S_IOERR, ErrorKind::Invalid);
             }
-            let Some(bufs) = GuestIoVecs::new(mem.clone(), &req.data, Permissions::Write) else {
-                return Outcome::refused(S_IOERR, ErrorKind::Invalid);
-            };
-            match ctx.handle.readv(req.sector << SECTOR_SHIFT, bufs).await {
+            match ctx.handle.readv(req.sector << SECTOR_SHIFT, req.bufs).await {
                 (Ok(()), _) => Outcome::done(req.data_len as u32),
                 (Err(e), _) => {
                     log::debug!("virtio-blk: read at sector {}: {e}", req.sector);
@@ -170,13 +166,10 @@ pub async fn execute<M: GuestMemory + 'static>(
             if !range_ok(ctx, req.sector, req.data_len) {
                 return Outcome::refused(S_IOERR, ErrorKind::Invalid);
             }
-            let Some(bufs) = GuestIoVecs::new(mem.clone(), &req.data, Permissions::Read) else {
-                return Outcome::refused(S_IOERR, ErrorKind::Invalid);
-            };
             let fua = ctx.writethrough.load(Ordering::Relaxed);
             match ctx
                 .handle
-                .writev(req.sector << SECTOR_SHIFT, bufs, fua)
+                .writev(req.sector << SECTOR_SHIFT, req.bufs, fua)
                 .await
             {
                 (Ok(()), _) => Outcome::ok(),
@@ -200,16 +193,12 @@ pub async fn execute<M: GuestMemory + 'static>(
                 false => Outcome::refused(S_IOERR, ErrorKind::Invalid),
             }
         }
-        RequestKind::Discard | RequestKind::WriteZeroes => discard_or_zero(ctx, &**mem, req).await,
+        RequestKind::Discard | RequestKind::WriteZeroes => discard_or_zero(ctx, &**mem, &req).await,
     }
 }
 
 /// DISCARD and WRITE_ZEROES: one 16-byte range segment (`MAX_DWZ_SEG`).
-async fn discard_or_zero<M: GuestMemory + ?Sized>(
-    ctx: &ExecContext,
-    mem: &M,
-    req: &Request,
-) -> Outcome {
+async fn discard_or_zero<M: GuestMemory>(ctx: &ExecContext, mem: &M, req: &Request<M>) -> Outcome {
     let zeroes = req.kind == RequestKind::WriteZeroes;
     if !ctx.writable {
         return Outcome::refused(S_IOERR, ErrorKind::Permission);

@@ -16,9 +16,7 @@
 use std::sync::Arc;
 
 use engine::buf::IoVecBuf;
-use vm_memory::{GuestMemory, Permissions};
-
-use super::request::Segment;
+use vm_memory::GuestMemory;
 
 /// Iovecs into guest memory plus the map that keeps them valid.
 pub struct GuestIoVecs<M: GuestMemory> {
@@ -27,27 +25,21 @@ pub struct GuestIoVecs<M: GuestMemory> {
 }
 
 impl<M: GuestMemory> GuestIoVecs<M> {
-    /// Translates `segs` (checked by the parser) into host iovecs, split
-    /// where a segment crosses guest memory regions; `None` if any byte is
-    /// not mapped with `access`.
-    pub fn new(mem: Arc<M>, segs: &[Segment], access: Permissions) -> Option<GuestIoVecs<M>> {
-        let mut iov = Vec::with_capacity(segs.len());
-        for s in segs {
-            let slices = mem.get_slices(s.addr, s.len as usize, access).ok()?;
-            for slice in slices {
-                let slice = slice.ok()?;
-                iov.push(libc::iovec {
-                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                    iov_len: slice.len(),
-                });
-            }
-        }
-        Some(GuestIoVecs { iov, _mem: mem })
+    /// Iovecs translated from guest addresses in `mem` (by the request
+    /// parser, which looks each descriptor up once).
+    ///
+    /// # Safety
+    ///
+    /// Every iovec must lie inside a `VolatileSlice` that `mem`'s
+    /// `get_slices` returned, with the access the I/O needs (writable for
+    /// reads into it).
+    pub unsafe fn from_translated(mem: Arc<M>, iov: Vec<libc::iovec>) -> GuestIoVecs<M> {
+        GuestIoVecs { iov, _mem: mem }
     }
 }
 
 // SAFETY: see the module's `# Safety`: the pointers come from slices of
-// the `M` we keep alive and shared in `_mem`, the guest memory is only
+// the `M` we keep alive and shared in `_mem` (`from_translated`'s contract), the guest memory is only
 // ever reached through raw pointers (the kernel, volatile accesses), and
 // the iovec array lives on the heap in `iov`, which never changes.
 unsafe impl<M: GuestMemory + 'static> IoVecBuf for GuestIoVecs<M> {

@@ -231,6 +231,7 @@ struct Local<M: GuestMemory> {
     inflight: Option<Arc<dyn InflightLog>>,
     in_flight: Cell<usize>,
     notify_pending: Cell<bool>,
+    popped: RefCell<Vec<Result<Request<M>, Rejected>>>,
     completed: LocalSignal,
     broken: Cell<bool>,
     warned: Cell<bool>,
@@ -298,6 +299,7 @@ pub fn spawn_queue<M: GuestMemory + Send + Sync + 'static>(
         inflight,
         in_flight: Cell::new(0),
         notify_pending: Cell::new(false),
+        popped: RefCell::new(Vec::new()),
         completed: LocalSignal::default(),
         broken: Cell::new(false),
         warned: Cell::new(false),
@@ -410,7 +412,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         let table = GuestAddress(self.setup.desc_table);
         for &head in &self.setup.resubmit {
             let descs = walk(&*mem, table, self.setup.size, head);
-            let p = parse_descriptors(head, &*mem, descs.into_iter());
+            let p = parse_descriptors(head, &mem, descs.into_iter());
             self.start(p, &mem);
         }
     }
@@ -423,7 +425,8 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         let mem = self.source.memory().into_inner();
         *self.mem.borrow_mut() = mem.clone();
         loop {
-            let mut popped: Vec<Result<Request, Rejected>> = Vec::new();
+            // The batch's Vec is kept between batches (no allocation per kick).
+            let mut popped = std::mem::take(&mut *self.popped.borrow_mut());
             {
                 let mut q = self.queue.borrow_mut();
                 if q.event_idx_enabled() {
@@ -434,7 +437,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                     }
                 }
                 match q.iter(&*mem) {
-                    Ok(iter) => popped.extend(iter.map(parse)),
+                    Ok(iter) => popped.extend(iter.map(|c| parse(c, &mem))),
                     Err(e) => {
                         drop(q);
                         self.fail(&format!("bad avail ring: {e}"));
@@ -445,11 +448,16 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                     .avail
                     .store(AVAIL_KNOWN | u32::from(q.next_avail()), Ordering::Release);
             }
-            for p in popped {
-                self.start(p, &mem);
-                if self.broken.get() {
-                    return;
+            let mut broke = false;
+            for p in popped.drain(..) {
+                if !broke {
+                    self.start(p, &mem);
+                    broke = self.broken.get();
                 }
+            }
+            *self.popped.borrow_mut() = popped;
+            if broke {
+                return;
             }
             let mut q = self.queue.borrow_mut();
             if !q.event_idx_enabled() {
@@ -467,7 +475,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         }
     }
 
-    fn start(self: &Rc<Self>, p: Result<Request, Rejected>, mem: &Arc<M>) {
+    fn start(self: &Rc<Self>, p: Result<Request<M>, Rejected>, mem: &Arc<M>) {
         let head = match &p {
             Ok(r) => r.head,
             Err(r) => r.head,
@@ -498,9 +506,10 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                     req.sector.saturating_mul(512),
                     req.data_len,
                 );
+                let (head, status) = (req.head, req.status);
                 spawn_local(async move {
-                    let out = execute(&me.ctx, &mem, &req).await;
-                    me.complete(req.head, Some(req.status), out);
+                    let out = execute(&me.ctx, &mem, req).await;
+                    me.complete(head, Some(status), out);
                     me.rec.finish(t, out.record);
                 });
             }
@@ -549,9 +558,14 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
             .needs_notification(&*mem)
             .unwrap_or(true);
         if needed {
-            if let Some(call) = lock(&self.control.call).as_ref() {
-                call.notify();
-            }
+            self.signal_call();
+        }
+    }
+
+    /// Interrupts the driver through the current call notifier.
+    fn signal_call(&self) {
+        if let Some(call) = lock(&self.control.call).as_ref() {
+            call.notify();
         }
     }
 }

@@ -3,30 +3,42 @@
 //! guest memory. No I/O and no guest-memory writes: a chain turns into a
 //! request to execute, or into a [`Rejected`] with the status to answer.
 //!
+//! Each descriptor is looked up in the guest-memory map exactly once: the
+//! walk translates it to host slices (which is the bounds and permission
+//! check), reads the header out of those slices, and keeps the host
+//! addresses of the data, so executing the request needs no second lookup.
+//!
 //! Chain layout (virtio 1.2 §5.2.6): device-readable descriptors first
 //! (the 16-byte header, then write data or discard segments), then
 //! device-writable ones (read data, then the status byte, the last byte of
 //! the chain). The header may be split across descriptors; nothing else
 //! about framing is assumed.
 
-use std::ops::Deref;
+use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
 
+use super::iovec::GuestIoVecs;
 use super::spec::{
     OUTHDR_LEN, SEG_MAX, S_IOERR, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT,
     T_WRITE_ZEROES,
 };
 
-/// A guest buffer: guest-physical address and length.
+/// A guest buffer: guest-physical address and length, inside one guest
+/// memory region (a descriptor that crosses regions gives several).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
     /// Guest-physical address.
     pub addr: GuestAddress,
     /// Bytes.
     pub len: u32,
+    /// Where `addr` is mapped in this process (in the map the request was
+    /// parsed with, which the request keeps alive).
+    host: *mut u8,
+    /// Which descriptor of the chain it came from (for `seg_max`).
+    desc: u16,
 }
 
 /// What a request asks for.
@@ -46,9 +58,9 @@ pub enum RequestKind {
     WriteZeroes,
 }
 
-/// A parsed request, owning nothing in guest memory but addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+/// A parsed request: guest addresses, and for reads and writes the host
+/// iovecs of its data, which keep the guest-memory map alive.
+pub struct Request<M: GuestMemory> {
     /// Descriptor chain head, for the used ring.
     pub head: u16,
     /// What to do.
@@ -62,6 +74,20 @@ pub struct Request {
     pub data_len: u64,
     /// Where the status byte goes.
     pub status: GuestAddress,
+    /// `data` as host iovecs, for reads and writes (empty otherwise).
+    pub bufs: GuestIoVecs<M>,
+}
+
+impl<M: GuestMemory> std::fmt::Debug for Request<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("head", &self.head)
+            .field("kind", &self.kind)
+            .field("sector", &self.sector)
+            .field("data", &self.data)
+            .field("status", &self.status)
+            .finish()
+    }
 }
 
 /// Why a chain is refused.
@@ -110,100 +136,198 @@ pub struct Rejected {
     pub reason: Reason,
 }
 
-/// Parses `chain`. Requests whose chain is cut short by a bad descriptor
-/// (virtio-queue ends the walk there) come out as one of the refusals.
-pub fn parse<M>(chain: DescriptorChain<M>) -> Result<Request, Rejected>
+/// Parses `chain`, whose descriptors live in `mem`. Requests whose chain
+/// is cut short by a bad descriptor (virtio-queue ends the walk there) come
+/// out as one of the refusals.
+pub fn parse<C, M>(chain: DescriptorChain<C>, mem: &Arc<M>) -> Result<Request<M>, Rejected>
 where
-    M: Deref + Clone,
-    M::Target: GuestMemory,
+    C: std::ops::Deref + Clone,
+    C::Target: GuestMemory,
+    M: GuestMemory,
 {
     let head = chain.head_index();
-    // Walk a clone so `mem` stays borrowed from the original chain.
-    let walk = chain.clone();
-    parse_descriptors(head, chain.memory(), walk)
+    parse_descriptors(head, mem, chain)
 }
 
-/// Parses the descriptors of the chain at `head`, however they were walked.
-pub fn parse_descriptors<M: GuestMemory + ?Sized>(
-    head: u16,
+/// What the walk over a chain found, before the header is interpreted.
+struct Walk {
+    /// Non-empty pieces, readable ones first, header bytes removed.
+    segs: Vec<Segment>,
+    /// Index in `segs` of the first device-writable piece.
+    first_writable: usize,
+    /// The header bytes found, and how many.
+    hdr: [u8; OUTHDR_LEN],
+    hdr_len: usize,
+    order_broken: bool,
+    bad_address: bool,
+    /// The last device-writable descriptor is non-empty and mapped.
+    status_ok: bool,
+}
+
+/// Translates every descriptor once; see the module docs.
+fn walk_chain<M: GuestMemory + ?Sized>(
     mem: &M,
     descriptors: impl Iterator<Item = Descriptor>,
-) -> Result<Request, Rejected> {
-    let mut readable: Vec<Segment> = Vec::new();
-    let mut writable: Vec<Segment> = Vec::new();
-    let mut order_broken = false;
-    let mut bad_address = false;
-    for d in descriptors {
-        let seg = Segment {
-            addr: d.addr(),
-            len: d.len(),
-        };
-        let access = if d.is_write_only() {
+) -> Walk {
+    let mut w = Walk {
+        segs: Vec::with_capacity(4),
+        first_writable: usize::MAX,
+        hdr: [0; OUTHDR_LEN],
+        hdr_len: 0,
+        order_broken: false,
+        bad_address: false,
+        status_ok: false,
+    };
+    for (n, d) in descriptors.enumerate() {
+        let write = d.is_write_only();
+        if !write && w.first_writable != usize::MAX {
+            w.order_broken = true;
+            continue;
+        }
+        if write && w.first_writable == usize::MAX {
+            w.first_writable = w.segs.len();
+        }
+        let access = if write {
             Permissions::Write
         } else {
             Permissions::Read
         };
-        if seg.len > 0 && !mem.check_range(seg.addr, seg.len as usize, access) {
-            bad_address = true;
+        let mut addr = d.addr();
+        let mut mapped = true;
+        // A zero-length descriptor points nowhere: nothing to check.
+        let slices = match mem.get_slices(d.addr(), d.len() as usize, access) {
+            _ if d.len() == 0 => None,
+            Ok(it) => Some(it),
+            Err(_) => {
+                mapped = false;
+                None
+            }
+        };
+        for slice in slices.into_iter().flatten() {
+            let Ok(slice) = slice else {
+                mapped = false;
+                break;
+            };
+            let mut host = slice.ptr_guard_mut().as_ptr();
+            let mut len = slice.len();
+            if !write && w.hdr_len < OUTHDR_LEN {
+                let n = len.min(OUTHDR_LEN - w.hdr_len);
+                if let Ok(h) = slice.subslice(0, n) {
+                    h.copy_to(&mut w.hdr[w.hdr_len..w.hdr_len + n]);
+                }
+                w.hdr_len += n;
+                // wrapping_add: stays inside the slice (n <= len).
+                host = host.wrapping_add(n);
+                len -= n;
+                addr = GuestAddress(addr.0.wrapping_add(n as u64));
+            }
+            if len > 0 {
+                w.segs.push(Segment {
+                    addr,
+                    len: len as u32,
+                    host,
+                    desc: n as u16,
+                });
+            }
+            addr = GuestAddress(addr.0.wrapping_add(len as u64));
         }
-        if d.is_write_only() {
-            writable.push(seg);
-        } else if writable.is_empty() {
-            readable.push(seg);
-        } else {
-            order_broken = true;
+        if !mapped {
+            w.bad_address = true;
+        }
+        if write {
+            w.status_ok = mapped && d.len() > 0;
         }
     }
+    if w.first_writable == usize::MAX {
+        w.first_writable = w.segs.len();
+    }
+    w
+}
+
+/// Parses the descriptors of the chain at `head`, however they were walked,
+/// translating them in `mem`.
+pub fn parse_descriptors<M: GuestMemory>(
+    head: u16,
+    mem: &Arc<M>,
+    descriptors: impl Iterator<Item = Descriptor>,
+) -> Result<Request<M>, Rejected> {
+    let mut w = walk_chain(&**mem, descriptors);
     let reject = |status: Option<GuestAddress>, code, reason| Rejected {
         head,
         status,
         code,
         reason,
     };
-    // The status byte: the last byte of the last writable descriptor.
-    let status = match writable.last_mut() {
-        Some(last)
-            if last.len > 0
-                && mem.check_range(last.addr, last.len as usize, Permissions::Write) =>
-        {
+    // The status byte: the last byte of the last writable descriptor, which
+    // is the last piece when that descriptor is non-empty and mapped.
+    let has_writable = w.first_writable < w.segs.len();
+    let status = match w.segs.last_mut() {
+        Some(last) if w.status_ok && has_writable => {
             last.len -= 1;
-            last.addr.checked_add(u64::from(last.len))
+            let at = last.addr.checked_add(u64::from(last.len));
+            if last.len == 0 {
+                w.segs.pop();
+            }
+            at
         }
         _ => None,
     };
     let Some(status) = status else {
         return Err(reject(None, S_IOERR, Reason::NoStatus));
     };
-    if writable.last().is_some_and(|s| s.len == 0) {
-        writable.pop();
-    }
-    if bad_address {
+    if w.bad_address {
         return Err(reject(Some(status), S_IOERR, Reason::BadAddress));
     }
-    if order_broken {
+    if w.order_broken {
         return Err(reject(Some(status), S_IOERR, Reason::Order));
     }
-    let Some((req_type, sector)) = read_header(mem, &mut readable) else {
+    if w.hdr_len < OUTHDR_LEN {
         return Err(reject(Some(status), S_IOERR, Reason::ShortHeader));
-    };
-    // `other` is the data going the wrong way for the type: it must be empty.
-    let (kind, data, other) = match req_type {
-        T_IN => (RequestKind::Read, writable, readable),
-        T_OUT => (RequestKind::Write, readable, writable),
-        T_FLUSH => (RequestKind::Flush, Vec::new(), Vec::new()),
-        T_GET_ID => (RequestKind::GetId, writable, readable),
-        T_DISCARD => (RequestKind::Discard, readable, writable),
-        T_WRITE_ZEROES => (RequestKind::WriteZeroes, readable, writable),
+    }
+    let h = &w.hdr;
+    let req_type = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let sector = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+    let split = w.first_writable.min(w.segs.len());
+    let (kind, data_is_writable) = match req_type {
+        T_IN => (RequestKind::Read, true),
+        T_OUT => (RequestKind::Write, false),
+        T_FLUSH => (RequestKind::Flush, false),
+        T_GET_ID => (RequestKind::GetId, true),
+        T_DISCARD => (RequestKind::Discard, false),
+        T_WRITE_ZEROES => (RequestKind::WriteZeroes, false),
         other => return Err(reject(Some(status), S_UNSUPP, Reason::Unsupported(other))),
     };
-    if total_len(&other) > 0 {
+    let mut data = w.segs;
+    if kind == RequestKind::Flush {
+        // QEMU ignores a flush's data buffers; so did we before.
+        data.clear();
+    } else if (data_is_writable && split > 0) || (!data_is_writable && split < data.len()) {
+        // Data going the wrong way for the type (the pieces are non-empty).
         return Err(reject(Some(status), S_IOERR, Reason::Direction));
     }
-    let data: Vec<Segment> = data.into_iter().filter(|s| s.len > 0).collect();
-    if data.len() > SEG_MAX as usize {
+    if descriptors_in(&data) > SEG_MAX as usize {
         return Err(reject(Some(status), S_IOERR, Reason::TooManySegments));
     }
-    let data_len = data.iter().map(|s| u64::from(s.len)).sum();
+    let data_len = total_len(&data);
+    let access = match kind {
+        RequestKind::Read => Some(Permissions::Write),
+        RequestKind::Write => Some(Permissions::Read),
+        _ => None,
+    };
+    let iov = match access {
+        Some(_) => data
+            .iter()
+            .map(|s| libc::iovec {
+                iov_base: s.host.cast(),
+                iov_len: s.len as usize,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    // SAFETY: every `host` pointer came from `get_slices` on `**mem` just
+    // now, for `len` bytes with the access the request needs, and `mem` is
+    // the map the iovecs keep alive.
+    let bufs = unsafe { GuestIoVecs::from_translated(mem.clone(), iov) };
     Ok(Request {
         head,
         kind,
@@ -211,42 +335,23 @@ pub fn parse_descriptors<M: GuestMemory + ?Sized>(
         data,
         data_len,
         status,
+        bufs,
     })
+}
+
+/// How many distinct descriptors `segs` came from.
+fn descriptors_in(segs: &[Segment]) -> usize {
+    let mut n = 0;
+    let mut last = None;
+    for s in segs {
+        if last != Some(s.desc) {
+            n += 1;
+            last = Some(s.desc);
+        }
+    }
+    n
 }
 
 fn total_len(s: &[Segment]) -> u64 {
     s.iter().map(|s| u64::from(s.len)).sum()
-}
-
-/// Reads the 16-byte header from the front of `readable` (it may span
-/// descriptors) and removes those bytes from it; returns (type, sector).
-fn read_header<M: GuestMemory + ?Sized>(
-    mem: &M,
-    readable: &mut Vec<Segment>,
-) -> Option<(u32, u64)> {
-    let mut hdr = [0u8; OUTHDR_LEN];
-    let mut got = 0usize;
-    let mut consumed = 0usize;
-    for seg in readable.iter_mut() {
-        if got == OUTHDR_LEN {
-            break;
-        }
-        let n = (seg.len as usize).min(OUTHDR_LEN - got);
-        mem.read_slice(&mut hdr[got..got + n], seg.addr).ok()?;
-        got += n;
-        seg.addr = seg.addr.checked_add(n as u64)?;
-        seg.len -= n as u32;
-        if seg.len == 0 {
-            consumed += 1;
-        }
-    }
-    if got < OUTHDR_LEN {
-        return None;
-    }
-    readable.drain(..consumed);
-    let t = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-    let sector = u64::from_le_bytes([
-        hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
-    ]);
-    Some((t, sector))
 }

@@ -83,8 +83,8 @@ impl std::fmt::Debug for IoThreadHandle {
 
 impl IoThread {
     /// Starts the thread, pins it, builds its ring; returns once it runs.
-    /// It polls adaptively up to `config.poll_max_ns` with QEMU's default
-    /// growth and shrinking.
+    /// It busy-polls up to `config.poll_max_ns` while polling pays (see
+    /// `poll.rs`).
     pub fn spawn(config: IoThreadConfig) -> Result<IoThread> {
         let poll = PollParams {
             max_ns: config.poll_max_ns,

@@ -151,46 +151,41 @@ impl Runtime {
             if !mailbox.is_empty() || self.exec.has_ready() || stop.load(Ordering::Acquire) {
                 continue;
             }
-            let idle_at = Instant::now();
-            if self.poll(mailbox, &mut adapt, idle_at) {
-                adapt.adjust(idle_at.elapsed());
+            if self.poll(mailbox, &mut adapt) {
                 continue;
             }
             self.arm_wake();
             self.enter(true);
-            adapt.adjust(idle_at.elapsed());
         }
     }
 
-    /// Busy-polls the ring for as long as `adapt` says (QEMU's adaptive
-    /// `poll-max-ns`, see [`super::poll`]): a client that answers within
-    /// that time finds the iothread awake, without a sleep and wake-up per
-    /// round trip. Spins in user space (see `Ring::enter`). Returns true
-    /// when work turned up.
-    fn poll(&self, mailbox: &Receiver<Job>, adapt: &mut AdaptivePoll, start: Instant) -> bool {
+    /// Busy-polls the ring for as long as `adapt` says (up to
+    /// `poll-max-ns` while polling pays, see [`super::poll`]): a client
+    /// that answers within that time finds the iothread awake, without a
+    /// sleep and wake-up per round trip. Spins in user space (see
+    /// `Ring::enter`). Returns true when work turned up.
+    fn poll(&self, mailbox: &Receiver<Job>, adapt: &mut AdaptivePoll) -> bool {
+        let start = Instant::now();
         let limit = adapt.budget(start);
         if limit.is_zero() {
             return false;
         }
         let mut last = start;
+        let mut spins = 0u32;
+        let mut gapped = false;
         loop {
+            // Only the yield and the loop count as a gap: an enter that
+            // runs a lot of task work is busy, not preempted.
+            gapped |= last.elapsed() > PREEMPT_GAP;
             self.enter(false);
-            if self.exec.has_ready() || !mailbox.is_empty() {
-                adapt.undisturbed();
-                return true;
-            }
+            let found = self.exec.has_ready() || !mailbox.is_empty();
             let now = Instant::now();
-            if now - last > PREEMPT_GAP {
-                // Another task ran on this core meanwhile: spinning
-                // delays it, so park instead.
-                adapt.preempted(now);
-                return false;
-            }
-            if now - start >= limit {
-                adapt.undisturbed();
-                return false;
+            if found || now - start >= limit {
+                adapt.spun(found, gapped, spins > 0, now);
+                return found;
             }
             last = now;
+            spins += 1;
             // io_uring's workers (buffered writes to ext4 go there) inherit
             // this thread's CPU: polling must not keep them off it. With
             // nothing else runnable here this returns at once.

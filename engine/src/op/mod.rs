@@ -54,7 +54,7 @@ pub use splice::Pipe;
 pub use timeout::{sleep, timeout, Elapsed};
 pub use uring_cmd::{uring_cmd80, CmdBufs};
 pub use write::{write_at, write_at_flags, write_at_len};
-pub use writev::{writev_at, writev_list};
+pub use writev::{writev_at, writev_at_flags, writev_list};
 
 /// Data that turns into an output once the kernel completed the operation.
 pub(crate) trait Completable {

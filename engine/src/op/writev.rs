@@ -1,7 +1,7 @@
 //! `IORING_OP_WRITEV`: a positioned write straight from memory described by
 //! iovecs (guest RAM), kept mapped by the [`IoVecBuf`] the op owns.
 
-use io_uring::opcode;
+use io_uring::{opcode, squeue};
 
 use super::{Completable, GatherList, Op, SharedFd};
 use crate::buf::iovec::sqe_iovecs;
@@ -32,11 +32,25 @@ pub async fn writev_at<B: IoVecBuf + Unpin>(
     offset: u64,
     rw_flags: i32,
 ) -> BufResult<usize, B> {
+    writev_at_flags(fd, bufs, skip, offset, rw_flags, squeue::Flags::empty()).await
+}
+
+/// [`writev_at`] with SQE flags (`IOSQE_ASYNC`: straight to an io-wq
+/// worker, skipping the inline attempt a buffered write cannot win).
+pub async fn writev_at_flags<B: IoVecBuf + Unpin>(
+    fd: &SharedFd,
+    bufs: B,
+    skip: usize,
+    offset: u64,
+    rw_flags: i32,
+    sqe_flags: squeue::Flags,
+) -> BufResult<usize, B> {
     let (rest, ptr, n) = sqe_iovecs(bufs.iovecs(), skip);
     let sqe = super::fd::with_fd!(fd, |f| opcode::Writev::new(f, ptr, n)
         .offset(offset)
         .rw_flags(rw_flags)
-        .build());
+        .build())
+    .flags(sqe_flags);
     // SAFETY: the SQE points at the iovec array, which lives on the heap in
     // `rest` or inside `bufs` (IoVecBuf: it does not move with the value),
     // and the iovecs point into memory `bufs` keeps mapped (IoVecBuf's

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::squeue;
 
-use crate::buf::{Buf, BufResult};
+use crate::buf::{iovec, Buf, BufResult, IoVecBuf};
 use crate::op::{self, SharedFd};
 
 /// Buffered writes at most this long may be written inline.
@@ -108,6 +108,65 @@ pub(crate) async fn write_at(
             op::write_at_flags(fd, buf, from, len, offset, 0, squeue::Flags::ASYNC).await
         }
         _ => op::write_at(fd, buf, from, offset, 0).await,
+    }
+}
+
+/// [`write_at`] for memory described by iovecs (a guest's buffers):
+/// writes `bufs` after its first `skip` bytes at `offset`, by the same
+/// strategy.
+pub(crate) async fn writev_at<B: IoVecBuf + Unpin>(
+    fd: &SharedFd,
+    bufs: B,
+    skip: usize,
+    offset: u64,
+    rw_flags: i32,
+    page_cache: bool,
+) -> BufResult<usize, B> {
+    if !page_cache || rw_flags != 0 {
+        return op::writev_at(fd, bufs, skip, offset, rw_flags).await;
+    }
+    let len = bufs.total_len().saturating_sub(skip);
+    match mode() {
+        Mode::Inline if len <= INLINE_MAX && inline_allowed() => {
+            let start = Instant::now();
+            let r = pwritev(fd, &bufs, skip, offset);
+            let took = start.elapsed();
+            if took > STALL {
+                log::debug!("inline buffered write took {took:?}; using the ring for a while");
+                RING_UNTIL.with(|c| c.set(Some(start + took + BACKOFF)));
+            }
+            (r, bufs)
+        }
+        Mode::Async => op::writev_at_flags(fd, bufs, skip, offset, 0, squeue::Flags::ASYNC).await,
+        _ => op::writev_at(fd, bufs, skip, offset, 0).await,
+    }
+}
+
+fn pwritev<B: IoVecBuf>(
+    fd: &SharedFd,
+    bufs: &B,
+    skip: usize,
+    offset: u64,
+) -> std::io::Result<usize> {
+    let rest;
+    let iov = if skip == 0 {
+        bufs.iovecs()
+    } else {
+        rest = iovec::tail(bufs.iovecs(), skip);
+        &rest[..]
+    };
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    let n = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+    // SAFETY: the iovecs point into memory `bufs` keeps mapped and readable
+    // for as long as it lives (IoVecBuf's contract), borrowed for the whole
+    // call; the kernel only reads it.
+    let n = unsafe { libc::pwritev(fd.raw(), iov.as_ptr(), n, off) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

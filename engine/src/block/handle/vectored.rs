@@ -3,7 +3,7 @@
 //! virtio-blk exports. The memory is kept mapped by the [`IoVecBuf`] the
 //! operation owns, and handed back with the result.
 
-use super::{BlockHandle, Leaf};
+use super::{buffered_write, BlockHandle, Leaf};
 use crate::block::error::{BlockError, BlockResult};
 use crate::buf::{iovec, pool, IoVecBuf};
 use crate::op;
@@ -141,10 +141,16 @@ impl BlockHandle {
             return (Ok(()), bufs);
         };
         let no_flush = matches!(self.inner.leaf, Leaf::File { no_flush: true, .. });
+        // The page-cache file itself (not the buffered fallback of an
+        // O_DIRECT one): its small writes follow RINGSTOR_BUFFERED_WRITES,
+        // as the block layer's `write` does for NBD.
+        let page_cache = matches!(self.inner.leaf, Leaf::File { buffered: None, .. });
         let flags = if fua && !no_flush { libc::RWF_DSYNC } else { 0 };
         let mut done = 0usize;
         while (done as u64) < len {
-            let (r, b) = op::writev_at(&fd, bufs, done, at + done as u64, flags).await;
+            let (r, b) =
+                buffered_write::writev_at(&fd, bufs, done, at + done as u64, flags, page_cache)
+                    .await;
             bufs = b;
             match r {
                 Ok(0) => {
