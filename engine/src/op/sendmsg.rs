@@ -264,39 +264,36 @@ async fn sendmsg_op(
 
 /// Sends the whole list, looping over short sends.
 pub async fn send_all(fd: &SharedFd, list: GatherList) -> BufResult<(), GatherList> {
-    let mut list = list;
-    let mut sent = 0;
-    while sent < list.len() {
-        let (r, l) = sendmsg(fd, list, sent).await;
-        list = l;
-        match r {
-            Ok(0) => {
-                return (
-                    Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
-                    list,
-                )
-            }
-            Ok(n) => sent += n,
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => return (Err(e), list),
-        }
-    }
-    (Ok(()), list)
+    send_loop(fd, list, false).await
 }
 
 /// [`send_all`], trying each piece with [`GatherList::try_send`] first and
 /// using the ring only while the socket has no room. See the module docs.
 pub async fn send_all_eager(fd: &SharedFd, list: GatherList) -> BufResult<(), GatherList> {
+    send_loop(fd, list, true).await
+}
+
+async fn send_loop(fd: &SharedFd, list: GatherList, eager: bool) -> BufResult<(), GatherList> {
     let mut list = list;
     let mut sent = 0;
     while sent < list.len() {
-        let r = match list.try_send(fd, sent) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+        let direct = if eager {
+            Some(list.try_send(fd, sent))
+        } else {
+            None
+        };
+        let r = match direct {
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let (r, l) = sendmsg_op(fd, list, sent, RECVSEND_POLL_FIRST).await;
                 list = l;
                 r
             }
-            r => r,
+            Some(r) => r,
+            None => {
+                let (r, l) = sendmsg(fd, list, sent).await;
+                list = l;
+                r
+            }
         };
         match r {
             Ok(0) => {
