@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::iothread::{
-    IoThread, IoThreadConfig, IoThreadHandle, PollParams, DEFAULT_POLL_MAX_NS, DEFAULT_RING_ENTRIES,
+    IoThread, IoThreadConfig, IoThreadHandle, DEFAULT_POLL_MAX_NS, DEFAULT_RING_ENTRIES,
 };
 use serde_json::{json, Value};
 
@@ -127,17 +127,14 @@ impl Objects {
         if self.contains(&options.id) {
             return Err(duplicate(&options.id));
         }
-        let poll = poll_params(&options)?;
+        let poll_max_ns = poll_max_ns(&options)?;
         let cpu = self.placement.place(options.cpu)?;
-        let thread = IoThread::spawn_with_poll(
-            IoThreadConfig {
-                name: options.id.clone(),
-                cpu: Some(cpu),
-                ring_entries: DEFAULT_RING_ENTRIES,
-                poll_max_ns: poll.max_ns,
-            },
-            poll,
-        )?;
+        let thread = IoThread::spawn(IoThreadConfig {
+            name: options.id.clone(),
+            cpu: Some(cpu),
+            ring_entries: DEFAULT_RING_ENTRIES,
+            poll_max_ns,
+        })?;
         self.order.push(options.id.clone());
         self.iothreads
             .insert(options.id.clone(), IothreadEntry { thread, options });
@@ -237,9 +234,11 @@ impl Objects {
     }
 }
 
-/// The polling parameters of `options`, refused as QEMU refuses them
-/// (negative values; QEMU checks `poll-grow` first).
-fn poll_params(options: &IothreadOptions) -> Result<PollParams> {
+/// The `poll-max-ns` of `options`, after checking its numeric properties
+/// as QEMU does (negative values refused; QEMU checks `poll-grow` first).
+/// `poll-grow` and `poll-shrink` are accepted but not used (see the
+/// engine's `iothread/poll.rs`).
+fn poll_max_ns(options: &IothreadOptions) -> Result<u64> {
     let checked = [
         ("poll-grow", options.poll_grow),
         ("poll-shrink", options.poll_shrink),
@@ -256,12 +255,9 @@ fn poll_params(options: &IothreadOptions) -> Result<PollParams> {
             )));
         }
     }
-    let get = |v: Option<i64>, default: u64| v.map_or(default, |v| v as u64);
-    Ok(PollParams {
-        max_ns: get(options.poll_max_ns, DEFAULT_POLL_MAX_NS),
-        grow: get(options.poll_grow, 0),
-        shrink: get(options.poll_shrink, 0),
-    })
+    Ok(options
+        .poll_max_ns
+        .map_or(DEFAULT_POLL_MAX_NS, |v| v as u64))
 }
 
 /// QEMU's error for an object id that is taken (by any object type).
@@ -288,16 +284,12 @@ mod tests {
     #[test]
     fn poll_params_take_qemu_defaults_and_values() {
         assert_eq!(
-            poll_params(&opts(None, None, None)).unwrap(),
-            PollParams::default()
+            poll_max_ns(&opts(None, None, None)).unwrap(),
+            DEFAULT_POLL_MAX_NS
         );
         assert_eq!(
-            poll_params(&opts(Some(4), Some(2), Some(50000))).unwrap(),
-            PollParams {
-                max_ns: 50000,
-                grow: 4,
-                shrink: 2
-            }
+            poll_max_ns(&opts(Some(4), Some(2), Some(50000))).unwrap(),
+            50000
         );
     }
 
@@ -305,12 +297,12 @@ mod tests {
     fn negative_poll_params_are_refused_as_qsd_does() {
         // QSD 10: `--object iothread,id=t,poll-max-ns=-1,poll-grow=-1`
         // names poll-grow.
-        let e = poll_params(&opts(Some(-1), None, Some(-1))).unwrap_err();
+        let e = poll_max_ns(&opts(Some(-1), None, Some(-1))).unwrap_err();
         assert_eq!(
             e.to_string(),
             "poll-grow value must be in range [0, 9223372036854775807]"
         );
-        let e = poll_params(&opts(None, None, Some(-1))).unwrap_err();
+        let e = poll_max_ns(&opts(None, None, Some(-1))).unwrap_err();
         assert!(e
             .to_string()
             .starts_with("poll-max-ns value must be in range"));

@@ -18,7 +18,6 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Sender};
 
-pub use poll::PollParams;
 pub use runtime::{reap_time, spawn_local};
 
 use crate::error::{EngineError, Result};
@@ -86,16 +85,6 @@ impl IoThread {
     /// It busy-polls up to `config.poll_max_ns` while polling pays (see
     /// `poll.rs`).
     pub fn spawn(config: IoThreadConfig) -> Result<IoThread> {
-        let poll = PollParams {
-            max_ns: config.poll_max_ns,
-            ..PollParams::default()
-        };
-        Self::spawn_with_poll(config, poll)
-    }
-
-    /// [`IoThread::spawn`] with all of QEMU's polling parameters (`poll`
-    /// overrides `config.poll_max_ns`).
-    pub fn spawn_with_poll(config: IoThreadConfig, poll: PollParams) -> Result<IoThread> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new().map_err(EngineError::Eventfd)?);
         let (tx, rx) = unbounded::<Job>();
@@ -127,7 +116,7 @@ impl IoThread {
                 let features = ring.features;
                 let rt = Runtime::install(id, ring, notify);
                 let _ = ready_tx.send(Ok((tid, features)));
-                rt.run(&rx, &thread_shared.stop, poll);
+                rt.run(&rx, &thread_shared.stop, cfg.poll_max_ns);
                 rt.shutdown();
             })
             .map_err(EngineError::Spawn)?;

@@ -10,8 +10,8 @@
 //!
 //! QEMU's iothreads grow and shrink the spin time from how long each wait
 //! lasted (`block_ns`, spinning and parking together; `poll-grow`,
-//! `poll-shrink`). We accept those properties with QEMU's checks but do
-//! not follow that rule: a parked thread's wait includes its wake-up, and
+//! `poll-shrink`). We accept those properties with QEMU's checks (in
+//! `control`) but do not follow that rule: a parked thread's wait includes its wake-up, and
 //! waking a parked vCPU here takes tens of µs, so after one long wait the
 //! measured waits never fit in `poll-max-ns` again and polling stays off
 //! under a load that would pay. Measured in one quiet run
@@ -40,29 +40,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const GAP_LIMIT: u32 = 3;
 /// Empty spins in a row after which polling stops.
 const MISS_LIMIT: u32 = 16;
-/// While polling is stopped, one wait in this many spins to probe.
+/// While polling is stopped, one wait in this many probes with a spin.
 const PROBE_EVERY: u32 = 16;
-
-/// An iothread's polling parameters (QEMU's `IothreadProperties`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PollParams {
-    /// Longest spin in ns; 0 never polls.
-    pub max_ns: u64,
-    /// QEMU's growth factor: accepted, not used (see the module doc).
-    pub grow: u64,
-    /// QEMU's shrink divisor: accepted, not used (see the module doc).
-    pub shrink: u64,
-}
-
-impl Default for PollParams {
-    fn default() -> Self {
-        PollParams {
-            max_ns: super::DEFAULT_POLL_MAX_NS,
-            grow: 0,
-            shrink: 0,
-        }
-    }
-}
 
 /// The polling state of one iothread.
 pub(crate) struct AdaptivePoll {
@@ -79,9 +58,10 @@ pub(crate) struct AdaptivePoll {
 }
 
 impl AdaptivePoll {
-    pub(crate) fn new(params: PollParams) -> AdaptivePoll {
+    /// Polling that spins up to `max_ns` (`poll-max-ns`; 0 never polls).
+    pub(crate) fn new(max_ns: u64) -> AdaptivePoll {
         AdaptivePoll {
-            budget: Duration::from_nanos(params.max_ns),
+            budget: Duration::from_nanos(max_ns),
             misses: 0,
             waits: 0,
             gaps: 0,
@@ -139,11 +119,13 @@ impl AdaptivePoll {
 mod tests {
     use super::*;
 
-    const MAX: Duration = Duration::from_nanos(super::super::DEFAULT_POLL_MAX_NS);
+    use super::super::DEFAULT_POLL_MAX_NS;
+
+    const MAX: Duration = Duration::from_nanos(DEFAULT_POLL_MAX_NS);
 
     #[test]
     fn polls_while_spins_find_work() {
-        let mut p = AdaptivePoll::new(PollParams::default());
+        let mut p = AdaptivePoll::new(DEFAULT_POLL_MAX_NS);
         let now = Instant::now();
         for _ in 0..100 {
             assert_eq!(p.budget(now), MAX);
@@ -160,7 +142,7 @@ mod tests {
 
     #[test]
     fn stops_after_empty_spins_and_probes() {
-        let mut p = AdaptivePoll::new(PollParams::default());
+        let mut p = AdaptivePoll::new(DEFAULT_POLL_MAX_NS);
         let now = Instant::now();
         for _ in 0..MISS_LIMIT {
             assert_eq!(p.budget(now), MAX);
@@ -182,17 +164,13 @@ mod tests {
 
     #[test]
     fn zero_max_never_polls() {
-        let mut p = AdaptivePoll::new(PollParams {
-            max_ns: 0,
-            grow: 0,
-            shrink: 0,
-        });
+        let mut p = AdaptivePoll::new(0);
         assert_eq!(p.budget(Instant::now()), Duration::ZERO);
     }
 
     #[test]
     fn contention_backs_off() {
-        let mut p = AdaptivePoll::new(PollParams::default());
+        let mut p = AdaptivePoll::new(DEFAULT_POLL_MAX_NS);
         let now = Instant::now();
         for _ in 0..GAP_LIMIT - 1 {
             p.spun(true, true, true, now);

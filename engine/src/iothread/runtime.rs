@@ -28,7 +28,7 @@ use io_uring::opcode;
 
 use super::executor::Executor;
 use super::notify::Notify;
-use super::poll::{AdaptivePoll, PollParams, PREEMPT_GAP};
+use super::poll::{AdaptivePoll, PREEMPT_GAP};
 use crate::ring::{Ring, WAKE_TOKEN};
 
 /// Work posted to an iothread from elsewhere.
@@ -123,8 +123,8 @@ impl Runtime {
     }
 
     /// The loop; returns when `stop` is set.
-    pub(crate) fn run(&self, mailbox: &Receiver<Job>, stop: &AtomicBool, poll: PollParams) {
-        let mut adapt = AdaptivePoll::new(poll);
+    pub(crate) fn run(&self, mailbox: &Receiver<Job>, stop: &AtomicBool, poll_max_ns: u64) {
+        let mut adapt = AdaptivePoll::new(poll_max_ns);
         let mut idle_skips = 0u32;
         loop {
             while let Ok(job) = mailbox.try_recv() {
