@@ -68,6 +68,19 @@ fn inline_allowed() -> bool {
     }
 }
 
+/// Runs one inline write; one that stalled the iothread (past [`STALL`])
+/// sends the writes after it to the ring for [`BACKOFF`].
+fn timed_inline<T>(write: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let r = write();
+    let took = start.elapsed();
+    if took > STALL {
+        log::debug!("inline buffered write took {took:?}; using the ring for a while");
+        RING_UNTIL.with(|c| c.set(Some(start + took + BACKOFF)));
+    }
+    r
+}
+
 fn mode() -> Mode {
     static MODE: OnceLock<Mode> = OnceLock::new();
     *MODE.get_or_init(
@@ -95,14 +108,7 @@ pub(crate) async fn write_at(
     }
     match mode() {
         Mode::Inline if len <= INLINE_MAX && inline_allowed() => {
-            let start = Instant::now();
-            let r = pwrite(fd, &buf, from, offset);
-            let took = start.elapsed();
-            if took > STALL {
-                log::debug!("inline buffered write took {took:?}; using the ring for a while");
-                RING_UNTIL.with(|c| c.set(Some(start + took + BACKOFF)));
-            }
-            (r, buf)
+            (timed_inline(|| pwrite(fd, &buf, from, offset)), buf)
         }
         Mode::Async => {
             op::write_at_flags(fd, buf, from, len, offset, 0, squeue::Flags::ASYNC).await
@@ -128,14 +134,7 @@ pub(crate) async fn writev_at<B: IoVecBuf + Unpin>(
     let len = bufs.total_len().saturating_sub(skip);
     match mode() {
         Mode::Inline if len <= INLINE_MAX && inline_allowed() => {
-            let start = Instant::now();
-            let r = pwritev(fd, &bufs, skip, offset);
-            let took = start.elapsed();
-            if took > STALL {
-                log::debug!("inline buffered write took {took:?}; using the ring for a while");
-                RING_UNTIL.with(|c| c.set(Some(start + took + BACKOFF)));
-            }
-            (r, bufs)
+            (timed_inline(|| pwritev(fd, &bufs, skip, offset)), bufs)
         }
         Mode::Async => op::writev_at_flags(fd, bufs, skip, offset, 0, squeue::Flags::ASYNC).await,
         _ => op::writev_at(fd, bufs, skip, offset, 0).await,
@@ -148,21 +147,15 @@ fn pwritev<B: IoVecBuf>(
     skip: usize,
     offset: u64,
 ) -> std::io::Result<usize> {
-    let rest;
-    let iov = if skip == 0 {
-        bufs.iovecs()
-    } else {
-        rest = iovec::tail(bufs.iovecs(), skip);
-        &rest[..]
-    };
     let Ok(off) = libc::off_t::try_from(offset) else {
         return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
     };
-    let n = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
-    // SAFETY: the iovecs point into memory `bufs` keeps mapped and readable
-    // for as long as it lives (IoVecBuf's contract), borrowed for the whole
-    // call; the kernel only reads it.
-    let n = unsafe { libc::pwritev(fd.raw(), iov.as_ptr(), n, off) };
+    // `_rest` owns the skipped-into copy of the array when there is one.
+    let (_rest, iov, n) = iovec::sqe_iovecs(bufs.iovecs(), skip);
+    // SAFETY: `iov` points at `n` iovecs in `_rest` or in `bufs`, both alive
+    // for the call; they point into memory `bufs` keeps mapped and readable
+    // for as long as it lives (IoVecBuf's contract); the kernel only reads it.
+    let n = unsafe { libc::pwritev(fd.raw(), iov, n as libc::c_int, off) };
     if n < 0 {
         Err(std::io::Error::last_os_error())
     } else {
