@@ -558,14 +558,9 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
             .needs_notification(&*mem)
             .unwrap_or(true);
         if needed {
-            self.signal_call();
-        }
-    }
-
-    /// Interrupts the driver through the current call notifier.
-    fn signal_call(&self) {
-        if let Some(call) = lock(&self.control.call).as_ref() {
-            call.notify();
+            if let Some(call) = lock(&self.control.call).as_ref() {
+                call.notify();
+            }
         }
     }
 }
