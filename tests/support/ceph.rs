@@ -12,7 +12,6 @@
 //! thread would die with that test while others still use the cluster).
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -21,7 +20,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use crate::daemon::scratch;
-use crate::util::{run, Ran};
+use crate::util::{die_with_parent, run, Ran};
 
 /// How long a ceph command may take.
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -74,13 +73,7 @@ fn daemon(prog: &str, args: &[&str], log: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("log fd"))
         .stderr(out);
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     spawn_from_lasting_thread(cmd)
         .unwrap_or_else(|e| panic!("spawn {prog}: {e}; run tests/run, which installs Ceph"))
 }

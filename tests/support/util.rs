@@ -4,6 +4,7 @@ use crate::daemon::{scratch, Daemon};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread::sleep;
@@ -14,6 +15,18 @@ pub const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Interpreter that can `import nbd` (pyenv's python3 on PATH cannot).
 pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Arms `cmd` so that its child gets SIGKILL when the spawning thread
+/// exits (`PR_SET_PDEATHSIG`): a test that fails leaves no server behind.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
 
 /// Waits up to 5 s for `cond`, polling every 20 ms; panics naming `what`.
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
