@@ -135,8 +135,12 @@ mod tests {
             assert_eq!(p.budget(now), MAX);
             p.spun(false, false, true, now);
         }
-        assert_eq!(p.budget(now), MAX, "a hit resets the count");
+        assert_eq!(p.budget(now), MAX, "one miss short of the limit");
         p.spun(true, false, true, now);
+        for _ in 0..MISS_LIMIT - 1 {
+            assert_eq!(p.budget(now), MAX, "a hit resets the count");
+            p.spun(false, false, true, now);
+        }
         assert_eq!(p.budget(now), MAX);
     }
 
