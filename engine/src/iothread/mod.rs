@@ -9,6 +9,7 @@
 mod executor;
 mod notify;
 mod poll;
+mod poller;
 pub(crate) mod runtime;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{unbounded, Sender};
 
+pub use poller::{register_poller, Poller};
 pub use runtime::{reap_time, spawn_local};
 
 use crate::error::{EngineError, Result};

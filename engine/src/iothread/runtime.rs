@@ -29,6 +29,7 @@ use io_uring::opcode;
 use super::executor::Executor;
 use super::notify::Notify;
 use super::poll::{AdaptivePoll, PREEMPT_GAP};
+use super::poller::Pollers;
 use crate::ring::{Ring, WAKE_TOKEN};
 
 /// Work posted to an iothread from elsewhere.
@@ -44,6 +45,8 @@ pub(crate) struct Runtime {
     notify: Arc<Notify>,
     /// Where the wake eventfd read lands; boxed so its address is stable.
     wake_buf: Box<u64>,
+    /// Sources looked at in user space while the thread spins.
+    pub(crate) pollers: Pollers,
 }
 
 thread_local! {
@@ -95,6 +98,7 @@ impl Runtime {
             exec: Executor::new(id, notify.clone()),
             notify,
             wake_buf: Box::new(0),
+            pollers: Pollers::default(),
         });
         CURRENT.with(|c| *c.borrow_mut() = Some(rt.clone()));
         CURRENT_ID.with(|c| c.set(Some(id)));
@@ -154,6 +158,11 @@ impl Runtime {
             if self.poll(mailbox, &mut adapt) {
                 continue;
             }
+            // Sources that kept their notifications off while we spun turn
+            // them on again; what came in meanwhile is served, not slept on.
+            if self.pollers.run(true) {
+                continue;
+            }
             self.arm_wake();
             self.enter(true);
         }
@@ -163,7 +172,8 @@ impl Runtime {
     /// `poll-max-ns` while polling pays, see [`super::poll`]): a client
     /// that answers within that time finds the iothread awake, without a
     /// sleep and wake-up per round trip. Spins in user space (see
-    /// `Ring::enter`). Returns true when work turned up.
+    /// `Ring::enter`), looking at the ring and at the registered
+    /// [`super::poller`] sources. Returns true when work turned up.
     fn poll(&self, mailbox: &Receiver<Job>, adapt: &mut AdaptivePoll) -> bool {
         let start = Instant::now();
         let limit = adapt.budget(start);
@@ -178,7 +188,8 @@ impl Runtime {
             // runs a lot of task work is busy, not preempted.
             gapped |= last.elapsed() > PREEMPT_GAP;
             self.enter(false);
-            let found = self.exec.has_ready() || !mailbox.is_empty();
+            let polled = self.pollers.run(false);
+            let found = polled || self.exec.has_ready() || !mailbox.is_empty();
             let now = Instant::now();
             if found || now - start >= limit {
                 adapt.spun(found, gapped, spins > 0, now);
