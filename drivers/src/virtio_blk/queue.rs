@@ -15,6 +15,14 @@
 //! says the driver does not want it. With EVENT_IDX the avail ring is
 //! re-checked after notifications are re-enabled, so no kick is lost.
 //!
+//! While the iothread spins, the queue is also one of its poll sources
+//! ([`QueuePoller`], `engine::iothread::Poller`): the spin reads the avail
+//! index in user space and serves new chains at once, and the driver's
+//! notifications stay off until the thread is about to park, so a busy
+//! driver submits without kicking. Measured (benches/results/vq-poll-2026-12-02,
+//! one queue, 4k random reads): qd32 230k → 297k IOPS and 211k → 294k in
+//! two A/B pairs, qd1 p50 20.9 → 19.5 µs.
+//!
 //! # Hostile drivers
 //!
 //! A chain that parses badly is answered (IOERR/UNSUPP) when it has a
@@ -36,7 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
 use engine::buf::{pool, Buf, BufResult};
-use engine::iothread::spawn_local;
+use engine::iothread::{register_poller, spawn_local, Poller};
 use engine::op::{self, SharedFd};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic};
@@ -235,6 +243,9 @@ struct Local<M: GuestMemory> {
     completed: LocalSignal,
     broken: Cell<bool>,
     warned: Cell<bool>,
+    /// The iothread is spinning and looks at the avail ring itself, so the
+    /// driver's notifications are off (see [`QueuePoller`]).
+    polling: Cell<bool>,
 }
 
 /// Starts serving a queue on the current iothread.
@@ -303,6 +314,7 @@ pub fn spawn_queue<M: GuestMemory + Send + Sync + 'static>(
         completed: LocalSignal::default(),
         broken: Cell::new(false),
         warned: Cell::new(false),
+        polling: Cell::new(false),
     });
     spawn_local(run(local, SharedFd::new(kick)));
 }
@@ -327,6 +339,8 @@ async fn run<M: GuestMemory + Send + Sync + 'static>(local: Rc<Local<M>>, kick: 
     local.resubmit();
     // Requests queued before the kick fd arrived are served now.
     local.process();
+    let poller: Rc<dyn Poller> = Rc::new(QueuePoller(local.clone()));
+    register_poller(Rc::downgrade(&poller));
     let mut pending = read_kick(&kick, pool::check_out(8));
     loop {
         let wake = poll_fn(|cx| {
@@ -354,6 +368,9 @@ async fn run<M: GuestMemory + Send + Sync + 'static>(local: Rc<Local<M>>, kick: 
             }
         }
     }
+    // No more polling, and a driver that comes back kicks again.
+    drop(poller);
+    local.end_polling();
     // Dropping the read cancels it; then every request in flight finishes
     // before the transport learns where the ring stands.
     drop(pending);
@@ -460,7 +477,8 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                 return;
             }
             let mut q = self.queue.borrow_mut();
-            if !q.event_idx_enabled() {
+            // While the iothread polls, the driver need not kick.
+            if !q.event_idx_enabled() || self.polling.get() {
                 return;
             }
             match q.enable_notification(&*mem) {
@@ -545,6 +563,23 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         }
     }
 
+    /// Leaves polling: notifications on again. True when the avail ring
+    /// moved meanwhile (the caller serves it: no kick will come for it).
+    fn end_polling(&self) -> bool {
+        if !self.polling.replace(false) || self.broken.get() {
+            return false;
+        }
+        let mem = self.mem.borrow().clone();
+        let r = self.queue.borrow_mut().enable_notification(&*mem);
+        match r {
+            Ok(more) => more,
+            Err(e) => {
+                self.fail(&format!("cannot write the avail event: {e}"));
+                false
+            }
+        }
+    }
+
     /// Signals the call eventfd for the completions since the last signal,
     /// unless the driver suppressed it (flags or EVENT_IDX).
     fn notify(&self) {
@@ -562,6 +597,47 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                 call.notify();
             }
         }
+    }
+}
+
+/// The queue as a source its iothread polls while it spins: requests are
+/// taken from the avail ring without waiting for the driver's kick, whose
+/// notifications stay off meanwhile (VRING_USED_F_NO_NOTIFY, or with
+/// EVENT_IDX an avail event left behind). Lives as long as the queue runs.
+struct QueuePoller<M: GuestMemory>(Rc<Local<M>>);
+
+impl<M: GuestMemory + Send + Sync + 'static> Poller for QueuePoller<M> {
+    fn poll(&self) -> bool {
+        let local = &self.0;
+        if local.broken.get() {
+            return false;
+        }
+        let mem = local.mem.borrow().clone();
+        if !local.polling.replace(true) {
+            let r = local.queue.borrow_mut().disable_notification(&*mem);
+            if let Err(e) = r {
+                local.fail(&format!("cannot write the used ring: {e}"));
+                return false;
+            }
+        }
+        let moved = {
+            let q = local.queue.borrow();
+            // A ring we cannot read is process()'s to report.
+            q.avail_idx(&*mem, Ordering::Acquire)
+                .map_or(true, |idx| idx.0 != q.next_avail())
+        };
+        if moved {
+            local.process();
+        }
+        moved
+    }
+
+    fn poll_end(&self) -> bool {
+        let more = self.0.end_polling();
+        if more {
+            self.0.process();
+        }
+        more
     }
 }
 
