@@ -85,13 +85,18 @@ pub fn create_qcow2(path: &Path, size: u64, layout: Qcow2Layout) -> Result<()> {
         "qemu-img create",
     )?;
     if layout == Qcow2Layout::Metadata {
-        let fill = format!("write -P 0xa5 0 {size}");
-        run(
-            Command::new("qemu-io")
-                .args(["-f", "qcow2", "-c", &fill, &p])
-                .stdout(std::process::Stdio::null()),
-            "qemu-io fill",
-        )?;
+        // One qemu-io write is at most 2 GiB - 512: fill in 1 GiB pieces.
+        const PIECE: u64 = 1 << 30;
+        let mut io = Command::new("qemu-io");
+        io.args(["-f", "qcow2"]);
+        let mut off = 0;
+        while off < size {
+            let len = PIECE.min(size - off);
+            io.arg("-c").arg(format!("write -P 0xa5 {off} {len}"));
+            off += len;
+        }
+        io.arg(&p).stdout(std::process::Stdio::null());
+        run(&mut io, "qemu-io fill")?;
         // Written back before the run, so writes do not wait on writeback.
         run(Command::new("sync").arg(path), "sync")?;
     }
