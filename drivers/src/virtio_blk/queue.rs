@@ -612,24 +612,33 @@ impl<M: GuestMemory + Send + Sync + 'static> Poller for QueuePoller<M> {
         if local.broken.get() {
             return false;
         }
-        let mem = local.mem.borrow().clone();
-        if !local.polling.replace(true) {
-            let r = local.queue.borrow_mut().disable_notification(&*mem);
-            if let Err(e) = r {
+        // Borrowed, not cloned: this runs on every look of every spin.
+        // The borrows end before process(), which replaces `mem`.
+        let moved = {
+            let mem = local.mem.borrow();
+            let mut q = local.queue.borrow_mut();
+            let off = if local.polling.replace(true) {
+                Ok(())
+            } else {
+                q.disable_notification(&**mem)
+            };
+            // A ring we cannot read is process()'s to report.
+            off.map(|()| {
+                q.avail_idx(&**mem, Ordering::Acquire)
+                    .map_or(true, |idx| idx.0 != q.next_avail())
+            })
+        };
+        match moved {
+            Ok(true) => {
+                local.process();
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
                 local.fail(&format!("cannot write the used ring: {e}"));
-                return false;
+                false
             }
         }
-        let moved = {
-            let q = local.queue.borrow();
-            // A ring we cannot read is process()'s to report.
-            q.avail_idx(&*mem, Ordering::Acquire)
-                .map_or(true, |idx| idx.0 != q.next_avail())
-        };
-        if moved {
-            local.process();
-        }
-        moved
     }
 
     fn poll_end(&self) -> bool {
