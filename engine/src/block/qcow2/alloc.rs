@@ -35,6 +35,8 @@ struct Slot {
     new: bool,
     /// Never written: parts the request does not cover read as zeroes.
     fresh: bool,
+    /// The [`super::written`] bits its new entry gets (0: untracked).
+    written: u64,
 }
 
 impl Qcow2Handle {
@@ -91,6 +93,7 @@ impl Qcow2Handle {
                             _ => break,
                         }
                     }
+                    self.mark_written(guest, n);
                     let (r, b) = self.file.write_from(start, buf, at, n as usize, fua).await;
                     (r, b, n)
                 }
@@ -124,6 +127,20 @@ impl Qcow2Handle {
             }
         }
         (Ok(()), buf)
+    }
+
+    /// Records a write in place of `n` bytes at `guest` in the clusters'
+    /// [`super::written`] bits, before it is issued.
+    fn mark_written(&self, guest: u64, n: u64) {
+        let geo = self.img.geo;
+        let end = guest + n;
+        let mut g = guest;
+        while g < end {
+            let c = g & !(geo.cluster_size - 1);
+            let hi = (c + geo.cluster_size).min(end);
+            self.img.written.mark(c, g - c, hi - c);
+            g = hi;
+        }
     }
 
     /// Locks the metadata once none of `clusters` (guest offsets) is in flight.
@@ -187,6 +204,7 @@ impl Qcow2Handle {
                     host,
                     new,
                     fresh: false,
+                    written: 0,
                 });
             }
             let mut chunk = (0u64, 0u64, 0u64);
@@ -215,6 +233,23 @@ impl Qcow2Handle {
             }
             for s in &slots {
                 meta.inflight.insert(s.guest / cs);
+            }
+        }
+        // Which parts of the clusters hold data: a fresh cluster written
+        // straight from the request keeps holes that read as zeroes;
+        // clusters already ours record the write before it is issued.
+        let end = guest + n;
+        for s in &mut slots {
+            let (lo, hi) = (
+                s.guest.max(guest) - s.guest,
+                (s.guest + cs).min(end) - s.guest,
+            );
+            if s.new {
+                if s.fresh && self.zero_source(*s) {
+                    s.written = self.img.written.bits(lo, hi);
+                }
+            } else if matches!(s.old, Mapping::Data { .. }) {
+                self.img.written.mark(s.guest, lo, hi);
             }
         }
         // Phase 2: the data, with copy-on-write of what the request leaves.
@@ -375,10 +410,10 @@ impl Qcow2Handle {
     /// table is written and synced before the L1 entry), then memory.
     async fn publish(&self, meta: &mut Meta, slots: &[Slot]) -> BlockResult<()> {
         let cs = self.img.geo.cluster_size;
-        let updates: Vec<(u64, u64)> = slots
+        let updates: Vec<(u64, u64, u64)> = slots
             .iter()
             .filter(|s| s.new || !matches!(s.old, Mapping::Data { copied: true, .. }))
-            .map(|s| (s.guest, s.host | COPIED))
+            .map(|s| (s.guest, s.host | COPIED, s.written))
             .collect();
         self.set_entries(meta, &updates).await?;
         for s in slots.iter().filter(|s| s.new) {

@@ -134,6 +134,17 @@ impl Qcow2Handle {
             let first = self.in_cluster(guest, len - pos);
             let at = from + pos as usize;
             let (r, b, n) = match m {
+                Mapping::Data { .. }
+                    if self.img.written.unwritten(
+                        guest,
+                        self.img.geo.in_cluster(guest),
+                        self.img.geo.in_cluster(guest) + first,
+                    ) =>
+                {
+                    // A hole of a fresh cluster (see [`super::written`]).
+                    buf.zero(at..at + first as usize);
+                    (Ok(()), buf, first)
+                }
                 Mapping::Data { host, .. } => {
                     let start = host + self.img.geo.in_cluster(guest);
                     let n = self.extend(guest, first, len - pos, |d, m| {

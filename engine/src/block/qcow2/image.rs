@@ -16,6 +16,7 @@ use super::entry::{Mapping, OFFSET_MASK, REFT_OFFSET_MASK};
 use super::header::Header;
 use super::meta::Meta;
 use super::sync::{Event, MetaLock};
+use super::written::Written;
 use crate::block::bitmap::BitmapSet;
 use crate::block::error::{BlockError, BlockResult};
 use crate::block::node::{BlockNode, Kind};
@@ -83,6 +84,8 @@ pub(crate) struct Image {
     /// One slot per L1 entry: the L2 table once somebody loaded it. Tables
     /// are never evicted (see the module docs of [`super`]).
     pub(crate) l2: Box<[OnceLock<Box<[AtomicU64]>>]>,
+    /// What fresh clusters hold data (see [`super::written`]).
+    pub(crate) written: Written,
     /// Refcounts, the allocator, clusters in flight.
     pub(crate) meta: MetaLock<Meta>,
     /// Rung when an allocation in flight completes.
@@ -221,6 +224,7 @@ impl Image {
             }
         }
         let l2 = (0..l1.len()).map(|_| OnceLock::new()).collect();
+        let written = Written::new(&geo, l1.len());
         let mut reft_bytes =
             vec![0u8; header.refcount_table_clusters as usize * geo.cluster_size as usize];
         sync_read(&file, header.refcount_table_offset, &mut reft_bytes)?;
@@ -265,6 +269,7 @@ impl Image {
             read_only,
             l1,
             l2,
+            written,
             meta: MetaLock::new(Meta::new(
                 &geo,
                 reftable,

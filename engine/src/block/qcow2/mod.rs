@@ -68,6 +68,7 @@ mod meta;
 mod sync;
 mod table;
 mod unmap;
+mod written;
 
 pub use header::{Header, HeaderError};
 pub use image::Qcow2Info;

@@ -12,11 +12,13 @@ use super::meta::{write_bytes, Meta};
 use crate::block::error::BlockResult;
 
 impl Qcow2Handle {
-    /// Sets L2 entries `(guest, raw)`, table by table, on disk then in memory.
+    /// Sets L2 entries `(guest, raw, written)`, table by table, on disk
+    /// then in memory, each after its cluster's [`super::written`] value
+    /// (`written`: the bits of a fresh partial allocation, else 0).
     pub(crate) async fn set_entries(
         &self,
         meta: &mut Meta,
-        updates: &[(u64, u64)],
+        updates: &[(u64, u64, u64)],
     ) -> BlockResult<()> {
         let geo = self.img.geo;
         let mut i = 0;
@@ -36,12 +38,12 @@ impl Qcow2Handle {
         &self,
         meta: &mut Meta,
         l1: usize,
-        updates: &[(u64, u64)],
+        updates: &[(u64, u64, u64)],
     ) -> BlockResult<()> {
         let geo = self.img.geo;
         let cs = geo.cluster_size;
         let entries = 1usize << geo.l2_bits;
-        let Some(&(first_guest, _)) = updates.first() else {
+        let Some(&(first_guest, _, _)) = updates.first() else {
             return Ok(());
         };
         match self.table(l1).await? {
@@ -66,6 +68,7 @@ impl Qcow2Handle {
                 let off = self.img.l1_table(l1);
                 write_bytes(&self.file, off + lo as u64 * 8, &bytes).await?;
                 for u in updates {
+                    self.img.written.set(u.0, u.2);
                     table[geo.l2_index(u.0)].store(u.1, Ordering::Release);
                 }
                 Ok(())
@@ -80,6 +83,9 @@ impl Qcow2Handle {
                 let bytes: Vec<u8> = raw.iter().flat_map(|e| e.to_be_bytes()).collect();
                 write_bytes(&self.file, host, &bytes).await?;
                 self.file.flush().await?;
+                for u in updates {
+                    self.img.written.set(u.0, u.2);
+                }
                 let l1_entry = host | COPIED;
                 self.write_l1(l1, l1_entry).await?;
                 let table = self.img.install_table(l1, &bytes);

@@ -126,7 +126,7 @@ impl Qcow2Handle {
                         frees.push((h, l));
                     }
                 }
-                updates.push((g, raw));
+                updates.push((g, raw, 0));
             }
             self.set_entries(&mut meta, &updates).await?;
             for (h, l) in frees {
