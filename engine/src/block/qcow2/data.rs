@@ -135,11 +135,10 @@ impl Qcow2Handle {
             let at = from + pos as usize;
             let (r, b, n) = match m {
                 Mapping::Data { .. }
-                    if self.img.written.unwritten(
-                        guest,
-                        self.img.geo.in_cluster(guest),
-                        self.img.geo.in_cluster(guest) + first,
-                    ) =>
+                    if {
+                        let lo = self.img.geo.in_cluster(guest);
+                        self.img.written.unwritten(guest, lo, lo + first)
+                    } =>
                 {
                     // A hole of a fresh cluster (see [`super::written`]).
                     buf.zero(at..at + first as usize);

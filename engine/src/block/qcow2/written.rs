@@ -38,8 +38,7 @@ pub(crate) struct Written {
     tables: Box<[OnceLock<Box<[AtomicU64]>>]>,
     /// log2 of the bytes one bit stands for.
     unit_bits: u32,
-    l2_bits: u32,
-    cluster_bits: u32,
+    geo: Geometry,
 }
 
 impl Written {
@@ -47,22 +46,15 @@ impl Written {
         Written {
             tables: (0..l1_len).map(|_| OnceLock::new()).collect(),
             unit_bits: geo.cluster_bits.saturating_sub(6),
-            l2_bits: geo.l2_bits,
-            cluster_bits: geo.cluster_bits,
+            geo: *geo,
         }
     }
 
     fn slot(&self, guest: u64) -> Option<&AtomicU64> {
-        let (t, i) = self.index(guest);
-        self.tables.get(t)?.get()?.get(i)
-    }
-
-    fn index(&self, guest: u64) -> (usize, usize) {
-        let c = guest >> self.cluster_bits;
-        (
-            (c >> self.l2_bits) as usize,
-            (c & ((1 << self.l2_bits) - 1)) as usize,
-        )
+        self.tables
+            .get(self.geo.l1_index(guest))?
+            .get()?
+            .get(self.geo.l2_index(guest))
     }
 
     /// The bits of bytes `lo..hi` of a cluster (`lo < hi <= cluster size`).
@@ -80,8 +72,7 @@ impl Written {
         if bits == u64::MAX {
             return self.set(guest, 0);
         }
-        let (t, i) = self.index(guest);
-        let Some(slot) = self.tables.get(t) else {
+        let Some(slot) = self.tables.get(self.geo.l1_index(guest)) else {
             return;
         };
         let table = if bits == 0 {
@@ -91,12 +82,12 @@ impl Written {
             }
         } else {
             slot.get_or_init(|| {
-                (0..1usize << self.l2_bits)
+                (0..1usize << self.geo.l2_bits)
                     .map(|_| AtomicU64::new(0))
                     .collect()
             })
         };
-        if let Some(e) = table.get(i) {
+        if let Some(e) = table.get(self.geo.l2_index(guest)) {
             e.store(bits, Ordering::Release);
         }
     }
