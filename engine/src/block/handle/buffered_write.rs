@@ -10,7 +10,7 @@
 //!
 //! * `ring` — a plain io_uring write (punted as above);
 //! * `async` — the same with `IOSQE_ASYNC`: straight to the worker;
-//! * `inline` (the default) — `pwrite` on the iothread for writes up to [`INLINE_MAX`]
+//! * `inline` — `pwrite` on the iothread for writes up to [`INLINE_MAX`]
 //!   without FUA: a page-cache copy costs less than a worker hand-off and
 //!   its wake-ups. Writes with `RWF_DSYNC` (FUA, writethrough) always go
 //!   through the ring, since they wait for the disk. An inline write that
@@ -39,17 +39,14 @@ pub(crate) enum Mode {
     Inline,
 }
 
-/// The default, by measurement: in three A/B pairs of the benches'
-/// page-cache rows (2026-12-02, `benches/README.md`) `inline` gave 4k
-/// randwrite qd1 1.33-2.34x the best other server (`ring` 0.39-1.13x),
-/// qd32 1.25-1.61x (`ring` 1.05-1.41x) and randrw70 1.77x (`ring` 1.16x).
-/// A write there costs ~25 us in ext4 whoever issues it (the image sits
-/// in large folios, whose buffer heads each write walks), so the worker
-/// hand-off and its wake-ups were pure overhead. An earlier single
-/// measurement had `inline` at 0.51x at qd1 and kept `ring`; it did not
-/// reproduce. The [`STALL`] guard still sends writes to the ring while the
-/// kernel throttles this thread.
-const DEFAULT: Mode = Mode::Inline;
+/// The default, by measurement, which is mixed (2026-12-02,
+/// `benches/README.md`): on the short runs' 1 GiB image `inline` won in
+/// three A/B pairs (4k randwrite qd1 1.33-2.34x the best other server
+/// against 0.39-1.13x with `ring`, qd32 1.25-1.61x against 1.05-1.41x),
+/// but in one full-mode pair (4 GiB image, longer runs) it lost: qd1 0.63x
+/// against 1.02x, randrw70 0.57x against 1.00x, qd32 level. Until a rule
+/// tells the two cases apart, the ring stays.
+const DEFAULT: Mode = Mode::Ring;
 
 /// An inline write slower than this was throttled or waited for I/O.
 const STALL: Duration = Duration::from_millis(1);
