@@ -10,7 +10,7 @@
 //!
 //! * `ring` — a plain io_uring write (punted as above);
 //! * `async` — the same with `IOSQE_ASYNC`: straight to the worker;
-//! * `inline` — `pwrite` on the iothread for writes up to [`INLINE_MAX`]
+//! * `inline` (the default) — `pwrite` on the iothread for writes up to [`INLINE_MAX`]
 //!   without FUA: a page-cache copy costs less than a worker hand-off and
 //!   its wake-ups. Writes with `RWF_DSYNC` (FUA, writethrough) always go
 //!   through the ring, since they wait for the disk. An inline write that
@@ -39,14 +39,17 @@ pub(crate) enum Mode {
     Inline,
 }
 
-/// The default, by measurement, which is mixed (2026-12-02,
-/// `benches/README.md`): on the short runs' 1 GiB image `inline` won in
-/// three A/B pairs (4k randwrite qd1 1.33-2.34x the best other server
-/// against 0.39-1.13x with `ring`, qd32 1.25-1.61x against 1.05-1.41x),
-/// but in one full-mode pair (4 GiB image, longer runs) it lost: qd1 0.63x
-/// against 1.02x, randrw70 0.57x against 1.00x, qd32 level. Until a rule
-/// tells the two cases apart, the ring stays.
-const DEFAULT: Mode = Mode::Ring;
+/// The default, by measurement (2026-12-02, five A/B pairs of the
+/// benches' NBD page-cache rows, `benches/README.md`): 4k randwrite qd1
+/// with `inline` averaged 1.42x the best other server against 0.89x with
+/// `ring` (inline ahead in four pairs), qd32 1.21x against 1.06x, randrw70
+/// 1.09x against 0.96x; on vhost-user-blk qd32 1.25x QSD against 0.91x.
+/// A write costs ext4 ~25 us whoever issues it (the image sits in large
+/// folios), so the worker hand-off and its wake-ups are overhead on top.
+/// The runs spread widely and one full-mode pair went the other way, so
+/// `ring` stays one variable away. The [`STALL`] guard sends writes to the
+/// ring while the kernel throttles this thread.
+const DEFAULT: Mode = Mode::Inline;
 
 /// An inline write slower than this was throttled or waited for I/O.
 const STALL: Duration = Duration::from_millis(1);
