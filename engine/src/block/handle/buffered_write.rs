@@ -39,11 +39,11 @@ pub(crate) enum Mode {
     Inline,
 }
 
-/// The default, by measurement (2026-12-02, five A/B pairs of the
+/// The default, by measurement (2026-12-02, six A/B pairs of the
 /// benches' NBD page-cache rows, `benches/README.md`): 4k randwrite qd1
-/// with `inline` averaged 1.42x the best other server against 0.89x with
-/// `ring` (inline ahead in four pairs), qd32 1.21x against 1.06x, randrw70
-/// 1.09x against 0.96x; on vhost-user-blk qd32 1.25x QSD against 0.91x.
+/// with `inline` averaged 1.39x the best other server against 0.94x with
+/// `ring` (inline ahead in five pairs), qd32 1.16x against 1.02x, randrw70
+/// 1.07x against 0.85x; on vhost-user-blk qd32 1.25x QSD against 0.91x.
 /// A write costs ext4 ~25 us whoever issues it (the image sits in large
 /// folios), so the worker hand-off and its wake-ups are overhead on top.
 /// The runs spread widely and one full-mode pair went the other way, so
