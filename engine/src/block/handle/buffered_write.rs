@@ -10,14 +10,14 @@
 //!
 //! * `ring` — a plain io_uring write (punted as above);
 //! * `async` — the same with `IOSQE_ASYNC`: straight to the worker;
-//! * `inline` (the default) — `pwrite` on the iothread for writes up to [`INLINE_MAX`]
-//!   without FUA: a page-cache copy costs less than a worker hand-off and
-//!   its wake-ups. Writes with `RWF_DSYNC` (FUA, writethrough) always go
-//!   through the ring, since they wait for the disk. An inline write that
-//!   blocks (the kernel throttles a writer when too much of the page cache
-//!   is dirty) stalls every request of the iothread, so one that takes
-//!   longer than [`STALL`] sends this thread's writes back to the ring for
-//!   [`BACKOFF`].
+//! * `inline` (the default) — `pwrite` on the iothread for writes up to
+//!   [`INLINE_MAX`] without FUA: a page-cache copy costs less than a worker
+//!   hand-off and its wake-ups. Writes with `RWF_DSYNC` (FUA,
+//!   writethrough) always go through the ring, since they wait for the
+//!   disk. An inline write that blocks (the kernel throttles a writer when
+//!   too much of the page cache is dirty) stalls every request of the
+//!   iothread, so one that takes longer than [`STALL`] sends this thread's
+//!   writes back to the ring for [`BACKOFF`].
 
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -39,16 +39,12 @@ pub(crate) enum Mode {
     Inline,
 }
 
-/// The default, by measurement (2026-12-02, six A/B pairs of the
-/// benches' NBD page-cache rows, `benches/README.md`): 4k randwrite qd1
-/// with `inline` averaged 1.39x the best other server against 0.94x with
-/// `ring` (inline ahead in five pairs), qd32 1.16x against 1.02x, randrw70
-/// 1.07x against 0.85x; on vhost-user-blk qd32 1.25x QSD against 0.91x.
-/// A write costs ext4 ~25 us whoever issues it (the image sits in large
-/// folios), so the worker hand-off and its wake-ups are overhead on top.
-/// The runs spread widely and one full-mode pair went the other way, so
-/// `ring` stays one variable away. The [`STALL`] guard sends writes to the
-/// ring while the kernel throttles this thread.
+/// The default, by measurement: over six A/B pairs of the benches' NBD
+/// page-cache rows (2026-12-02; figures and spread in `benches/README.md`,
+/// "Buffered writes, measured choices") `inline` led `ring` on 4k
+/// randwrite qd1, qd32 and randrw70, though one pair went the other way.
+/// ext4 spends the same ~25 us on a write whoever issues it, so the worker
+/// hand-off and its wake-ups are overhead on top.
 const DEFAULT: Mode = Mode::Inline;
 
 /// An inline write slower than this was throttled or waited for I/O.
