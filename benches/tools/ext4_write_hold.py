@@ -3,8 +3,8 @@
 
 Pairs `ext4:ext4_da_write_begin` with the next `ext4_da_write_end` of the
 same thread in `perf script` output and prints, per writer (the thread
-name up to its first `-` or `:`, so every `iou-wrk-N` counts as `iou`) and
-inode: writes per second, the begin -> end time (mean, p50, p99) and the
+name up to its first `-` or `:`, at most 8 characters, so every
+`iou-wrk-N` counts as `iou`) and inode with at least 1000 writes: writes per second, the begin -> end time (mean, p50, p99) and the
 sum of those times over the span ("busy", above 100 % when the writer's
 threads overlap).
 
