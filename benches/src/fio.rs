@@ -40,6 +40,11 @@ pub struct FioRun {
     pub clat_p999_ns: f64,
     /// I/Os completed in the measured window.
     pub total_ios: u64,
+    /// fio's own CPU seconds (user + system, all jobs of the group), when
+    /// every job reports them: on a machine whose cores the client shares
+    /// with the server, the client's cost per I/O bounds what any server
+    /// can reach.
+    pub client_cpu_s: Option<f64>,
 }
 
 /// fio arguments for `job` running `runtime_s` seconds (no fio ramp: the
@@ -123,6 +128,7 @@ pub fn parse(text: &str) -> Result<FioRun> {
         clat_p99_ns: 0.0,
         clat_p999_ns: 0.0,
         total_ios: 0,
+        client_cpu_s: Some(0.0),
     };
     // Latency from the direction with the most I/Os (there is one with
     // group_reporting + unified reporting; this covers other shapes).
@@ -131,6 +137,7 @@ pub fn parse(text: &str) -> Result<FioRun> {
         if let Some(e) = job["error"].as_i64().filter(|e| *e != 0) {
             return Err(Error::msg(format!("fio job reported error {e}")));
         }
+        run.client_cpu_s = run.client_cpu_s.zip(job_cpu_s(job)).map(|(a, b)| a + b);
         for dir in ["mixed", "read", "write", "trim"] {
             let d = &job[dir];
             let ios = d["total_ios"].as_u64().unwrap_or(0);
@@ -159,6 +166,14 @@ pub fn parse(text: &str) -> Result<FioRun> {
         return Err(Error::msg("fio completed no I/O"));
     }
     Ok(run)
+}
+
+/// CPU seconds of one job entry: fio's `usr_cpu` and `sys_cpu` are
+/// percentages of `job_runtime` (ms), which for a `group_reporting` group
+/// is the sum over its jobs, so the product is the group's CPU time.
+fn job_cpu_s(job: &Value) -> Option<f64> {
+    let pct = job["usr_cpu"].as_f64()? + job["sys_cpu"].as_f64()?;
+    Some(pct / 100.0 * job["job_runtime"].as_f64()? / 1000.0)
 }
 
 fn num(v: &Value, key: &str) -> Result<f64> {
@@ -199,6 +214,20 @@ mod tests {
         assert!(r.p50_ns <= r.p999_ns);
         // Total latency includes submission, so it is never below clat.
         assert!(r.p50_ns >= r.clat_p50_ns && r.clat_p50_ns > 0.0);
+        // (7.123219 + 19.820045) % of the group's 4001 ms.
+        let cpu = r.client_cpu_s.unwrap();
+        assert!(
+            (cpu - (7.123219 + 19.820045) / 100.0 * 4.001).abs() < 1e-9,
+            "{cpu}"
+        );
+    }
+
+    #[test]
+    fn client_cpu_is_unknown_when_a_job_lacks_it() {
+        // The vhost-user-blk load generator writes no CPU fields.
+        let j = r#"{"jobs":[{"error":0,"mixed":{"total_ios":10,"iops":10.0,"bw_bytes":40960.0,
+            "clat_ns":{"percentile":{"50.000000":1,"99.000000":2,"99.900000":3}}}}]}"#;
+        assert_eq!(parse(j).unwrap().client_cpu_s, None);
     }
 
     #[test]

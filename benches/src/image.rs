@@ -45,12 +45,17 @@ pub fn warm(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Write back the file's dirty pages (`sync FILE`).
+pub fn sync(path: &Path) -> Result<()> {
+    run(Command::new("sync").arg(path), "sync")
+}
+
 /// Write back and evict the file's pages (`sync FILE`, then GNU dd's
 /// `iflag=nocache count=0`, which is `posix_fadvise(DONTNEED)` on the
 /// whole file). Servers with real O_DIRECT bypass the cache anyway; this
 /// keeps nbdkit's `cache=none` (fadvise-based) from starting warm.
 pub fn evict(path: &Path) -> Result<()> {
-    run(Command::new("sync").arg(path), "sync")?;
+    sync(path)?;
     let ifile = format!("if={}", path.display());
     run(
         Command::new("dd").args([ifile.as_str(), "iflag=nocache", "count=0", "status=none"]),
@@ -98,7 +103,7 @@ pub fn create_qcow2(path: &Path, size: u64, layout: Qcow2Layout) -> Result<()> {
         io.arg(&p).stdout(std::process::Stdio::null());
         run(&mut io, "qemu-io fill")?;
         // Written back before the run, so writes do not wait on writeback.
-        run(Command::new("sync").arg(path), "sync")?;
+        sync(path)?;
     }
     warm(path)
 }

@@ -168,7 +168,11 @@ fn real_main() -> Result<()> {
     }
     let transport_ids = used.join(", ");
     let cells: usize = scenarios.iter().map(|s| s.jobs.len() * present.len()).sum();
-    let estimate = estimate_seconds(&timing, cells, scenarios.len() * present.len());
+    let starts: usize = scenarios
+        .iter()
+        .map(|s| runner::server_lifetimes(s) * present.len())
+        .sum();
+    let estimate = estimate_seconds(&timing, cells, starts);
     println!(
         "ringstor-bench: {:?} mode, transport {}, {} scenarios, {} servers ({}), {} (server, job) cells x {} repeats of {} s: about {:.0} min",
         opts.mode,

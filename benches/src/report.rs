@@ -142,7 +142,7 @@ pub fn markdown(r: &RunReport) -> String {
     }
     let _ = writeln!(
         md,
-        "\n## Results\n\nMedian (min–max) over the repeats. Latencies are fio total latency (submission + completion, `lat_ns`) in µs; completion-only (`clat_ns`) percentiles are in results.json. CPU is server user+system seconds per million I/Os. \"vs best\" is the row's IOPS (MiB/s for 1 MiB jobs) over the best non-ringstor server's."
+        "\n## Results\n\nMedian (min–max) over the repeats. Latencies are fio total latency (submission + completion, `lat_ns`) in µs; completion-only (`clat_ns`) percentiles are in results.json. CPU is server user+system seconds per million I/Os, fio CPU the client's own (fio's `usr_cpu` + `sys_cpu`): the two share the machine's cores unless pinned apart, so a server's throughput is bounded by both. \"vs best\" is the row's IOPS (MiB/s for 1 MiB jobs) over the best non-ringstor server's."
     );
     let mut scenario = "";
     for (sc, job, rows) in groups(&r.rows) {
@@ -151,7 +151,7 @@ pub fn markdown(r: &RunReport) -> String {
             let _ = writeln!(md, "\n### {sc}: {}\n", scenario_title(sc));
             let _ = writeln!(
                 md,
-                "| job | server | IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | CPU s/M I/O | vs best |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+                "| job | server | IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | CPU s/M I/O | fio CPU s/M I/O | vs best |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
             );
         }
         let best = best_other_throughput(&rows);
@@ -161,7 +161,7 @@ pub fn markdown(r: &RunReport) -> String {
                     let vs = row.throughput().zip(best).map(|(t, b)| t / b);
                     let _ = writeln!(
                         md,
-                        "| {job} | {}{} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {job} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         row.server.id(),
                         if err.is_some() { " (partial)" } else { "" },
                         spread(&s.iops),
@@ -170,13 +170,14 @@ pub fn markdown(r: &RunReport) -> String {
                         spread(&s.p99_us),
                         spread(&s.p999_us),
                         spread(&s.cpu_s_per_mio),
+                        s.client_cpu_s_per_mio.as_ref().map_or("–".into(), spread),
                         ratio(vs)
                     );
                 }
                 (None, err) => {
                     let _ = writeln!(
                         md,
-                        "| {job} | {} | error: {} | | | | | | |",
+                        "| {job} | {} | error: {} | | | | | | | |",
                         row.server.id(),
                         err.as_deref().unwrap_or("no data").replace('|', "/")
                     );
@@ -288,6 +289,9 @@ pub(crate) mod tests {
         assert!(md.contains("| 1.50x |"));
         assert!(md.contains("| page-cache | randread-4k-qd32 | qsd | 1.50x | 0.67x |"));
         assert!(md.contains("### null:"));
+        // QSD's row: 1.2 s server and 2.4 s fio CPU over 600k I/Os.
+        assert!(md.contains("| fio CPU s/M I/O |"));
+        assert!(md.contains("| 2.00 (2.00–2.00) | 4.00 (4.00–4.00) |"));
     }
 
     #[test]

@@ -23,6 +23,11 @@ impl Sample {
     pub fn cpu_s_per_mio(&self) -> f64 {
         self.server_cpu_s / self.fio.total_ios as f64 * 1e6
     }
+
+    /// The client's (fio's) CPU seconds per million I/Os, when it said.
+    pub fn client_cpu_s_per_mio(&self) -> Option<f64> {
+        Some(self.fio.client_cpu_s? / self.fio.total_ios as f64 * 1e6)
+    }
 }
 
 /// Summaries over a row's repeats (`None` when nothing was measured).
@@ -40,6 +45,8 @@ pub struct Summaries {
     pub p999_us: Summary,
     /// Server CPU seconds per million I/Os.
     pub cpu_s_per_mio: Summary,
+    /// Client CPU seconds per million I/Os (when every repeat reported it).
+    pub client_cpu_s_per_mio: Option<Summary>,
 }
 
 /// One server on one job of one scenario.
@@ -80,6 +87,11 @@ impl Row {
                 p99_us: s(&|x| x.fio.p99_ns / 1000.0)?,
                 p999_us: s(&|x| x.fio.p999_ns / 1000.0)?,
                 cpu_s_per_mio: s(&|x| x.cpu_s_per_mio())?,
+                client_cpu_s_per_mio: samples
+                    .iter()
+                    .map(Sample::client_cpu_s_per_mio)
+                    .collect::<Option<Vec<_>>>()
+                    .and_then(|v| summarize(&v)),
             })
         })();
         Row {
@@ -215,6 +227,7 @@ pub(crate) mod tests {
             clat_p99_ns: p50_us * 2900.0,
             clat_p999_ns: p50_us * 4900.0,
             total_ios: (iops * 3.0) as u64,
+            client_cpu_s: Some(cpu_s * 2.0),
         };
         let sample = Sample {
             fio,

@@ -1,6 +1,7 @@
-//! The measurement loop: for each scenario, each server in turn on the same
-//! backend (page cache warmed or evicted first), each job: one discarded
-//! warm-up fio run, then the repeats, sampling the server's CPU around each.
+//! The measurement loop: for each scenario, each job, each server in turn
+//! on the same backend (page cache synced and warmed or evicted before each
+//! start): one discarded warm-up fio run, then the repeats, sampling the
+//! server's CPU around each.
 
 use crate::cpu::process_cpu_seconds;
 use crate::error::{Error, Result};
@@ -42,6 +43,14 @@ pub struct Dirs {
 
 /// Run the plan; failures of one server or job become rows with an error,
 /// the rest of the run goes on. Returns rows and "skipped" lines.
+///
+/// Scenarios on a file or the null node run job by job, every server in
+/// turn on each job, so one job's rows are minutes apart at most, not a
+/// scenario's length: these shared 2-core machines drift (fio alone on the
+/// cached image: 67k to 469k IOPS within half an hour on 2026-12-03), and
+/// ratios of rows measured far apart carry the drift. qcow2 scenarios (a fresh image per server
+/// lifetime) and the interleaved bitmap scenario keep one server lifetime
+/// for all their jobs.
 pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<String>) {
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
@@ -67,58 +76,59 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
                 path: dirs.work.join("image.qcow2"),
             },
         };
+        let cx = Cx {
+            plan,
+            transports,
+            dirs,
+            sc,
+            backend: &backend,
+            image: &image,
+            size,
+        };
+        if job_major(sc) {
+            for (i, job) in sc.jobs.iter().enumerate() {
+                for (kind, bin) in &plan.servers {
+                    let (spec, mut server) = match cx.launch(*kind, bin) {
+                        Launch::Up(spec, server) => (spec, server),
+                        Launch::Skip(line) => {
+                            if i == 0 {
+                                println!("{line}");
+                                skipped.push(line);
+                            }
+                            continue;
+                        }
+                        Launch::Failed(e) => {
+                            println!("ERROR {} {} {}: {e}", sc.id, job.id, kind.id());
+                            let e = Some(e.to_string());
+                            rows.push(Row::new(sc.id, job.id, job.primary, *kind, vec![], e));
+                            continue;
+                        }
+                    };
+                    rows.push(cx.measure(&mut server, *kind, &spec, job));
+                    // `server` dropped here: killed and reaped before the next one.
+                }
+            }
+            continue;
+        }
         for (kind, bin) in &plan.servers {
-            let transport = transports.get(sc.transport);
-            let client = transport.and_then(|t| t.client());
-            let client = client.as_deref().unwrap_or(&plan.fio);
-            let spec = transport
-                .and_then(|t| t.launch(*kind, &backend, &dirs.work))
-                .and_then(|spec| crate::bitmap::prepare(sc.id, *kind, spec, &dirs.work));
-            let Some(spec) = spec else {
-                let line = format!(
-                    "SKIP {} on {}: not supported by this server over {}",
-                    kind.id(),
-                    sc.id,
-                    transport.map_or(sc.transport.id(), |t| t.id())
-                );
-                println!("{line}");
-                skipped.push(line);
-                continue;
-            };
-            let fail_all = |rows: &mut Vec<Row>, e: &Error| {
-                println!("ERROR {} {}: {e}", sc.id, kind.id());
-                for j in &sc.jobs {
-                    rows.push(Row::new(
-                        sc.id,
-                        j.id,
-                        j.primary,
-                        *kind,
-                        vec![],
-                        Some(e.to_string()),
-                    ));
+            let (spec, mut server) = match cx.launch(*kind, bin) {
+                Launch::Up(spec, server) => (spec, server),
+                Launch::Skip(line) => {
+                    println!("{line}");
+                    skipped.push(line);
+                    continue;
+                }
+                Launch::Failed(e) => {
+                    println!("ERROR {} {}: {e}", sc.id, kind.id());
+                    for j in &sc.jobs {
+                        let e = Some(e.to_string());
+                        rows.push(Row::new(sc.id, j.id, j.primary, *kind, vec![], e));
+                    }
+                    continue;
                 }
             };
-            let qcow2 = dirs.work.join("image.qcow2");
-            if let Err(e) = prepare_cache(&sc.backend, &image, &qcow2, size) {
-                fail_all(&mut rows, &e);
-                continue;
-            }
-            let log = dirs.work.join(format!("{}-{}.log", sc.id, kind.id()));
-            let name = format!("{} ({})", kind.id(), sc.id);
-            let mut server =
-                match RunningServer::start(&name, bin, &spec, plan.pin_server.as_deref(), &log) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        fail_all(&mut rows, &e);
-                        continue;
-                    }
-                };
-            if let Err(e) = crate::bitmap::setup(sc.id, *kind, &dirs.work) {
-                fail_all(&mut rows, &e);
-                continue;
-            }
-            let raw = dirs.out.join("raw").join(sc.id).join(kind.id());
             if crate::bitmap::interleaves(sc.id) {
+                let raw = dirs.out.join("raw").join(sc.id).join(kind.id());
                 let rs = crate::bitmap::run_interleaved(
                     plan,
                     &mut server,
@@ -135,17 +145,7 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
                 continue;
             }
             for job in &sc.jobs {
-                let row = run_job(plan, client, &mut server, &spec, job, &raw);
-                let (samples, error) = match row {
-                    Ok(s) => (s, None),
-                    Err((s, e)) => {
-                        println!("ERROR {} {} {}: {e}", sc.id, job.id, kind.id());
-                        (s, Some(e.to_string()))
-                    }
-                };
-                let row = Row::new(sc.id, job.id, job.primary, *kind, samples, error);
-                print_progress(&row);
-                rows.push(row);
+                rows.push(cx.measure(&mut server, *kind, &spec, job));
             }
             // `server` dropped here: killed and reaped before the next one.
         }
@@ -153,12 +153,109 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
     (rows, skipped)
 }
 
-/// Puts the backend in the same state for each server: the raw image warm
-/// or evicted, the qcow2 image made anew (so every server allocates into
-/// the same fresh image).
+/// Whether scenario `sc` runs job by job, each server started anew per job.
+fn job_major(sc: &Scenario) -> bool {
+    matches!(sc.backend, BackendKind::File(_) | BackendKind::Null)
+        && !crate::bitmap::interleaves(sc.id)
+}
+
+/// How many times each server is started for scenario `sc`.
+pub fn server_lifetimes(sc: &Scenario) -> usize {
+    if job_major(sc) {
+        sc.jobs.len()
+    } else {
+        1
+    }
+}
+
+/// One scenario's setting, shared by its server launches.
+struct Cx<'a> {
+    plan: &'a Plan,
+    transports: &'a Transports<'a>,
+    dirs: &'a Dirs,
+    sc: &'a Scenario,
+    backend: &'a Backend,
+    image: &'a Path,
+    size: u64,
+}
+
+/// A server started for a scenario, or why not.
+enum Launch {
+    /// Started, with how fio reaches it.
+    Up(LaunchSpec, RunningServer),
+    /// The server cannot serve this scenario (a "SKIP" line).
+    Skip(String),
+    /// Preparing the backend or starting the server failed.
+    Failed(Error),
+}
+
+impl Cx<'_> {
+    /// Backend in its starting state, then `kind` started on it.
+    fn launch(&self, kind: ServerKind, bin: &Path) -> Launch {
+        let (plan, dirs, sc) = (self.plan, self.dirs, self.sc);
+        let transport = self.transports.get(sc.transport);
+        let spec = transport
+            .and_then(|t| t.launch(kind, self.backend, &dirs.work))
+            .and_then(|spec| crate::bitmap::prepare(sc.id, kind, spec, &dirs.work));
+        let Some(spec) = spec else {
+            return Launch::Skip(format!(
+                "SKIP {} on {}: not supported by this server over {}",
+                kind.id(),
+                sc.id,
+                transport.map_or(sc.transport.id(), |t| t.id())
+            ));
+        };
+        let qcow2 = dirs.work.join("image.qcow2");
+        if let Err(e) = prepare_cache(&sc.backend, self.image, &qcow2, self.size) {
+            return Launch::Failed(e);
+        }
+        let log = dirs.work.join(format!("{}-{}.log", sc.id, kind.id()));
+        let name = format!("{} ({})", kind.id(), sc.id);
+        let server = match RunningServer::start(&name, bin, &spec, plan.pin_server.as_deref(), &log)
+        {
+            Ok(s) => s,
+            Err(e) => return Launch::Failed(e),
+        };
+        if let Err(e) = crate::bitmap::setup(sc.id, kind, &dirs.work) {
+            return Launch::Failed(e);
+        }
+        Launch::Up(spec, server)
+    }
+
+    /// One job's row on a started server.
+    fn measure(
+        &self,
+        server: &mut RunningServer,
+        kind: ServerKind,
+        spec: &LaunchSpec,
+        job: &Job,
+    ) -> Row {
+        let (plan, sc) = (self.plan, self.sc);
+        let client = self.transports.get(sc.transport).and_then(|t| t.client());
+        let client = client.as_deref().unwrap_or(&plan.fio);
+        let raw = self.dirs.out.join("raw").join(sc.id).join(kind.id());
+        let (samples, error) = match run_job(plan, client, server, spec, job, &raw) {
+            Ok(s) => (s, None),
+            Err((s, e)) => {
+                println!("ERROR {} {} {}: {e}", sc.id, job.id, kind.id());
+                (s, Some(e.to_string()))
+            }
+        };
+        let row = Row::new(sc.id, job.id, job.primary, kind, samples, error);
+        print_progress(&row);
+        row
+    }
+}
+
+/// Puts the backend in the same state for each server: the raw image
+/// written back (the previous server's dirty pages would otherwise be
+/// written back during this one's run) and warm or evicted, the qcow2
+/// image made anew (so every server allocates into the same fresh image).
 fn prepare_cache(backend: &BackendKind, image: &Path, qcow2: &Path, size: u64) -> Result<()> {
     match backend {
-        BackendKind::File(CacheMode::PageCache) => image::warm(image),
+        BackendKind::File(CacheMode::PageCache) => {
+            image::sync(image).and_then(|()| image::warm(image))
+        }
         BackendKind::File(CacheMode::Direct) => image::evict(image),
         BackendKind::Null | BackendKind::Rbd => Ok(()),
         BackendKind::Qcow2(layout) => image::create_qcow2(qcow2, size, *layout),
