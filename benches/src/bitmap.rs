@@ -182,6 +182,7 @@ impl Runs<'_> {
         server.check_alive()?;
         before_job(job.id, self.kind, self.dir)?;
         let args = fio::args(job, secs, self.fio_args);
+        let refaults = crate::vmstat::file_refaults();
         let before = process_cpu_seconds(server.pid(), self.plan.ticks)?;
         let fio = fio::run(
             &self.plan.fio,
@@ -194,6 +195,7 @@ impl Runs<'_> {
         Ok(Sample {
             fio,
             server_cpu_s: after - before,
+            refaults: crate::vmstat::since(refaults, crate::vmstat::file_refaults()),
         })
     }
 }

@@ -29,6 +29,7 @@ mod targets;
 mod tcp;
 mod transport;
 mod vhost_user_blk;
+mod vmstat;
 mod workdir;
 
 use error::{Context, Error, Result};

@@ -82,6 +82,45 @@ fn si(v: f64) -> String {
     }
 }
 
+/// Refaults per million I/Os from which a row is listed as having re-read
+/// evicted pages (one in 10 000 I/Os).
+const REFAULTS_NOTED: f64 = 100.0;
+
+/// The rows during which the machine re-read evicted file pages: their
+/// page-cache figures are partly the disk's (see `vmstat.rs`).
+fn refaults_section(md: &mut String, rows: &[Row]) {
+    let _ = writeln!(
+        md,
+        "\n## Refaults\n\nFile pages re-read after eviction during a repeat (`workingset_refault_file` of /proc/vmstat, the whole machine), rows with at least {REFAULTS_NOTED:.0} per million I/Os:\n"
+    );
+    let mut any = false;
+    for row in rows {
+        let per: Vec<f64> = row
+            .samples
+            .iter()
+            .filter_map(|s| s.refaults_per_mio())
+            .collect();
+        let max = per.iter().copied().fold(0.0, f64::max);
+        if max < REFAULTS_NOTED {
+            continue;
+        }
+        let total: u64 = row.samples.iter().filter_map(|s| s.refaults).sum();
+        let _ = writeln!(
+            md,
+            "- {} {} {}: up to {} per million I/Os, {} in all",
+            row.scenario,
+            row.job,
+            row.server.id(),
+            si(max),
+            total
+        );
+        any = true;
+    }
+    if !any {
+        let _ = writeln!(md, "None.");
+    }
+}
+
 fn spread(s: &Summary) -> String {
     format!("{} ({}–{})", si(s.median), si(s.min), si(s.max))
 }
@@ -185,6 +224,7 @@ pub fn markdown(r: &RunReport) -> String {
             }
         }
     }
+    refaults_section(&mut md, &r.rows);
     let _ = writeln!(md, "\n## ringstor / best other\n");
     if r.comparisons.is_empty() {
         let _ = writeln!(md, "ringstor was not measured in this run.");
@@ -292,6 +332,26 @@ pub(crate) mod tests {
         // QSD's row: 1.2 s server and 2.4 s fio CPU over 600k I/Os.
         assert!(md.contains("| fio CPU s/M I/O |"));
         assert!(md.contains("| 2.00 (2.00–2.00) | 4.00 (4.00–4.00) |"));
+    }
+
+    #[test]
+    fn rows_that_re_read_evicted_pages_are_listed() {
+        let mut r = sample_report(true);
+        assert!(markdown(&r).contains("## Refaults") && markdown(&r).contains("None."));
+        let row = r
+            .rows
+            .iter_mut()
+            .find(|x| x.server == ServerKind::Qsd)
+            .unwrap();
+        // 600 refaults over QSD's 600k I/Os per repeat: 1000 per million.
+        row.samples[1].refaults = Some(600);
+        let md = markdown(&r);
+        assert!(
+            md.contains(
+                "- page-cache randread-4k-qd32 qsd: up to 1000 per million I/Os, 600 in all"
+            ),
+            "{md}"
+        );
     }
 
     #[test]

@@ -16,12 +16,20 @@ pub struct Sample {
     pub fio: FioRun,
     /// Server CPU seconds (user + system, all threads) during the run.
     pub server_cpu_s: f64,
+    /// File pages the machine re-read after eviction during the run
+    /// (`None` when `/proc/vmstat` does not say).
+    pub refaults: Option<u64>,
 }
 
 impl Sample {
     /// Server CPU seconds per million I/Os.
     pub fn cpu_s_per_mio(&self) -> f64 {
         self.server_cpu_s / self.fio.total_ios as f64 * 1e6
+    }
+
+    /// Refaults per million I/Os, when counted.
+    pub fn refaults_per_mio(&self) -> Option<f64> {
+        Some(self.refaults? as f64 / self.fio.total_ios as f64 * 1e6)
     }
 
     /// The client's (fio's) CPU seconds per million I/Os, when it said.
@@ -232,6 +240,7 @@ pub(crate) mod tests {
         let sample = Sample {
             fio,
             server_cpu_s: cpu_s,
+            refaults: Some(0),
         };
         Row::new(scenario, job, Primary::Iops, server, vec![sample; 3], None)
     }

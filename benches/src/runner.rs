@@ -45,12 +45,14 @@ pub struct Dirs {
 /// the rest of the run goes on. Returns rows and "skipped" lines.
 ///
 /// Scenarios on a file or the null node run job by job, every server in
-/// turn on each job, so one job's rows are minutes apart at most, not a
-/// scenario's length: these shared 2-core machines drift (fio alone on the
-/// cached image: 67k to 469k IOPS within half an hour on 2026-12-03), and
-/// ratios of rows measured far apart carry the drift. qcow2 scenarios (a fresh image per server
-/// lifetime) and the interleaved bitmap scenario keep one server lifetime
-/// for all their jobs.
+/// turn on each job, started anew on an image synced and read whole just
+/// before: one job's rows are a few minutes apart, not a scenario's length
+/// (the ratios compare rows, and this shared machine's speed moves), and
+/// every server meets the image in the same state, not in the state the
+/// previous server's other jobs left. qcow2 scenarios (a fresh image per
+/// server lifetime) and the interleaved bitmap scenario keep one server
+/// lifetime for all their jobs. While a server runs on a cached image, the
+/// image is held mapped ([`image::Resident`]).
 pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<String>) {
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
@@ -88,8 +90,8 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
         if job_major(sc) {
             for (i, job) in sc.jobs.iter().enumerate() {
                 for (kind, bin) in &plan.servers {
-                    let (spec, mut server) = match cx.launch(*kind, bin) {
-                        Launch::Up(spec, server) => (spec, server),
+                    let mut up = match cx.launch(*kind, bin) {
+                        Launch::Up(up) => up,
                         Launch::Skip(line) => {
                             if i == 0 {
                                 println!("{line}");
@@ -104,15 +106,15 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
                             continue;
                         }
                     };
-                    rows.push(cx.measure(&mut server, *kind, &spec, job));
-                    // `server` dropped here: killed and reaped before the next one.
+                    rows.push(cx.measure(&mut up.server, *kind, &up.spec, job));
+                    // `up` dropped here: the server killed and reaped before the next one.
                 }
             }
             continue;
         }
         for (kind, bin) in &plan.servers {
-            let (spec, mut server) = match cx.launch(*kind, bin) {
-                Launch::Up(spec, server) => (spec, server),
+            let mut up = match cx.launch(*kind, bin) {
+                Launch::Up(up) => up,
                 Launch::Skip(line) => {
                     println!("{line}");
                     skipped.push(line);
@@ -131,9 +133,9 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
                 let raw = dirs.out.join("raw").join(sc.id).join(kind.id());
                 let rs = crate::bitmap::run_interleaved(
                     plan,
-                    &mut server,
+                    &mut up.server,
                     *kind,
-                    &spec.fio_args,
+                    &up.spec.fio_args,
                     sc,
                     &dirs.work,
                     &raw,
@@ -145,9 +147,9 @@ pub fn run(plan: &Plan, transports: &Transports, dirs: &Dirs) -> (Vec<Row>, Vec<
                 continue;
             }
             for job in &sc.jobs {
-                rows.push(cx.measure(&mut server, *kind, &spec, job));
+                rows.push(cx.measure(&mut up.server, *kind, &up.spec, job));
             }
-            // `server` dropped here: killed and reaped before the next one.
+            // `up` dropped here: the server killed and reaped before the next one.
         }
     }
     (rows, skipped)
@@ -179,10 +181,18 @@ struct Cx<'a> {
     size: u64,
 }
 
+/// A server started for a scenario: how fio reaches it, the process, and
+/// the cached image held mapped ([`image::Resident`]) for its lifetime.
+struct Up {
+    spec: LaunchSpec,
+    server: RunningServer,
+    _resident: Option<image::Resident>,
+}
+
 /// A server started for a scenario, or why not.
 enum Launch {
-    /// Started, with how fio reaches it.
-    Up(LaunchSpec, RunningServer),
+    /// Started.
+    Up(Box<Up>),
     /// The server cannot serve this scenario (a "SKIP" line).
     Skip(String),
     /// Preparing the backend or starting the server failed.
@@ -209,6 +219,15 @@ impl Cx<'_> {
         if let Err(e) = prepare_cache(&sc.backend, self.image, &qcow2, self.size) {
             return Launch::Failed(e);
         }
+        let cached = match sc.backend {
+            BackendKind::File(CacheMode::PageCache) => Some(self.image),
+            BackendKind::Qcow2(_) => Some(qcow2.as_path()),
+            _ => None,
+        };
+        let resident = match cached.map(image::Resident::map).transpose() {
+            Ok(r) => r,
+            Err(e) => return Launch::Failed(e),
+        };
         let log = dirs.work.join(format!("{}-{}.log", sc.id, kind.id()));
         let name = format!("{} ({})", kind.id(), sc.id);
         let server = match RunningServer::start(&name, bin, &spec, plan.pin_server.as_deref(), &log)
@@ -219,7 +238,11 @@ impl Cx<'_> {
         if let Err(e) = crate::bitmap::setup(sc.id, kind, &dirs.work) {
             return Launch::Failed(e);
         }
-        Launch::Up(spec, server)
+        Launch::Up(Box::new(Up {
+            spec,
+            server,
+            _resident: resident,
+        }))
     }
 
     /// One job's row on a started server.
@@ -285,12 +308,14 @@ fn run_job(
             server.check_alive()?;
             let out = raw.join(format!("{}-{i}.json", job.id));
             let args = fio::args(job, plan.timing.runtime_s, &spec.fio_args);
+            let refaults = crate::vmstat::file_refaults();
             let before = process_cpu_seconds(server.pid(), plan.ticks)?;
             let fio = fio::run(client, &args, &out, pin, &spec.fio_prefix)?;
             let after = process_cpu_seconds(server.pid(), plan.ticks)?;
             samples.push(Sample {
                 fio,
                 server_cpu_s: after - before,
+                refaults: crate::vmstat::since(refaults, crate::vmstat::file_refaults()),
             });
         }
         Ok(())
