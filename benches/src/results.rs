@@ -27,9 +27,9 @@ impl Sample {
         self.server_cpu_s / self.fio.total_ios as f64 * 1e6
     }
 
-    /// Refaults per million I/Os, when counted.
-    pub fn refaults_per_mio(&self) -> Option<f64> {
-        Some(self.refaults? as f64 / self.fio.total_ios as f64 * 1e6)
+    /// Seconds the run measured (its I/Os at its rate).
+    pub fn seconds(&self) -> f64 {
+        self.fio.total_ios as f64 / self.fio.iops.max(f64::MIN_POSITIVE)
     }
 
     /// The client's (fio's) CPU seconds per million I/Os, when it said.
