@@ -18,7 +18,6 @@
 //! libvirt uses) and enabled or disabled before each job. nbdkit and
 //! qemu-nbd have no bitmaps and skip the scenario.
 
-use crate::cpu::process_cpu_seconds;
 use crate::error::{Context, Error, Result};
 use crate::fio;
 use crate::jobs::{BackendKind, Job, Primary, Scenario, TransportKind};
@@ -182,20 +181,14 @@ impl Runs<'_> {
         server.check_alive()?;
         before_job(job.id, self.kind, self.dir)?;
         let args = fio::args(job, secs, self.fio_args);
-        let refaults = crate::vmstat::file_refaults();
-        let before = process_cpu_seconds(server.pid(), self.plan.ticks)?;
-        let fio = fio::run(
-            &self.plan.fio,
-            &args,
-            out,
-            self.plan.pin_fio.as_deref(),
-            &[],
-        )?;
-        let after = process_cpu_seconds(server.pid(), self.plan.ticks)?;
-        Ok(Sample {
-            fio,
-            server_cpu_s: after - before,
-            refaults: crate::vmstat::since(refaults, crate::vmstat::file_refaults()),
+        Sample::measure(server.pid(), self.plan.ticks, || {
+            fio::run(
+                &self.plan.fio,
+                &args,
+                out,
+                self.plan.pin_fio.as_deref(),
+                &[],
+            )
         })
     }
 }

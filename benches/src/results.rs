@@ -22,6 +22,24 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// The sample of one client run `run` against the server `pid`: its
+    /// CPU and the machine's refaults counted around it.
+    pub fn measure(
+        pid: u32,
+        ticks: f64,
+        run: impl FnOnce() -> crate::error::Result<FioRun>,
+    ) -> crate::error::Result<Sample> {
+        let refaults = crate::vmstat::file_refaults();
+        let before = crate::cpu::process_cpu_seconds(pid, ticks)?;
+        let fio = run()?;
+        let after = crate::cpu::process_cpu_seconds(pid, ticks)?;
+        Ok(Sample {
+            fio,
+            server_cpu_s: after - before,
+            refaults: crate::vmstat::since(refaults, crate::vmstat::file_refaults()),
+        })
+    }
+
     /// Server CPU seconds per million I/Os.
     pub fn cpu_s_per_mio(&self) -> f64 {
         self.server_cpu_s / self.fio.total_ios as f64 * 1e6

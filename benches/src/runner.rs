@@ -3,7 +3,6 @@
 //! start): one discarded warm-up fio run, then the repeats, sampling the
 //! server's CPU around each.
 
-use crate::cpu::process_cpu_seconds;
 use crate::error::{Error, Result};
 use crate::fio;
 use crate::image;
@@ -272,13 +271,12 @@ impl Cx<'_> {
 
 /// Puts the backend in the same state for each server: the raw image
 /// written back (the previous server's dirty pages would otherwise be
-/// written back during this one's run) and warm or evicted, the qcow2
-/// image made anew (so every server allocates into the same fresh image).
+/// written back during this one's run), for O_DIRECT also evicted, the
+/// qcow2 image made anew (so every server allocates into the same fresh
+/// image). A cached image is read whole by [`image::Resident::map`] next.
 fn prepare_cache(backend: &BackendKind, image: &Path, qcow2: &Path, size: u64) -> Result<()> {
     match backend {
-        BackendKind::File(CacheMode::PageCache) => {
-            image::sync(image).and_then(|()| image::warm(image))
-        }
+        BackendKind::File(CacheMode::PageCache) => image::sync(image),
         BackendKind::File(CacheMode::Direct) => image::evict(image),
         BackendKind::Null | BackendKind::Rbd => Ok(()),
         BackendKind::Qcow2(layout) => image::create_qcow2(qcow2, size, *layout),
@@ -308,15 +306,9 @@ fn run_job(
             server.check_alive()?;
             let out = raw.join(format!("{}-{i}.json", job.id));
             let args = fio::args(job, plan.timing.runtime_s, &spec.fio_args);
-            let refaults = crate::vmstat::file_refaults();
-            let before = process_cpu_seconds(server.pid(), plan.ticks)?;
-            let fio = fio::run(client, &args, &out, pin, &spec.fio_prefix)?;
-            let after = process_cpu_seconds(server.pid(), plan.ticks)?;
-            samples.push(Sample {
-                fio,
-                server_cpu_s: after - before,
-                refaults: crate::vmstat::since(refaults, crate::vmstat::file_refaults()),
-            });
+            samples.push(Sample::measure(server.pid(), plan.ticks, || {
+                fio::run(client, &args, &out, pin, &spec.fio_prefix)
+            })?);
         }
         Ok(())
     };
