@@ -35,8 +35,8 @@ use engine::op::{self, GatherList, Pipe, SharedFd};
 use super::negotiate::Handshake;
 use super::proto::consts::NBD_MAX_PAYLOAD;
 use super::proto::{
-    check_request, parse_request, reply_error, Disposition, MetaContext, NbdErrno, ReplyMode,
-    ReplyTo, RequestHeader, Session,
+    check_request, parse_request, reply_error, Command, Disposition, MetaContext, NbdErrno,
+    ReplyMode, ReplyTo, RequestHeader, Session,
 };
 use super::registry::ExportShared;
 use super::request;
@@ -486,7 +486,7 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
                             .copy_from_slice(&rbuf.as_slice()[after..after + plen]);
                         pos = after + plen;
                         Some(p)
-                    } else if hdr.kind == super::proto::Command::Write {
+                    } else if hdr.kind == Command::Write {
                         // Receive the rest straight into the buffer that goes to the file.
                         let mut p = pool::check_out(plen);
                         p.set_len(0);
@@ -498,18 +498,18 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
                         // A small non-write payload not all here yet: wait for it.
                         break;
                     };
-                    let read_bytes = if hdr.kind == super::proto::Command::Read {
+                    let read_bytes = if hdr.kind == Command::Read {
                         hdr.length as usize
                     } else {
                         0
                     };
                     conn.start_request(read_bytes);
                     let t = request::start(conn, received, &hdr);
-                    let fut = request::execute(conn.clone(), hdr, payload, t);
-                    if inline {
-                        run_inline(fut, &waker);
-                    } else {
-                        spawn_local(fut);
+                    let c = conn.clone();
+                    match hdr.kind {
+                        Command::Read => run(request::read(c, hdr, t), inline, &waker),
+                        Command::Write => run(request::write(c, hdr, payload, t), inline, &waker),
+                        _ => run(request::execute(c, hdr, payload, t), inline, &waker),
                     }
                 }
             }
@@ -536,12 +536,16 @@ async fn reader(conn: &Rc<Conn>, leftover: Vec<u8>) -> Result<(), ReadEnd> {
     }
 }
 
-/// Polls a request of a node that completes inline (see `reader`) once,
-/// with the reader's waker; should it wait after all, it becomes a task of
-/// its own, which polls it again so that what it waits on wakes that task
-/// (such a node waits, if ever, only on ring operations, which take the
-/// waker of every poll; a future that kept the first waker would not do).
-fn run_inline(fut: impl std::future::Future<Output = ()> + 'static, waker: &Waker) {
+/// Starts a request: a task of its own, or with `inline` (a node that
+/// completes inline, see `reader`) polled once right here, with the
+/// reader's waker; should it wait after all, it becomes a task of its own,
+/// which polls it again so that what it waits on wakes that task (such a
+/// node waits, if ever, only on ring operations, which take the waker of
+/// every poll; a future that kept the first waker would not do).
+fn run(fut: impl std::future::Future<Output = ()> + 'static, inline: bool, waker: &Waker) {
+    if !inline {
+        return spawn_local(fut);
+    }
     let mut fut = Box::pin(fut);
     let mut cx = std::task::Context::from_waker(waker);
     if fut.as_mut().poll(&mut cx).is_pending() {

@@ -14,7 +14,7 @@ use super::proto::consts::{
 use super::proto::{
     chunk_block_status, chunk_none, chunk_offset_hole, parse_block_status_payload,
     read_data_header, reply_error, reply_ok, Command, Extent, MetaContext, NbdErrno, ReplyMode,
-    RequestHeader,
+    ReplyTo, RequestHeader,
 };
 use crate::stats::{ErrorKind, OpKind, Outcome, Stamp, Started};
 
@@ -56,61 +56,15 @@ pub(crate) fn start(conn: &Conn, at: Stamp, h: &RequestHeader) -> Started {
     conn.rec.start_at(at, op_kind(h.kind), h.offset, len)
 }
 
-/// Runs `h` and queues the reply; `t` is its start in the statistics.
-pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Buf>, t: Started) {
-    let to = conn.reply_to(&h);
-    let result: Result<(), BlockError> = match h.kind {
-        Command::Read => return read(&conn, &h, t).await,
-        Command::Write => {
-            let Some(buf) = payload else {
-                conn.reply(
-                    (t, Outcome::Invalid(ErrorKind::Invalid)),
-                    |v| reply_error(v, &to, NbdErrno::Inval, "write without payload"),
-                    None,
-                );
-                return;
-            };
-            let fua = h.flags & NBD_CMD_FLAG_FUA != 0 || conn.writethrough;
-            let (r, buf) = conn.handle.write(h.offset, buf, fua).await;
-            pool::check_in(buf);
-            r
-        }
-        Command::Flush => conn.handle.flush().await,
-        Command::Trim => match conn.handle.discard(h.offset, h.length).await {
-            Ok(()) if h.flags & NBD_CMD_FLAG_FUA != 0 || conn.writethrough => {
-                conn.handle.flush().await
-            }
-            r => r,
-        },
-        Command::WriteZeroes => {
-            let may_unmap = h.flags & NBD_CMD_FLAG_NO_HOLE == 0;
-            let fast = h.flags & NBD_CMD_FLAG_FAST_ZERO != 0;
-            match conn
-                .handle
-                .write_zeroes(h.offset, h.length, may_unmap, fast)
-                .await
-            {
-                Ok(()) if h.flags & NBD_CMD_FLAG_FUA != 0 || conn.writethrough => {
-                    conn.handle.flush().await
-                }
-                r => r,
-            }
-        }
-        Command::Cache => conn.handle.cache(h.offset, h.length),
-        Command::BlockStatus => return block_status(&conn, &h, payload, t).await,
-        Command::Disc | Command::Unknown(_) => Err(BlockError::NotSupported),
-    };
-    match result {
-        Ok(()) => conn.reply((t, Outcome::Ok), |v| reply_ok(v, &to), None),
-        Err(e) => {
-            let msg = e.to_string();
-            let done = (t, Outcome::of_error(&e));
-            conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
-        }
-    }
-}
-
-async fn read(conn: &Conn, h: &RequestHeader, t: Started) {
+/// Runs a read and queues its reply. Reads and writes have entry points of
+/// their own (the reader spawns them as they are): a task's future is as
+/// big as its largest branch, and each request's is allocated and moved,
+/// so the hot kinds stay small (0.7 and 0.9 KB against 1.3 KB for
+/// [`execute`]: under the 1 KiB that glibc's per-thread cache serves).
+pub(crate) async fn read(conn: Rc<Conn>, h: RequestHeader, t: Started) {
+    // One future, not one holding another: each would keep its own copy
+    // of the arguments.
+    let (conn, h) = (&*conn, &h);
     let to = conn.reply_to(h);
     let len = h.length as usize;
     // A node that answers at once (null-co) has free block status: every
@@ -134,7 +88,9 @@ async fn read(conn: &Conn, h: &RequestHeader, t: Started) {
                 );
             }
             if n < h.length || st.zero {
-                return sparse_read(conn, h, (st, n), t).await;
+                // Boxed: rare (a long read over holes), and its future
+                // would be part of every read's.
+                return Box::pin(sparse_read(conn, h, (st, n), t)).await;
             }
         }
     }
@@ -168,6 +124,69 @@ async fn read(conn: &Conn, h: &RequestHeader, t: Started) {
             let msg = e.to_string();
             let done = (t, Outcome::of_error(&e));
             conn.reply(done, |v| reply_error(v, &to, errno_of(&e), &msg), None);
+        }
+    }
+}
+
+/// Runs a write with its payload and queues the reply (see [`read`]).
+pub(crate) async fn write(conn: Rc<Conn>, h: RequestHeader, payload: Option<Buf>, t: Started) {
+    let to = conn.reply_to(&h);
+    let Some(buf) = payload else {
+        conn.reply(
+            (t, Outcome::Invalid(ErrorKind::Invalid)),
+            |v| reply_error(v, &to, NbdErrno::Inval, "write without payload"),
+            None,
+        );
+        return;
+    };
+    let fua = h.flags & NBD_CMD_FLAG_FUA != 0 || conn.writethrough;
+    let (r, buf) = conn.handle.write(h.offset, buf, fua).await;
+    pool::check_in(buf);
+    reply_result(&conn, &to, t, r);
+}
+
+/// Runs `h` (any kind) and queues the reply; `t` is its start in the statistics.
+pub(crate) async fn execute(conn: Rc<Conn>, h: RequestHeader, payload: Option<Buf>, t: Started) {
+    let to = conn.reply_to(&h);
+    let result: Result<(), BlockError> = match h.kind {
+        Command::Read => return read(conn, h, t).await,
+        Command::Write => return write(conn, h, payload, t).await,
+        Command::Flush => conn.handle.flush().await,
+        Command::Trim => match conn.handle.discard(h.offset, h.length).await {
+            Ok(()) if h.flags & NBD_CMD_FLAG_FUA != 0 || conn.writethrough => {
+                conn.handle.flush().await
+            }
+            r => r,
+        },
+        Command::WriteZeroes => {
+            let may_unmap = h.flags & NBD_CMD_FLAG_NO_HOLE == 0;
+            let fast = h.flags & NBD_CMD_FLAG_FAST_ZERO != 0;
+            match conn
+                .handle
+                .write_zeroes(h.offset, h.length, may_unmap, fast)
+                .await
+            {
+                Ok(()) if h.flags & NBD_CMD_FLAG_FUA != 0 || conn.writethrough => {
+                    conn.handle.flush().await
+                }
+                r => r,
+            }
+        }
+        Command::Cache => conn.handle.cache(h.offset, h.length),
+        Command::BlockStatus => return block_status(&conn, &h, payload, t).await,
+        Command::Disc | Command::Unknown(_) => Err(BlockError::NotSupported),
+    };
+    reply_result(&conn, &to, t, result);
+}
+
+/// Queues the reply of a request that carries no data.
+fn reply_result(conn: &Conn, to: &ReplyTo, t: Started, result: Result<(), BlockError>) {
+    match result {
+        Ok(()) => conn.reply((t, Outcome::Ok), |v| reply_ok(v, to), None),
+        Err(e) => {
+            let msg = e.to_string();
+            let done = (t, Outcome::of_error(&e));
+            conn.reply(done, |v| reply_error(v, to, errno_of(&e), &msg), None);
         }
     }
 }

@@ -146,10 +146,9 @@ impl BlockHandle {
                 (Ok(()), buf)
             }
             Leaf::Qcow2(q) => {
-                // Unboxed: `read_into` boxes the recursion into child and backing
-                // handles, so the common request allocates nothing here.
-                q.read_into(self.inner.base + offset, buf, 0, len as usize)
-                    .await
+                // Boxed: its future is several times a file read's, and every
+                // request's task would carry that size (see `write`).
+                Box::pin(q.read_into(self.inner.base + offset, buf, 0, len as usize)).await
             }
             Leaf::File {
                 fd,
@@ -203,9 +202,11 @@ impl BlockHandle {
         match &self.inner.leaf {
             Leaf::Null { .. } => (Ok(()), buf),
             Leaf::Qcow2(q) => {
+                // Boxed: the allocating write's future is ~2 KB, 4x a file
+                // write's, and an export's request task (spawned, so moved
+                // and allocated per request) is as big as its largest branch.
                 let len = len as usize;
-                q.write_from(self.inner.base + offset, buf, 0, len, fua)
-                    .await
+                Box::pin(q.write_from(self.inner.base + offset, buf, 0, len, fua)).await
             }
             Leaf::File {
                 fd,

@@ -207,3 +207,103 @@ fn uring_cmd_refuses_replaced_buffers_without_submitting() {
     assert_eq!(r, Err(Some(libc::EINVAL)));
     t.stop();
 }
+
+/// Yields once: wakes itself (a wake on the task's own iothread).
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+#[test]
+fn reused_task_slots_and_foreign_wakes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Poll, Waker};
+
+    let t = spawn("t-reuse");
+    // A waker that outlives its task (held here, on another thread): its
+    // slot goes to later tasks, and waking it must not disturb them.
+    let (wtx, wrx) = crossbeam_channel::bounded::<Waker>(1);
+    t.handle()
+        .post(move || {
+            spawn_local(async move {
+                let w = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+                let _ = wtx.send(w);
+            })
+        })
+        .expect("post");
+    let stale = wrx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("stale waker");
+
+    // Tasks one after the other in the same slots, each waking itself.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for i in 0..500u32 {
+        let tx = tx.clone();
+        t.handle()
+            .post(move || {
+                spawn_local(async move {
+                    for _ in 0..3 {
+                        yield_now().await;
+                    }
+                    let _ = tx.send(i);
+                })
+            })
+            .expect("post");
+        stale.wake_by_ref();
+    }
+    let mut got: Vec<u32> = (0..500)
+        .map(|_| rx.recv_timeout(Duration::from_secs(5)).expect("recv"))
+        .collect();
+    got.sort();
+    assert_eq!(got, (0..500).collect::<Vec<_>>());
+
+    // A task that only a wake from this (foreign) thread can finish.
+    let slot: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let go = Arc::new(AtomicBool::new(false));
+    let (dtx, drx) = crossbeam_channel::bounded(1);
+    let (s2, g2) = (slot.clone(), go.clone());
+    t.handle()
+        .post(move || {
+            spawn_local(async move {
+                std::future::poll_fn(|cx| {
+                    if g2.load(Ordering::Acquire) {
+                        return Poll::Ready(());
+                    }
+                    if let Ok(mut s) = s2.lock() {
+                        *s = Some(cx.waker().clone());
+                    }
+                    Poll::Pending
+                })
+                .await;
+                let _ = dtx.send(());
+            })
+        })
+        .expect("post");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let w = loop {
+        if let Some(w) = slot.lock().expect("lock").take() {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "task never polled");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    stale.wake();
+    assert!(
+        drx.recv_timeout(Duration::from_millis(50)).is_err(),
+        "finished unwoken"
+    );
+    go.store(true, Ordering::Release);
+    w.wake();
+    drx.recv_timeout(Duration::from_secs(5))
+        .expect("woken from another thread");
+    t.stop();
+}

@@ -37,6 +37,11 @@ impl<T> Slab<T> {
         }
     }
 
+    /// The key the next `insert` returns.
+    pub(crate) fn vacant_key(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.entries.len())
+    }
+
     pub(crate) fn get_mut(&mut self, key: usize) -> Option<&mut T> {
         match self.entries.get_mut(key) {
             Some(Entry::Used(v)) => Some(v),
@@ -85,8 +90,10 @@ mod tests {
         let b = s.insert(2);
         assert_eq!(s.remove(a), Some(1));
         assert_eq!(s.remove(a), None);
+        assert_eq!(s.vacant_key(), a);
         let c = s.insert(3);
         assert_eq!(c, a);
+        assert_eq!(s.vacant_key(), 2);
         assert_eq!(s.get_mut(b).copied(), Some(2));
         assert_eq!(s.len(), 2);
     }
