@@ -193,7 +193,11 @@ pub async fn execute<M: GuestMemory + 'static>(
                 false => Outcome::refused(S_IOERR, ErrorKind::Invalid),
             }
         }
-        RequestKind::Discard | RequestKind::WriteZeroes => discard_or_zero(ctx, &**mem, &req).await,
+        // Boxed: rare, and its future (write-zeroes may fall back to
+        // writes) would be part of every request's task.
+        RequestKind::Discard | RequestKind::WriteZeroes => {
+            Box::pin(discard_or_zero(ctx, &**mem, &req)).await
+        }
     }
 }
 

@@ -88,7 +88,10 @@ impl BlockHandle {
             return (Err(e), bufs);
         }
         if !self.vectored_in_place() {
-            return self.readv_bounced(offset, bufs).await;
+            // Boxed, as the bounced write: a format node's read future is
+            // bigger than this whole one, and would be part of every
+            // request task of a file node too.
+            return Box::pin(self.readv_bounced(offset, bufs)).await;
         }
         let at = self.inner.base + offset;
         let Some(fd) = self.vectored_fd(&bufs, at, len) else {
@@ -130,8 +133,8 @@ impl BlockHandle {
             return (Err(e), bufs);
         }
         if !self.vectored_in_place() {
-            // `write` marks the dirty bitmaps itself.
-            return self.writev_bounced(offset, bufs, fua).await;
+            // `write` marks the dirty bitmaps itself. Boxed: see `readv`.
+            return Box::pin(self.writev_bounced(offset, bufs, fua)).await;
         }
         // Marks the dirty bitmaps before submission and again before the
         // acknowledgement, as `write` does.
