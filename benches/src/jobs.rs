@@ -330,6 +330,18 @@ pub fn estimate_seconds(timing: &Timing, cells: usize, server_starts: usize) -> 
     cells as f64 * per_cell + server_starts as f64 * SERVER_OVERHEAD_S
 }
 
+/// Leaves out the jobs of several connections where `transport` takes one
+/// client: a vhost-user-blk export serves one frontend at a time (its
+/// parallelism is the queues of `vhost-user-blk-2q`), and the load
+/// generator refuses such a job.
+pub fn keep_single_client(scenarios: &mut [Scenario], transport: &str) {
+    if transport.starts_with("vhost-user-blk") {
+        for s in scenarios {
+            s.jobs.retain(|j| j.numjobs == 1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,5 +386,20 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), n);
+    }
+
+    #[test]
+    fn vhost_user_blk_runs_no_multi_connection_job() {
+        let count = |t: &str| {
+            let mut sc = scenarios(Mode::Full);
+            keep_single_client(&mut sc, t);
+            sc.iter()
+                .flat_map(|s| &s.jobs)
+                .filter(|j| j.numjobs > 1)
+                .count()
+        };
+        assert!(count("nbd") >= 2, "NBD keeps its 4-connection jobs");
+        assert_eq!(count("vhost-user-blk"), 0);
+        assert_eq!(count("vhost-user-blk-2q"), 0);
     }
 }

@@ -84,6 +84,7 @@ fn real_main() -> Result<()> {
             s.jobs.retain(|j| !j.named_only);
         }
     }
+    jobs::keep_single_client(&mut scenarios, &opts.transport);
     scenarios.retain(|s| !s.jobs.is_empty());
     if scenarios.is_empty() {
         return Err(Error::msg("no scenario/job left after --scenarios/--jobs"));
