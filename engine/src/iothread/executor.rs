@@ -34,11 +34,16 @@ thread_local! {
 }
 
 fn push_local(key: usize) {
-    LOCAL_READY.with(|q| q.borrow_mut().push_back(key));
+    // Fails only while the thread exits (its thread-locals are being
+    // destroyed): nothing will poll the task any more.
+    let _ = LOCAL_READY.try_with(|q| q.borrow_mut().push_back(key));
 }
 
 fn pop_local() -> Option<usize> {
-    LOCAL_READY.with(|q| q.borrow_mut().pop_front())
+    LOCAL_READY
+        .try_with(|q| q.borrow_mut().pop_front())
+        .ok()
+        .flatten()
 }
 
 pub(crate) struct ReadyQueue {
@@ -86,7 +91,7 @@ impl Executor {
     pub(crate) fn new(owner: usize, notify: Arc<Notify>) -> Executor {
         // Keys a previous executor of this thread left queued (tests run
         // several in turn) would be polled as this one's tasks.
-        LOCAL_READY.with(|q| q.borrow_mut().clear());
+        let _ = LOCAL_READY.try_with(|q| q.borrow_mut().clear());
         Executor {
             tasks: RefCell::new(Slab::new()),
             spare: RefCell::new(Vec::new()),
@@ -138,7 +143,10 @@ impl Executor {
     }
 
     pub(crate) fn has_ready(&self) -> bool {
-        !self.ready.queue.is_empty() || LOCAL_READY.with(|q| !q.borrow().is_empty())
+        !self.ready.queue.is_empty()
+            || LOCAL_READY
+                .try_with(|q| !q.borrow().is_empty())
+                .unwrap_or(false)
     }
 
     /// Polls up to `budget` ready tasks; returns how many were polled.
@@ -196,6 +204,6 @@ impl Executor {
             drop(drained);
         }
         self.spare.borrow_mut().clear();
-        LOCAL_READY.with(|q| q.borrow_mut().clear());
+        let _ = LOCAL_READY.try_with(|q| q.borrow_mut().clear());
     }
 }
