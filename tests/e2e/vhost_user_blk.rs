@@ -195,7 +195,7 @@ fn blkio_reconnects_after_a_client_drops() {
         ])
         .env("RINGSTOR_VU_SOCK", &sock)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn child client");
     let mut out = std::io::BufReader::new(child.stdout.take().expect("child stdout"));
@@ -205,7 +205,11 @@ fn blkio_reconnects_after_a_client_drops() {
         line.clear();
         assert!(Instant::now() < deadline, "child client never connected");
         if std::io::BufRead::read_line(&mut out, &mut line).expect("child output") == 0 {
-            panic!("child client exited before connecting");
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("child client exited before connecting: {err}");
         }
     }
     child.kill().expect("kill child");
