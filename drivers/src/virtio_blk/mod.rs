@@ -21,6 +21,7 @@
 
 pub mod chain;
 pub mod execute;
+pub mod hostmap;
 pub mod iovec;
 pub mod queue;
 pub mod request;

@@ -49,9 +49,9 @@ use engine::op::{self, SharedFd};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic};
 
-use super::chain::walk;
 use super::execute::{execute, op_kind, write_status, ExecContext, ExecParams, Outcome};
-use super::request::{parse, parse_descriptors, Rejected, Request};
+use super::hostmap::HostMap;
+use super::request::{parse, Rejected, Request};
 use crate::stats::{ErrorKind, QueueRecorder};
 
 /// Where a ring lives and where it stands, as the transport set it up.
@@ -232,6 +232,8 @@ struct Local<M: GuestMemory> {
     setup: QueueSetup,
     queue: RefCell<Queue>,
     mem: RefCell<Arc<M>>,
+    /// The host addresses of `mem`, replaced with it.
+    host: RefCell<HostMap>,
     source: GuestMemoryAtomic<M>,
     ctx: ExecContext,
     rec: QueueRecorder,
@@ -302,6 +304,7 @@ pub fn spawn_queue<M: GuestMemory + Send + Sync + 'static>(
     let local = Rc::new(Local {
         setup,
         queue: RefCell::new(q),
+        host: RefCell::new(HostMap::new(&*mem)),
         mem: RefCell::new(mem),
         source: memory,
         rec,
@@ -428,8 +431,8 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         let mem = self.mem.borrow().clone();
         let table = GuestAddress(self.setup.desc_table);
         for &head in &self.setup.resubmit {
-            let descs = walk(&*mem, table, self.setup.size, head);
-            let p = parse_descriptors(head, &mem, descs.into_iter());
+            let p = parse(&mem, &self.host.borrow(), table, self.setup.size, head);
+            // The borrow ends above: start() may run the request at once.
             self.start(p, &mem);
         }
     }
@@ -440,7 +443,11 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
             return;
         }
         let mem = self.source.memory().into_inner();
-        *self.mem.borrow_mut() = mem.clone();
+        if !Arc::ptr_eq(&mem, &self.mem.borrow()) {
+            *self.host.borrow_mut() = HostMap::new(&*mem);
+            *self.mem.borrow_mut() = mem.clone();
+        }
+        let (table, size) = (GuestAddress(self.setup.desc_table), self.setup.size);
         loop {
             // The batch's Vec is kept between batches (no allocation per kick).
             let mut popped = std::mem::take(&mut *self.popped.borrow_mut());
@@ -454,7 +461,11 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                     }
                 }
                 match q.iter(&*mem) {
-                    Ok(iter) => popped.extend(iter.map(|c| parse(c, &mem))),
+                    Ok(iter) => {
+                        let host = self.host.borrow();
+                        popped
+                            .extend(iter.map(|c| parse(&mem, &host, table, size, c.head_index())));
+                    }
                     Err(e) => {
                         drop(q);
                         self.fail(&format!("bad avail ring: {e}"));

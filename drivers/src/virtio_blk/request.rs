@@ -4,9 +4,10 @@
 //! request to execute, or into a [`Rejected`] with the status to answer.
 //!
 //! Each descriptor is looked up in the guest-memory map exactly once: the
-//! walk translates it to host slices (which is the bounds and permission
-//! check), reads the header out of those slices, and keeps the host
-//! addresses of the data, so executing the request needs no second lookup.
+//! walk translates it to host addresses (the [`HostMap`], or vm-memory's
+//! slices for a range across regions: that is the bounds and permission
+//! check), reads the header from there, and keeps the host addresses of
+//! the data, so executing the request needs no second lookup.
 //!
 //! Chain layout (virtio 1.2 §5.2.6): device-readable descriptors first
 //! (the 16-byte header, then write data or discard segments), then
@@ -17,9 +18,10 @@
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
 use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
 
+use super::chain::walk;
+use super::hostmap::{read_volatile_bytes, HostMap};
 use super::iovec::GuestIoVecs;
 use super::spec::{
     OUTHDR_LEN, SEG_MAX, S_IOERR, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT,
@@ -136,17 +138,18 @@ pub struct Rejected {
     pub reason: Reason,
 }
 
-/// Parses `chain`, whose descriptors live in `mem`. Requests whose chain
-/// is cut short by a bad descriptor (virtio-queue ends the walk there) come
-/// out as one of the refusals.
-pub fn parse<C, M>(chain: DescriptorChain<C>, mem: &Arc<M>) -> Result<Request<M>, Rejected>
-where
-    C: std::ops::Deref + Clone,
-    C::Target: GuestMemory,
-    M: GuestMemory,
-{
-    let head = chain.head_index();
-    parse_descriptors(head, mem, chain)
+/// Parses the chain at `head` of the descriptor table at `table` (`size`
+/// entries) of `mem`, whose host map is `host`. Requests whose chain is
+/// cut short by a bad descriptor (the walk ends there) come out as one of
+/// the refusals.
+pub fn parse<M: GuestMemory>(
+    mem: &Arc<M>,
+    host: &HostMap,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+) -> Result<Request<M>, Rejected> {
+    parse_descriptors(head, mem, host, walk(&**mem, host, table, size, head))
 }
 
 /// What the walk over a chain found, before the header is interpreted.
@@ -164,9 +167,48 @@ struct Walk {
     status_ok: bool,
 }
 
+impl Walk {
+    /// Takes `len` mapped bytes of descriptor `desc` at guest `addr`, host
+    /// `host`: header bytes first (from readable descriptors), the rest as
+    /// a data piece.
+    ///
+    /// # Safety
+    ///
+    /// `host..host + len` must be mapped for the call, and stay mapped as
+    /// long as the map the request keeps.
+    unsafe fn piece(
+        &mut self,
+        desc: usize,
+        write: bool,
+        mut addr: GuestAddress,
+        mut host: *mut u8,
+        mut len: usize,
+    ) {
+        if !write && self.hdr_len < OUTHDR_LEN {
+            let n = len.min(OUTHDR_LEN - self.hdr_len);
+            // SAFETY: n <= len bytes at `host`, mapped (the caller).
+            unsafe { read_volatile_bytes(host, &mut self.hdr[self.hdr_len..self.hdr_len + n]) };
+            self.hdr_len += n;
+            // wrapping_add: stays inside the range (n <= len).
+            host = host.wrapping_add(n);
+            len -= n;
+            addr = GuestAddress(addr.0.wrapping_add(n as u64));
+        }
+        if len > 0 {
+            self.segs.push(Segment {
+                addr,
+                len: len as u32,
+                host,
+                desc: desc as u16,
+            });
+        }
+    }
+}
+
 /// Translates every descriptor once; see the module docs.
 fn walk_chain<M: GuestMemory + ?Sized>(
     mem: &M,
+    host: &HostMap,
     descriptors: impl Iterator<Item = Descriptor>,
 ) -> Walk {
     let mut w = Walk {
@@ -187,50 +229,8 @@ fn walk_chain<M: GuestMemory + ?Sized>(
         if write && w.first_writable == usize::MAX {
             w.first_writable = w.segs.len();
         }
-        let access = if write {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        let mut addr = d.addr();
-        let mut mapped = true;
         // A zero-length descriptor points nowhere: nothing to check.
-        let slices = match mem.get_slices(d.addr(), d.len() as usize, access) {
-            _ if d.len() == 0 => None,
-            Ok(it) => Some(it),
-            Err(_) => {
-                mapped = false;
-                None
-            }
-        };
-        for slice in slices.into_iter().flatten() {
-            let Ok(slice) = slice else {
-                mapped = false;
-                break;
-            };
-            let mut host = slice.ptr_guard_mut().as_ptr();
-            let mut len = slice.len();
-            if !write && w.hdr_len < OUTHDR_LEN {
-                let n = len.min(OUTHDR_LEN - w.hdr_len);
-                if let Ok(h) = slice.subslice(0, n) {
-                    h.copy_to(&mut w.hdr[w.hdr_len..w.hdr_len + n]);
-                }
-                w.hdr_len += n;
-                // wrapping_add: stays inside the slice (n <= len).
-                host = host.wrapping_add(n);
-                len -= n;
-                addr = GuestAddress(addr.0.wrapping_add(n as u64));
-            }
-            if len > 0 {
-                w.segs.push(Segment {
-                    addr,
-                    len: len as u32,
-                    host,
-                    desc: n as u16,
-                });
-            }
-            addr = GuestAddress(addr.0.wrapping_add(len as u64));
-        }
+        let mapped = d.len() == 0 || translate(mem, host, &mut w, n, write, d);
         if !mapped {
             w.bad_address = true;
         }
@@ -244,14 +244,54 @@ fn walk_chain<M: GuestMemory + ?Sized>(
     w
 }
 
+/// Adds the pieces of non-empty descriptor `d` (number `n`) to `w`; false
+/// when some of it is not guest memory with the access it needs.
+fn translate<M: GuestMemory + ?Sized>(
+    mem: &M,
+    host: &HostMap,
+    w: &mut Walk,
+    n: usize,
+    write: bool,
+    d: Descriptor,
+) -> bool {
+    let len = d.len() as usize;
+    if let Some(p) = host.get(d.addr().0, u64::from(d.len())) {
+        // SAFETY: `get` checked the whole range against one region of the
+        // map `host` was built from, which is `mem` (the caller's
+        // contract), kept alive by the request.
+        unsafe { w.piece(n, write, d.addr(), p, len) };
+        return true;
+    }
+    let access = if write {
+        Permissions::Write
+    } else {
+        Permissions::Read
+    };
+    let Ok(slices) = mem.get_slices(d.addr(), len, access) else {
+        return false;
+    };
+    let mut addr = d.addr();
+    for slice in slices {
+        let Ok(slice) = slice else {
+            return false;
+        };
+        // SAFETY: the slice is a mapped range of `mem` with the access
+        // asked for, and `mem` is the map the request keeps alive.
+        unsafe { w.piece(n, write, addr, slice.ptr_guard_mut().as_ptr(), slice.len()) };
+        addr = GuestAddress(addr.0.wrapping_add(slice.len() as u64));
+    }
+    true
+}
+
 /// Parses the descriptors of the chain at `head`, however they were walked,
 /// translating them in `mem`.
-pub fn parse_descriptors<M: GuestMemory>(
+fn parse_descriptors<M: GuestMemory>(
     head: u16,
     mem: &Arc<M>,
+    host: &HostMap,
     descriptors: impl Iterator<Item = Descriptor>,
 ) -> Result<Request<M>, Rejected> {
-    let mut w = walk_chain(&**mem, descriptors);
+    let mut w = walk_chain(&**mem, host, descriptors);
     let reject = |status: Option<GuestAddress>, code, reason| Rejected {
         head,
         status,
@@ -324,9 +364,9 @@ pub fn parse_descriptors<M: GuestMemory>(
             .collect(),
         None => Vec::new(),
     };
-    // SAFETY: every `host` pointer came from `get_slices` on `**mem` just
-    // now, for `len` bytes with the access the request needs, and `mem` is
-    // the map the iovecs keep alive.
+    // SAFETY: every `host` pointer came from `host.get` or `get_slices` on
+    // `**mem` just now, for `len` bytes with the access the request needs,
+    // and `mem` is the map the iovecs keep alive.
     let bufs = unsafe { GuestIoVecs::from_translated(mem.clone(), iov) };
     Ok(Request {
         head,
