@@ -13,8 +13,10 @@
 //!  queue     kick ─► pop ─► spawn ─► used ring ─► call (one iothread)
 //! ```
 //!
-//! Guest memory is reached only through vm-memory's [`vm_memory::GuestMemory`]
-//! (checked, volatile accesses); the queue and request code are generic
+//! Guest memory is reached through vm-memory's [`vm_memory::GuestMemory`]
+//! (checked, volatile accesses) and, on the request path, through the
+//! [`hostmap::HostMap`] built from it (every range bounds-checked against
+//! one region, volatile loads); the queue and request code are generic
 //! over it, so a transport brings whatever memory map it has (vhost-user's
 //! mmap'd regions, VDUSE's IOVA map). The only pointer handed to the
 //! kernel is built in [`iovec`], which keeps the map alive.

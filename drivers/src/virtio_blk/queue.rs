@@ -31,7 +31,8 @@
 //! the table, a used ring we cannot write) stops the queue: the virtio
 //! "device needs reset" state, logged once, signalled on the error eventfd,
 //! and reported through [`QueueControl::is_broken`]. Nothing a guest
-//! writes panics: every access goes through vm-memory's checked API.
+//! writes panics: every access goes through vm-memory's checked API or
+//! the bounds-checked [`HostMap`] built from the same map.
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
