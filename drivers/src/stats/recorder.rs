@@ -32,7 +32,7 @@ use super::op::{ErrorKind, OpKind, Outcome};
 use super::snapshot::Totals;
 
 /// A moment, or nothing when recording is off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp(Option<Instant>);
 
 /// A started request: give it back to [`QueueRecorder::finish`].

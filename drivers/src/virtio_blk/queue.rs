@@ -53,7 +53,7 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic}
 use super::execute::{execute, op_kind, write_status, ExecContext, ExecParams, Outcome};
 use super::hostmap::HostMap;
 use super::request::{parse, Rejected, Request};
-use crate::stats::{ErrorKind, QueueRecorder};
+use crate::stats::{ErrorKind, QueueRecorder, Stamp};
 
 /// Where a ring lives and where it stands, as the transport set it up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +242,8 @@ struct Local<M: GuestMemory> {
     inflight: Option<Arc<dyn InflightLog>>,
     in_flight: Cell<usize>,
     notify_pending: Cell<bool>,
+    /// When the first completion of the batch being signalled was written.
+    done_at: Cell<Stamp>,
     popped: RefCell<Vec<Result<Request<M>, Rejected>>>,
     completed: LocalSignal,
     broken: Cell<bool>,
@@ -314,6 +316,7 @@ pub fn spawn_queue<M: GuestMemory + Send + Sync + 'static>(
         inflight,
         in_flight: Cell::new(0),
         notify_pending: Cell::new(false),
+        done_at: Cell::new(Stamp::default()),
         popped: RefCell::new(Vec::new()),
         completed: LocalSignal::default(),
         broken: Cell::new(false),
@@ -434,7 +437,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         for &head in &self.setup.resubmit {
             let p = parse(&mem, &self.host.borrow(), table, self.setup.size, head);
             // The borrow ends above: start() may run the request at once.
-            self.start(p, &mem);
+            self.start(p, &mem, self.rec.now());
         }
     }
 
@@ -478,9 +481,11 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                     .store(AVAIL_KNOWN | u32::from(q.next_avail()), Ordering::Release);
             }
             let mut broke = false;
+            // One clock read per batch: they were all taken now.
+            let at = self.rec.now();
             for p in popped.drain(..) {
                 if !broke {
-                    self.start(p, &mem);
+                    self.start(p, &mem, at);
                     broke = self.broken.get();
                 }
             }
@@ -505,7 +510,8 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         }
     }
 
-    fn start(self: &Rc<Self>, p: Result<Request<M>, Rejected>, mem: &Arc<M>) {
+    /// Starts a parsed chain; `at` is when its batch was taken.
+    fn start(self: &Rc<Self>, p: Result<Request<M>, Rejected>, mem: &Arc<M>, at: Stamp) {
         let head = match &p {
             Ok(r) => r.head,
             Err(r) => r.head,
@@ -531,7 +537,8 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
             Ok(req) => {
                 let me = self.clone();
                 let mem = mem.clone();
-                let t = self.rec.start(
+                let t = self.rec.start_at(
+                    at,
                     op_kind(req.kind),
                     req.sector.saturating_mul(512),
                     req.data_len,
@@ -540,7 +547,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
                 spawn_local(async move {
                     let out = execute(&me.ctx, &mem, req).await;
                     me.complete(head, Some(status), out);
-                    me.rec.finish(t, out.record);
+                    me.rec.finish_at(me.done_at.get(), t, out.record);
                 });
             }
         }
@@ -550,7 +557,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
         let mem = self.mem.borrow().clone();
         if let Some(at) = status {
-            if !write_status(&*mem, at, out.status) {
+            if !self.put_status(&*mem, at, out.status) {
                 self.fail("cannot write a status byte");
             }
         }
@@ -569,10 +576,28 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         }
         // The first completion of a batch wakes the queue task (which runs
         // after the batch); the last one in flight wakes a draining stop.
+        // Its time stands for the batch's (one clock read per batch).
         let first = !self.notify_pending.replace(true);
+        if first {
+            self.done_at.set(self.rec.now());
+        }
         if first || self.in_flight.get() == 0 {
             self.completed.raise();
         }
+    }
+
+    /// Writes a status byte into `mem` (the current map); false when
+    /// that is not guest memory.
+    fn put_status(&self, mem: &M, at: GuestAddress, status: u8) -> bool {
+        if let Some(p) = self.host.borrow().get(at.0, 1) {
+            // SAFETY: `get` checked the byte against a region of the map
+            // the host table was built from, `self.mem`, which `mem` is
+            // and which is alive while borrowed here; a volatile store
+            // because the guest shares the byte.
+            unsafe { std::ptr::write_volatile(p, status) };
+            return true;
+        }
+        write_status(mem, at, status)
     }
 
     /// Leaves polling: notifications on again. True when the avail ring
