@@ -31,6 +31,15 @@ fn mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).expect("guest memory")
 }
 
+/// Two regions of 1 MiB, adjacent in guest-physical space but mapped apart.
+fn two_regions() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), 0x10_0000),
+        (GuestAddress(0x10_0000), 0x10_0000),
+    ])
+    .expect("guest memory")
+}
+
 fn header(mem: &GuestMemoryMmap, at: u64, t: u32, sector: u64) {
     let mut h = [0u8; 16];
     h[0..4].copy_from_slice(&t.to_le_bytes());
@@ -177,12 +186,7 @@ fn too_many_segments_and_wrong_direction() {
 
 #[test]
 fn data_across_regions_is_translated_once_into_host_iovecs() {
-    // Two regions, adjacent in guest-physical space but mapped apart.
-    let m = GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), 0x10_0000),
-        (GuestAddress(0x10_0000), 0x10_0000),
-    ])
-    .expect("guest memory");
+    let m = two_regions();
     let q = MockSplitQueue::new(&m, 16);
     header(&m, 0x8_0000, T_IN, 0);
     let chain = q
@@ -218,11 +222,7 @@ fn data_across_regions_is_translated_once_into_host_iovecs() {
 
 #[test]
 fn without_a_host_map_the_same_chain_parses_through_vm_memory() {
-    let m = GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), 0x10_0000),
-        (GuestAddress(0x10_0000), 0x10_0000),
-    ])
-    .expect("guest memory");
+    let m = two_regions();
     let q = MockSplitQueue::new(&m, 16);
     header(&m, 0x8_0000, T_OUT, 24);
     let chain = q
