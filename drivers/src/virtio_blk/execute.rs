@@ -11,6 +11,7 @@ use engine::block::{BlockError, BlockHandle, BlockNode};
 use crate::stats::{self, ErrorKind, ExportStats, OpKind};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
+use super::hostmap::HostMap;
 use super::request::{Request, RequestKind, Segment};
 use super::spec::{
     DWZ_SEGMENT_LEN, ID_BYTES, MAX_DWZ_SECTORS, SECTOR_SHIFT, S_IOERR, S_OK, S_UNSUPP,
@@ -280,8 +281,22 @@ fn scatter<M: GuestMemory + ?Sized>(mem: &M, segs: &[Segment], data: &[u8]) -> b
     put == data.len()
 }
 
-/// Writes the status byte of a request (or refusal) into guest memory;
-/// false when the guest took that memory away meanwhile.
-pub fn write_status<M: GuestMemory + ?Sized>(mem: &M, at: GuestAddress, status: u8) -> bool {
+/// Writes the status byte of a request (or refusal) into guest memory
+/// `mem`, whose host map is `host`; false when the guest took that memory
+/// away meanwhile.
+pub fn write_status<M: GuestMemory + ?Sized>(
+    mem: &M,
+    host: &HostMap,
+    at: GuestAddress,
+    status: u8,
+) -> bool {
+    if let Some(p) = host.get(at.0, 1) {
+        // SAFETY: `get` checked the byte against a region of the map
+        // `host` was built from, `mem` (the caller's contract), which the
+        // caller holds for the call; a volatile store because the guest
+        // shares the byte.
+        unsafe { std::ptr::write_volatile(p, status) };
+        return true;
+    }
     mem.write_obj(status, at).is_ok()
 }

@@ -557,7 +557,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
         let mem = self.mem.borrow().clone();
         if let Some(at) = status {
-            if !self.put_status(&*mem, at, out.status) {
+            if !write_status(&*mem, &self.host.borrow(), at, out.status) {
                 self.fail("cannot write a status byte");
             }
         }
@@ -584,20 +584,6 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
         if first || self.in_flight.get() == 0 {
             self.completed.raise();
         }
-    }
-
-    /// Writes a status byte into `mem` (the current map); false when
-    /// that is not guest memory.
-    fn put_status(&self, mem: &M, at: GuestAddress, status: u8) -> bool {
-        if let Some(p) = self.host.borrow().get(at.0, 1) {
-            // SAFETY: `get` checked the byte against a region of the map
-            // the host table was built from, `self.mem`, which `mem` is
-            // and which is alive while borrowed here; a volatile store
-            // because the guest shares the byte.
-            unsafe { std::ptr::write_volatile(p, status) };
-            return true;
-        }
-        write_status(mem, at, status)
     }
 
     /// Leaves polling: notifications on again. True when the avail ring
