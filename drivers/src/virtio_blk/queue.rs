@@ -434,10 +434,12 @@ impl<M: GuestMemory + Send + Sync + 'static> Local<M> {
     fn resubmit(self: &Rc<Self>) {
         let mem = self.mem.borrow().clone();
         let table = GuestAddress(self.setup.desc_table);
+        // One clock read for the batch, as in process().
+        let at = self.rec.now();
         for &head in &self.setup.resubmit {
             let p = parse(&mem, &self.host.borrow(), table, self.setup.size, head);
             // The borrow ends above: start() may run the request at once.
-            self.start(p, &mem, self.rec.now());
+            self.start(p, &mem, at);
         }
     }
 
