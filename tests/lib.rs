@@ -24,6 +24,8 @@ pub mod pki;
 pub mod qmp;
 #[path = "support/util.rs"]
 pub mod util;
+#[path = "support/vm.rs"]
+pub mod vm;
 
 pub use daemon::{binary, is_qsd, scratch, skip_on_qsd, skip_unless_comparing, Daemon};
 pub use qmp::{Qmp, QmpError};
