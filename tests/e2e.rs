@@ -56,5 +56,7 @@ mod vhost_user_blk_nodes;
 mod vhost_user_blk_qmp;
 #[path = "e2e/vhost_user_blk_remote.rs"]
 mod vhost_user_blk_remote;
+#[path = "e2e/vhost_user_blk_vm.rs"]
+mod vhost_user_blk_vm;
 #[path = "e2e/vhost_user_blk_writes.rs"]
 mod vhost_user_blk_writes;
