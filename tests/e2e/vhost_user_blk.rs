@@ -40,14 +40,6 @@ fn vhost_daemon_with(size: u64, extra: &str, more: &[&str]) -> (Daemon, PathBuf,
     (d, img, sock)
 }
 
-fn wait_for_socket(p: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !p.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", p.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn blkio_reads_writes_and_compares_with_the_image() {
     let (_d, img, sock) = vhost_daemon(16 * MIB, ",writable=on,iothread=io0,num-queues=1");

@@ -5,19 +5,10 @@
 use crate::blkio_client::Client;
 use ringstor_tests::*;
 use serde_json::json;
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-
-fn wait_for_socket(p: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !p.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", p.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");

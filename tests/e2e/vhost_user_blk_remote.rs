@@ -7,17 +7,8 @@ use crate::blkio_client::Client;
 use ringstor_tests::ceph::{ceph_installed, Ceph, CEPH_POOL, CEPH_USER};
 use ringstor_tests::*;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
-
-fn wait_for_socket(p: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !p.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", p.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

@@ -12,7 +12,7 @@
 use ringstor_tests::vm::{guest_dir, Vm, VmConfig};
 use ringstor_tests::*;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 64 * MIB;
@@ -43,15 +43,7 @@ fn daemon(img: &Path, sock: &Path, extra: &str) -> Daemon {
         sock.display()
     );
     let d = Daemon::start(scratch(), &["--blockdev", &node, "--export", &export]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_socket(sock);
     d
 }
 
@@ -182,7 +174,7 @@ fn a_killed_daemon_is_restarted_under_a_writing_guest_without_guest_errors() {
     let Some(guest) = guest_dir() else { return };
     let (dir, img, sock) = image();
     let opts = format!(",writable=on{}", queues_option());
-    let first = daemon(&img, &sock, &opts);
+    let mut first = daemon(&img, &sock, &opts);
     // 8 MiB of random data written over and over at 40 MiB with direct
     // I/O, so that requests are in flight whenever the daemon dies.
     let body = r#"
@@ -207,7 +199,6 @@ echo "RS: back $(dd if=/dev/vda bs=64k count=128 skip=640 iflag=direct 2>/dev/nu
     let pid = first.pid() as i32;
     // SAFETY: kill(2) on the daemon this test started; no memory is touched.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let mut first = first;
     assert!(first.wait_exit(Duration::from_secs(5)).is_some());
     drop(first);
     std::thread::sleep(Duration::from_millis(300));

@@ -37,6 +37,16 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits up to 10 s for a daemon's listening socket (or any path) to
+/// appear; panics naming it.
+pub fn wait_for_socket(p: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", p.display());
+        sleep(Duration::from_millis(10));
+    }
+}
+
 /// Create a sparse file of `size` bytes.
 pub fn make_sparse(path: &Path, size: u64) {
     let f = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
