@@ -58,7 +58,7 @@ pub fn guest_dir() -> Option<PathBuf> {
 /// One `newc` cpio member.
 enum Entry<'a> {
     Dir(&'a str),
-    File(&'a str, u32, Vec<u8>),
+    File(&'a str, u32, &'a [u8]),
     CharDev(&'a str, u32, u32),
 }
 
@@ -143,7 +143,7 @@ fn init_script(modules: &[String], body: &str) -> String {
 fn initramfs(guest: &Path, dir: &Path, body: &str) -> PathBuf {
     let order = fs::read_to_string(guest.join("modules/order")).expect("modules/order");
     let modules: Vec<String> = order.split_whitespace().map(str::to_owned).collect();
-    let init = init_script(&modules, body);
+    let init = init_script(&modules, body).into_bytes();
     let busybox = fs::read(guest.join("busybox")).expect("guest busybox");
     let kos: Vec<(String, Vec<u8>)> = modules
         .iter()
@@ -160,11 +160,11 @@ fn initramfs(guest: &Path, dir: &Path, body: &str) -> PathBuf {
         Entry::Dir("proc"),
         Entry::Dir("sys"),
         Entry::Dir("m"),
-        Entry::File("init", 0o755, init.into_bytes()),
-        Entry::File("bin/busybox", 0o755, busybox),
+        Entry::File("init", 0o755, &init),
+        Entry::File("bin/busybox", 0o755, &busybox),
     ];
     for (name, ko) in &kos {
-        entries.push(Entry::File(name, 0o644, ko.clone()));
+        entries.push(Entry::File(name, 0o644, ko));
     }
     let path = dir.join("initrd.img");
     let mut f = fs::File::create(&path).expect("create initrd");
@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn cpio_members_are_aligned_and_end_with_the_trailer() {
-        let a = cpio(&[Entry::Dir("d"), Entry::File("d/f", 0o644, b"abc".to_vec())]);
+        let a = cpio(&[Entry::Dir("d"), Entry::File("d/f", 0o644, b"abc")]);
         assert_eq!(a.len() % 4, 0);
         assert!(a.starts_with(b"070701"));
         let text = String::from_utf8_lossy(&a);
