@@ -28,6 +28,8 @@ mod nbd_client_tls;
 mod nbd_qmp;
 #[path = "e2e/parity.rs"]
 mod parity;
+#[path = "e2e/placement.rs"]
+mod placement;
 #[path = "e2e/qcow2.rs"]
 mod qcow2;
 #[path = "e2e/qcow2_bitmaps.rs"]

@@ -59,6 +59,7 @@ impl Objects {
         let default = IoThread::spawn(IoThreadConfig {
             name: DEFAULT_IOTHREAD.to_string(),
             cpu: Some(cpu),
+            movable: true,
             ring_entries: DEFAULT_RING_ENTRIES,
             poll_max_ns: DEFAULT_POLL_MAX_NS,
         })?;
@@ -132,6 +133,7 @@ impl Objects {
         let thread = IoThread::spawn(IoThreadConfig {
             name: options.id.clone(),
             cpu: Some(cpu),
+            movable: options.cpu.is_none(),
             ring_entries: DEFAULT_RING_ENTRIES,
             poll_max_ns,
         })?;

@@ -44,6 +44,7 @@ fn qemu_io_write_then_read_back() {
     let t = IoThread::spawn(IoThreadConfig {
         name: "t-nbd".into(),
         cpu: None,
+        movable: false,
         ring_entries: 256,
         poll_max_ns: 0,
     })

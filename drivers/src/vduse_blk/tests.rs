@@ -130,6 +130,7 @@ impl Rig {
         let thread = IoThread::spawn(IoThreadConfig {
             name: "t-vduse".into(),
             cpu: None,
+            movable: false,
             ring_entries: 256,
             poll_max_ns: 0,
         })
@@ -528,6 +529,7 @@ fn a_failed_queue_setup_leaves_no_device() {
     let thread = IoThread::spawn(IoThreadConfig {
         name: "t-vduse2".into(),
         cpu: None,
+        movable: false,
         ring_entries: 64,
         poll_max_ns: 0,
     })

@@ -10,6 +10,7 @@ fn iothread() -> IoThread {
     IoThread::spawn(IoThreadConfig {
         name: "t-block".into(),
         cpu: None,
+        movable: false,
         ring_entries: 64,
         poll_max_ns: 0,
     })

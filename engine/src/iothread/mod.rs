@@ -6,6 +6,7 @@
 //! the thread's own ring. Nothing on the data path is shared between
 //! iothreads.
 
+mod contention;
 mod executor;
 mod notify;
 mod poll;
@@ -35,6 +36,9 @@ pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
+/// `Shared::cpu` of an unpinned thread.
+const NO_CPU: usize = usize::MAX;
+
 /// How to start an iothread.
 #[derive(Debug, Clone)]
 pub struct IoThreadConfig {
@@ -42,6 +46,11 @@ pub struct IoThreadConfig {
     pub name: String,
     /// CPU to pin to; `None` leaves the thread unpinned.
     pub cpu: Option<usize>,
+    /// Whether the thread may leave `cpu` for an idler one of the
+    /// process's allowed CPUs while another task keeps `cpu` busy (see
+    /// `contention.rs`): true for threads placed round robin, false for
+    /// `cpu=`.
+    pub movable: bool,
     /// Submission queue entries.
     pub ring_entries: u32,
     /// Longest busy-poll before parking, in ns (QEMU's `poll-max-ns`;
@@ -51,6 +60,8 @@ pub struct IoThreadConfig {
 
 struct Shared {
     mailbox: Sender<Job>,
+    /// The CPU the thread is pinned to now, [`NO_CPU`] when unpinned.
+    cpu: Arc<AtomicUsize>,
     notify: Arc<Notify>,
     stop: AtomicBool,
 }
@@ -66,7 +77,6 @@ pub struct IoThread {
 pub struct IoThreadHandle {
     id: usize,
     name: Arc<str>,
-    cpu: Option<usize>,
     tid: i32,
     features: RingFeatures,
     shared: Arc<Shared>,
@@ -77,7 +87,7 @@ impl std::fmt::Debug for IoThreadHandle {
         f.debug_struct("IoThreadHandle")
             .field("id", &self.id)
             .field("name", &self.name)
-            .field("cpu", &self.cpu)
+            .field("cpu", &self.cpu())
             .finish()
     }
 }
@@ -90,14 +100,20 @@ impl IoThread {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new().map_err(EngineError::Eventfd)?);
         let (tx, rx) = unbounded::<Job>();
+        let cpu = Arc::new(AtomicUsize::new(config.cpu.unwrap_or(NO_CPU)));
         let shared = Arc::new(Shared {
             mailbox: tx,
+            cpu: cpu.clone(),
             notify: notify.clone(),
             stop: AtomicBool::new(false),
         });
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(i32, RingFeatures)>>(1);
         let thread_shared = shared.clone();
         let cfg = config.clone();
+        let name: Arc<str> = config.name.clone().into();
+        let mover_name = name.clone();
+        // The control thread's set: the process's, before any pinning.
+        let allowed = allowed_cpus();
         let join = std::thread::Builder::new()
             .name(config.name.clone())
             .spawn(move || {
@@ -116,9 +132,13 @@ impl IoThread {
                     }
                 };
                 let features = ring.features;
+                let mover = match cfg.cpu {
+                    Some(_) if cfg.movable => contention::Mover::new(mover_name, allowed, cpu),
+                    _ => None,
+                };
                 let rt = Runtime::install(id, ring, notify);
                 let _ = ready_tx.send(Ok((tid, features)));
-                rt.run(&rx, &thread_shared.stop, cfg.poll_max_ns);
+                rt.run(&rx, &thread_shared.stop, cfg.poll_max_ns, mover);
                 rt.shutdown();
             })
             .map_err(EngineError::Spawn)?;
@@ -141,8 +161,7 @@ impl IoThread {
         );
         let handle = IoThreadHandle {
             id,
-            name: config.name.into(),
-            cpu: config.cpu,
+            name,
             tid,
             features,
             shared,
@@ -187,9 +206,13 @@ impl IoThreadHandle {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// The CPU it is pinned to.
+    /// The CPU it is pinned to now (a movable thread's changes, see
+    /// [`IoThreadConfig::movable`]).
     pub fn cpu(&self) -> Option<usize> {
-        self.cpu
+        match self.shared.cpu.load(Ordering::Relaxed) {
+            NO_CPU => None,
+            cpu => Some(cpu),
+        }
     }
     /// Its Linux thread id.
     pub fn thread_id(&self) -> i32 {

@@ -26,6 +26,7 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use io_uring::opcode;
 
+use super::contention::Mover;
 use super::executor::Executor;
 use super::notify::Notify;
 use super::poll::{AdaptivePoll, PREEMPT_GAP};
@@ -37,6 +38,9 @@ pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// Tasks polled between two looks at the ring.
 const TASK_BUDGET: usize = 512;
+
+/// Busy rounds (tasks still ready) between two looks of the mover.
+const MOVER_ROUNDS: u32 = 64;
 
 pub(crate) struct Runtime {
     pub(crate) id: usize,
@@ -127,9 +131,19 @@ impl Runtime {
     }
 
     /// The loop; returns when `stop` is set.
-    pub(crate) fn run(&self, mailbox: &Receiver<Job>, stop: &AtomicBool, poll_max_ns: u64) {
+    /// A `mover` moves the thread off a contended CPU; it looks at most
+    /// once a [`super::contention::WINDOW`], at idle points and every
+    /// [`MOVER_ROUNDS`] busy rounds.
+    pub(crate) fn run(
+        &self,
+        mailbox: &Receiver<Job>,
+        stop: &AtomicBool,
+        poll_max_ns: u64,
+        mut mover: Option<Mover>,
+    ) {
         let mut adapt = AdaptivePoll::new(poll_max_ns);
         let mut idle_skips = 0u32;
+        let mut busy_rounds = 0u32;
         loop {
             while let Ok(job) = mailbox.try_recv() {
                 job();
@@ -146,16 +160,28 @@ impl Runtime {
                     idle_skips = 0;
                     self.enter(false);
                 }
+                busy_rounds += 1;
+                if busy_rounds >= MOVER_ROUNDS {
+                    busy_rounds = 0;
+                    if let Some(m) = &mut mover {
+                        m.tick(Instant::now());
+                    }
+                }
                 continue;
             }
             idle_skips = 0;
+            busy_rounds = 0;
+            let now = Instant::now();
+            if let Some(m) = &mut mover {
+                m.tick(now);
+            }
             self.notify.clear();
             // `stop` too: a stop rung while `pending` was still set wrote no
             // eventfd, so after the clear nothing else would wake us for it.
             if !mailbox.is_empty() || self.exec.has_ready() || stop.load(Ordering::Acquire) {
                 continue;
             }
-            if self.poll(mailbox, &mut adapt) {
+            if self.poll(mailbox, &mut adapt, now) {
                 continue;
             }
             // Sources that kept their notifications off while we spun turn
@@ -174,8 +200,7 @@ impl Runtime {
     /// sleep and wake-up per round trip. Spins in user space (see
     /// `Ring::enter`), looking at the ring and at the registered
     /// [`super::poller`] sources. Returns true when work turned up.
-    fn poll(&self, mailbox: &Receiver<Job>, adapt: &mut AdaptivePoll) -> bool {
-        let start = Instant::now();
+    fn poll(&self, mailbox: &Receiver<Job>, adapt: &mut AdaptivePoll, start: Instant) -> bool {
         let limit = adapt.budget(start);
         if limit.is_zero() {
             return false;

@@ -8,6 +8,7 @@ fn spawn(name: &str) -> IoThread {
     IoThread::spawn(IoThreadConfig {
         name: name.into(),
         cpu: Some(0),
+        movable: false,
         ring_entries: 64,
         poll_max_ns: 0,
     })

@@ -209,6 +209,7 @@ fn iothread(name: &str) -> IoThread {
     IoThread::spawn(IoThreadConfig {
         name: name.into(),
         cpu: None,
+        movable: false,
         ring_entries: 64,
         poll_max_ns: 0,
     })

@@ -12,6 +12,7 @@ fn iothread() -> IoThread {
     IoThread::spawn(IoThreadConfig {
         name: "t-qcow2".into(),
         cpu: None,
+        movable: false,
         ring_entries: 64,
         poll_max_ns: 0,
     })
