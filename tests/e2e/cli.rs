@@ -1,6 +1,8 @@
 //! Command-line behaviour: bad input, JSON syntax, `,,` escaping, pidfile,
 //! daemonize.
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use ringstor_tests::daemon::{expand, EarlyExit, QSD_BIN};
 use ringstor_tests::*;
 use serde_json::json;
@@ -217,8 +219,7 @@ fn pidfile_holds_pid() {
 struct KillPid(i32);
 impl Drop for KillPid {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid our daemon wrote; touches no memory.
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
     }
 }
 

@@ -4,6 +4,8 @@
 //! and SIGTERM / `quit` with NBD I/O in flight must shut down cleanly.
 
 use crate::reliability::two_exports;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use ringstor_tests::nbdraw::{self, RawNbd};
 use ringstor_tests::*;
 use serde_json::{json, Value};
@@ -200,8 +202,7 @@ fn clean_shutdown(how: Stop) {
     thread::sleep(Duration::from_millis(5));
     match how {
         Stop::Sigterm => {
-            // SAFETY: kill(2) on the daemon we started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
         Stop::Quit => {
             // QSD may exit before its reply to quit is flushed: a reply, if

@@ -7,6 +7,8 @@
 //! connection stays up. `x-dirty-bitmap` reads a remote bitmap as
 //! allocation, as QSD's node does. (TLS: `nbd_client_tls.rs`.)
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use ringstor_tests::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -301,8 +303,7 @@ fn nbd_client_reconnects_within_reconnect_delay_and_retries() {
     let r = run_python(RECONNECT_PY, &args);
     let v: Value = serde_json::from_str(r.success("reconnect script").stdout.trim()).expect("JSON");
     if let Some(pid) = v["kit"].as_i64() {
-        // SAFETY: kill(2) on the nbdkit the script started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
     assert_eq!(v["errors"], serde_json::json!([]), "{v}\n{}", d.stderr());
     assert_eq!(v["readback"], true, "{v}");
@@ -370,8 +371,7 @@ fn eio_after_delay(bin: &Path, who: &str) -> Value {
     let r = run_python(EIO_PY, &argv);
     let v: Value = serde_json::from_str(r.success(who).stdout.trim()).expect("JSON");
     if let Some(pid) = v["kit"].as_i64() {
-        // SAFETY: kill(2) on the nbdkit the script started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
     v
 }

@@ -3,6 +3,7 @@
 //! `max-connections`, image sizes that are not a multiple of 512,
 //! `--chardev ...,wait=on`, and `exec-oob` of an unknown command.
 
+use nix::sys::signal::Signal;
 use ringstor_tests::daemon::{expand, QSD_BIN};
 use ringstor_tests::nbdraw::RawNbd;
 use ringstor_tests::*;
@@ -371,8 +372,7 @@ fn a_signal_ends_the_wait_for_the_monitor() {
         "chardev=mon".into(),
     ];
     let mut d = Daemon::spawn(&binary(), dir, args, qmp.clone()).expect("started");
-    // SAFETY: kill(2) on the daemon we started.
-    unsafe { libc::kill(d.pid() as i32, libc::SIGTERM) };
+    d.signal(Signal::SIGTERM);
     let status = d
         .wait_exit(Duration::from_secs(5))
         .expect("exits on SIGTERM");

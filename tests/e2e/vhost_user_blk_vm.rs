@@ -9,6 +9,7 @@
 //! writes and started again is reconnected to by QEMU with the requests in
 //! flight resubmitted (INFLIGHT_SHMFD), the guest seeing no error.
 
+use nix::sys::signal::Signal;
 use ringstor_tests::vm::{guest_dir, Vm, VmConfig};
 use ringstor_tests::*;
 use std::path::{Path, PathBuf};
@@ -196,9 +197,7 @@ echo "RS: back $(dd if=/dev/vda bs=64k count=128 skip=640 iflag=direct 2>/dev/nu
     };
     let mut vm = Vm::start(&guest, dir.path(), &sock, &cfg, body);
     vm.wait_for("pass2");
-    let pid = first.pid() as i32;
-    // SAFETY: kill(2) on the daemon this test started; no memory is touched.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    first.signal(Signal::SIGKILL);
     assert!(first.wait_exit(Duration::from_secs(5)).is_some());
     drop(first);
     std::thread::sleep(Duration::from_millis(300));

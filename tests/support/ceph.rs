@@ -11,6 +11,8 @@
 //! signal follows the *thread* that forked: a daemon forked by a test's
 //! thread would die with that test while others still use the cluster).
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -355,8 +357,8 @@ keyring = {ds}/admin.keyring
 impl Drop for Ceph {
     fn drop(&mut self) {
         for child in [&mut self.osd, &mut self.mon] {
-            // SAFETY: kill(2) on the pid of a child we started and have not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            // Not yet reaped, so the pid is still this child's.
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
             while child.try_wait().ok().flatten().is_none() {
                 if Instant::now() > deadline {

@@ -5,6 +5,8 @@
 //! Argument strings may contain `{dir}`, replaced by that directory's path.
 
 use crate::qmp::Qmp;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -223,6 +225,11 @@ impl Daemon {
         }
     }
 
+    /// Sends `sig` to the daemon (a daemon that already exited is no error).
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), sig);
+    }
+
     /// Remember a daemonized pid so that drop kills it.
     pub fn adopt_daemon_pid(&mut self, pid: i32) {
         self.daemon_pid = Some(pid);
@@ -254,15 +261,13 @@ impl Daemon {
 }
 
 fn kill_pid(pid: i32, alive: impl Fn() -> bool) {
-    // SAFETY: kill(2) with a pid we started; no memory is touched.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(3);
     while alive() && Instant::now() < deadline {
         sleep(Duration::from_millis(10));
     }
     if alive() {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
