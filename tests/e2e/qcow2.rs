@@ -378,6 +378,7 @@ fn qcow2_fio_verify_random_writes() {
         "--verify=crc32c",
         "--verify_fatal=1",
         "--do_verify=1",
+        "--verify_state_save=0",
         "--group_reporting",
     ];
     let out = tool("fio", &job);

@@ -128,6 +128,7 @@ fn fio_verify(t: Transport) {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            "--verify_state_save=0",
         ],
         Duration::from_secs(120),
     );
