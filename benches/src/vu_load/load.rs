@@ -49,6 +49,23 @@ pub struct Outcome {
     bytes: u64,
     elapsed: Duration,
     lat: Histogram<u64>,
+    /// The process's user and system CPU time over the run.
+    cpu: (Duration, Duration),
+}
+
+/// This process's user and system CPU time so far.
+fn cpu_times() -> (Duration, Duration) {
+    // SAFETY: getrusage only writes the rusage struct we pass, which is
+    // plain data for which all zeroes is a valid value.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut ru) != 0 {
+            return (Duration::ZERO, Duration::ZERO);
+        }
+        ru
+    };
+    let d = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (d(ru.ru_utime), d(ru.ru_stime))
 }
 
 impl Outcome {
@@ -61,9 +78,16 @@ impl Outcome {
             "99.000000": p(0.99),
             "99.900000": p(0.999),
         });
+        // fio's form: CPU as percentages of `job_runtime` (ms), so the
+        // harness's client CPU column covers this client too.
+        let runtime_ms = self.elapsed.as_secs_f64() * 1000.0;
+        let share = |t: Duration| 100.0 * t.as_secs_f64() / secs;
         json!({"jobs": [{
             "jobname": name,
             "error": 0,
+            "job_runtime": runtime_ms,
+            "usr_cpu": share(self.cpu.0),
+            "sys_cpu": share(self.cpu.1),
             "mixed": {
                 "total_ios": self.ios,
                 "iops": self.ios as f64 / secs,
@@ -112,6 +136,7 @@ pub fn run(spec: &Spec) -> Result<Outcome, String> {
         return Err("device smaller than one block".into());
     }
     let t0 = Instant::now();
+    let cpu0 = cpu_times();
     let handles: Vec<_> = started
         .queues
         .into_iter()
@@ -132,6 +157,7 @@ pub fn run(spec: &Spec) -> Result<Outcome, String> {
         lat.add(&l).map_err(|e| e.to_string())?;
     }
     let elapsed = t0.elapsed();
+    let cpu1 = cpu_times();
     drop(b);
     if ios == 0 {
         return Err("no I/O completed".into());
@@ -141,6 +167,7 @@ pub fn run(spec: &Spec) -> Result<Outcome, String> {
         bytes,
         elapsed,
         lat,
+        cpu: (cpu1.0.saturating_sub(cpu0.0), cpu1.1.saturating_sub(cpu0.1)),
     })
 }
 
@@ -215,4 +242,29 @@ fn worker(mut q: Blkioq, s: &Spec, index: usize, buf: usize, blocks: u64) -> Wor
         }
     }
     Ok((ios, bytes, lat))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_reported_as_fio_does() {
+        let o = Outcome {
+            ios: 1000,
+            bytes: 4_096_000,
+            elapsed: Duration::from_secs(2),
+            lat: Histogram::new_with_bounds(100, 10_000_000_000, 3).expect("histogram"),
+            cpu: (Duration::from_secs(1), Duration::from_millis(500)),
+        };
+        let j = &o.fio_json("t")["jobs"][0];
+        assert_eq!(j["job_runtime"], 2000.0);
+        assert_eq!(j["usr_cpu"], 50.0);
+        assert_eq!(j["sys_cpu"], 25.0);
+        // The harness's reading (fio.rs, job_cpu_s): percent of the runtime.
+        let pct = j["usr_cpu"].as_f64().expect("usr") + j["sys_cpu"].as_f64().expect("sys");
+        let cpu_s = pct / 100.0 * j["job_runtime"].as_f64().expect("runtime") / 1000.0;
+        assert!((cpu_s - 1.5).abs() < 1e-9, "{cpu_s}");
+        assert!(cpu_times().0 > Duration::ZERO || cpu_times().1 > Duration::ZERO);
+    }
 }
