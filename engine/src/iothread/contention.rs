@@ -10,20 +10,20 @@
 //! the thread.
 //!
 //! The signal is the thread's own run delay, the time it was runnable but
-//! waited for its CPU (`/proc/thread-self/schedstat`, second field). Under
-//! the bench's loads it stays below 1 % of the time (a serving iothread
-//! rarely waits for its core: 22 ms in 4 s at qd32, 9 ms at qd1); with a
-//! hog on its CPU it was 36 %. So a thread whose run delay exceeded
-//! [`CONTENDED`] of [`WINDOW`] for [`STREAK`] windows in a row looks for
-//! an allowed CPU that was idle over that time at least as long as the
-//! thread waited for its own (and at least [`IDLE_MIN`] of it; from
-//! `/proc/stat`), and re-pins itself to the idlest. None that idle: it
-//! stays, since moving onto another busy CPU only trades one neighbour for
-//! another (four fio jobs on two CPUs keep both busy, and an iothread
-//! moved between them for nothing). A thread moved once stays at least [`MIN_STAY`], doubled (up
-//! to [`MAX_STAY`]) for each move that follows soon after the last, so
-//! two threads cannot chase each other around. Threads created with
-//! `cpu=` never move: the user chose that CPU.
+//! waited for its CPU (`/proc/thread-self/schedstat`, second field).
+//! Serving alone on its CPU, an iothread waits under 1 % of the time (22 ms
+//! in 4 s at NBD qd32, 9 ms at qd1); with a hog on its CPU, 36 %; beside
+//! the four fio jobs of the bench's 4-connection row, up to 50 %, where
+//! both CPUs are busy and moving gains nothing. So the wait says when to
+//! look, and the other CPUs' idle time whether to move: a thread whose run
+//! delay exceeded [`CONTENDED`] of a [`WINDOW`] notes the CPUs' idle times
+//! (`/proc/stat`); if the next [`STREAK`] windows are contended too, it
+//! re-pins itself to the idlest allowed CPU that was idle over them at
+//! least as long as the thread waited (and at least [`IDLE_MIN`]). None
+//! that idle: it stays. A thread moved once stays at least [`MIN_STAY`],
+//! doubled (up to [`MAX_STAY`]) for each move that follows soon after the
+//! last, so two threads cannot chase each other around. Threads created
+//! with `cpu=` never move: the user chose that CPU.
 //!
 //! An idle thread does not look (the check runs in its loop, and a parked
 //! thread's window spans its whole sleep, which holds no run delay).
