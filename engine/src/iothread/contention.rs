@@ -20,7 +20,13 @@
 //! (`/proc/stat`); if the next [`STREAK`] windows are contended too, it
 //! re-pins itself to the idlest allowed CPU that was idle over them at
 //! least as long as the thread waited (and at least [`IDLE_MIN`]). None
-//! that idle: it stays. A thread moved once stays at least [`MIN_STAY`],
+//! that idle: it stays. It stays too when its own io_uring workers
+//! (`iou-wrk-<tid>`, which run the buffered writes it punts and start on
+//! its CPU) took at least half of that time on its CPU: moving away from
+//! them is what spreading them with `IORING_REGISTER_IOWQ_AFF` did, which
+//! measured no gain (`benches/README.md`), and the next workers would
+//! start on the new CPU and the thread move back (1 MiB writes moved it
+//! ten times in four short runs). A thread moved once stays at least [`MIN_STAY`],
 //! doubled (up to [`MAX_STAY`]) for each move that follows soon after the
 //! last, so two threads cannot chase each other around. Threads created
 //! with `cpu=` never move: the user chose that CPU.
@@ -181,6 +187,58 @@ pub(crate) fn idlest(
     best
 }
 
+/// The `processor` field (39) of a `/proc/<pid>/task/<tid>/stat` text.
+pub(crate) fn stat_processor(text: &str) -> Option<usize> {
+    // The command name, in parentheses, may hold spaces: count after it.
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(36)?.parse().ok()
+}
+
+/// Run time of each of the io_uring workers of iothread `tid` that last
+/// ran on `cpu` (`/proc/self/task`: name `iou-wrk-<tid>`, run time from
+/// `schedstat`), by worker tid.
+fn workers_on(tid: i32, cpu: usize) -> Vec<(u32, Duration)> {
+    let name = format!("iou-wrk-{tid}");
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let is_worker = std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == name);
+        if !is_worker {
+            continue;
+        }
+        let on_cpu = std::fs::read_to_string(path.join("stat"))
+            .ok()
+            .and_then(|t| stat_processor(&t))
+            == Some(cpu);
+        let run = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|t| t.split_ascii_whitespace().next()?.parse().ok());
+        let worker = entry.file_name().to_str().and_then(|t| t.parse().ok());
+        if let (true, Some(ns), Some(w)) = (on_cpu, run, worker) {
+            out.push((w, Duration::from_nanos(ns)));
+        }
+    }
+    out
+}
+
+/// How long the workers of `after` ran since `before` (a worker new since
+/// then counts from its start).
+pub(crate) fn workers_ran(before: &[(u32, Duration)], after: &[(u32, Duration)]) -> Duration {
+    after
+        .iter()
+        .map(|(w, t)| {
+            let start = before
+                .iter()
+                .find(|(b, _)| b == w)
+                .map_or(Duration::ZERO, |(_, s)| *s);
+            t.saturating_sub(start)
+        })
+        .sum()
+}
+
 /// This thread's run delay so far (`/proc/thread-self/schedstat`).
 struct RunDelay(File);
 
@@ -208,12 +266,16 @@ fn read_stat() -> Vec<CpuTimes> {
 /// (`home`, which `query-iothreads` reports).
 pub(crate) struct Mover {
     name: Arc<str>,
+    tid: i32,
     allowed: Vec<usize>,
     home: Arc<AtomicUsize>,
     delay: RunDelay,
     last: (Instant, Duration),
     streak: Streak,
     idle_before: Vec<CpuTimes>,
+    /// This thread's io_uring workers' run times when `idle_before` was
+    /// taken.
+    workers_before: Vec<(u32, Duration)>,
     /// Run delay and time since `idle_before` was taken.
     waited: (Duration, Duration),
 }
@@ -233,12 +295,14 @@ impl Mover {
         let now = delay.read()?;
         Some(Mover {
             name,
+            tid: nix::unistd::gettid().as_raw(),
             allowed,
             home,
             delay,
             last: (Instant::now(), now),
             streak: Streak::new(),
             idle_before: Vec::new(),
+            workers_before: Vec::new(),
             waited: (Duration::ZERO, Duration::ZERO),
         })
     }
@@ -258,6 +322,7 @@ impl Mover {
         let step = self.streak.window(delay, elapsed, now);
         if step == Step::StreakStarts {
             self.idle_before = read_stat();
+            self.workers_before = workers_on(self.tid, self.home.load(Ordering::Relaxed));
             self.waited = (Duration::ZERO, Duration::ZERO);
             return;
         }
@@ -270,6 +335,17 @@ impl Mover {
 
     fn look_around(&mut self, now: Instant) {
         let current = self.home.load(Ordering::Relaxed);
+        let workers = workers_ran(&self.workers_before, &workers_on(self.tid, current));
+        if workers >= self.waited.0 / 2 {
+            log::debug!(
+                "iothread {}: its io_uring workers took {} ms of CPU {current} while it waited {} ms; staying",
+                self.name,
+                workers.as_millis(),
+                self.waited.0.as_millis()
+            );
+            self.streak.nowhere();
+            return;
+        }
         let after = read_stat();
         let waited = self.waited.0.as_secs_f64() / self.waited.1.as_secs_f64().max(1e-9);
         let need = waited.max(IDLE_MIN);
@@ -344,6 +420,30 @@ mod tests {
         let late = t1 + MAX_STAY * 30;
         s.moved(late);
         assert_eq!(s.stay, MIN_STAY, "reset after a long quiet");
+    }
+
+    #[test]
+    fn reads_the_processor_of_a_task_stat() {
+        let mut fields: Vec<String> = (3..=52).map(|i| i.to_string()).collect();
+        fields[39 - 3] = "1".into();
+        let text = format!("123 (iou-wrk (x) 9) {}", fields.join(" "));
+        assert_eq!(stat_processor(&text), Some(1));
+        assert_eq!(stat_processor("123 (short) R 1 2"), None);
+        let own = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        assert!(stat_processor(&own).is_some(), "{own}");
+    }
+
+    #[test]
+    fn sums_what_the_workers_ran_since() {
+        let ms = Duration::from_millis;
+        let before = [(10, ms(5)), (11, ms(7))];
+        let after = [(10, ms(9)), (12, ms(3))];
+        assert_eq!(
+            workers_ran(&before, &after),
+            ms(4 + 3),
+            "11 is gone, 12 is new"
+        );
+        assert_eq!(workers_ran(&[], &[]), Duration::ZERO);
     }
 
     #[test]
