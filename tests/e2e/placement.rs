@@ -3,6 +3,7 @@
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
+use ringstor_tests::bitmaps::qemu_io;
 use ringstor_tests::daemon::expand;
 use ringstor_tests::*;
 use serde_json::{json, Value};
@@ -133,7 +134,7 @@ fn round_robin_iothread_leaves_a_hogged_cpu_pinned_one_stays() {
             "--nbd-server",
             "addr.type=unix,addr.path={dir}/nbd.sock",
             "--export",
-            "type=nbd,id=e1,node-name=n1,iothread=moving",
+            "type=nbd,id=e1,node-name=n1,writable=on,iothread=moving",
             "--export",
             "type=nbd,id=e2,node-name=n2,iothread=fixed",
             "--chardev",
@@ -218,19 +219,7 @@ fn round_robin_iothread_leaves_a_hogged_cpu_pinned_one_stays() {
     );
 
     // The moved thread still serves its export.
-    let read = run(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            "-c",
-            "read -P 0 0 64k",
-            &nbd_uri("n1", &sock),
-        ],
-        TOOL_TIMEOUT,
-    )
-    .success("qemu-io read after the move");
+    let read = qemu_io(&nbd_uri("n1", &sock), &["read -P 0 0 64k"]);
     assert!(
         read.stdout.contains("read 65536/65536 bytes"),
         "{}",
