@@ -215,10 +215,10 @@ fn workers_on(tid: i32, cpu: usize) -> Vec<(u32, Duration)> {
             == Some(cpu);
         let run = std::fs::read_to_string(path.join("schedstat"))
             .ok()
-            .and_then(|t| t.split_ascii_whitespace().next()?.parse().ok());
+            .and_then(|t| parse_schedstat(&t));
         let worker = entry.file_name().to_str().and_then(|t| t.parse().ok());
-        if let (true, Some(ns), Some(w)) = (on_cpu, run, worker) {
-            out.push((w, Duration::from_nanos(ns)));
+        if let (true, Some((run, _)), Some(w)) = (on_cpu, run, worker) {
+            out.push((w, run));
         }
     }
     out
@@ -239,6 +239,15 @@ pub(crate) fn workers_ran(before: &[(u32, Duration)], after: &[(u32, Duration)])
         .sum()
 }
 
+/// Run time and run delay (waiting for a CPU) of a `schedstat` text.
+pub(crate) fn parse_schedstat(text: &str) -> Option<(Duration, Duration)> {
+    let mut f = text.split_ascii_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(run)), Some(Ok(delay))) = (f.next(), f.next()) else {
+        return None;
+    };
+    Some((Duration::from_nanos(run), Duration::from_nanos(delay)))
+}
+
 /// This thread's run delay so far (`/proc/thread-self/schedstat`).
 struct RunDelay(File);
 
@@ -251,8 +260,7 @@ impl RunDelay {
         let mut buf = [0u8; 96];
         let n = self.0.read_at(&mut buf, 0).ok()?;
         let text = std::str::from_utf8(buf.get(..n)?).ok()?;
-        let ns = text.split_ascii_whitespace().nth(1)?.parse().ok()?;
-        Some(Duration::from_nanos(ns))
+        Some(parse_schedstat(text)?.1)
     }
 }
 
@@ -281,10 +289,11 @@ pub(crate) struct Mover {
 }
 
 impl Mover {
-    /// A mover for the calling (pinned) thread, or `None` when it has
-    /// nowhere to go or no schedstat to read.
+    /// A mover for the calling (pinned) thread `tid`, or `None` when it
+    /// has nowhere to go or no schedstat to read.
     pub(crate) fn new(
         name: Arc<str>,
+        tid: i32,
         allowed: Vec<usize>,
         home: Arc<AtomicUsize>,
     ) -> Option<Mover> {
@@ -295,7 +304,7 @@ impl Mover {
         let now = delay.read()?;
         Some(Mover {
             name,
-            tid: nix::unistd::gettid().as_raw(),
+            tid,
             allowed,
             home,
             delay,
@@ -351,6 +360,11 @@ impl Mover {
         let need = waited.max(IDLE_MIN);
         let Some((cpu, idle)) = idlest(&self.idle_before, &after, &self.allowed, current, need)
         else {
+            log::debug!(
+                "iothread {}: CPU {current} is contended (waited {:.0} %), no CPU idle that long; staying",
+                self.name,
+                100.0 * waited
+            );
             self.streak.nowhere();
             return;
         };
@@ -431,6 +445,19 @@ mod tests {
         assert_eq!(stat_processor("123 (short) R 1 2"), None);
         let own = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
         assert!(stat_processor(&own).is_some(), "{own}");
+    }
+
+    #[test]
+    fn parses_schedstat() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            parse_schedstat("5000000 2000000 17\n"),
+            Some((ms(5), ms(2)))
+        );
+        assert_eq!(parse_schedstat("5000000"), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
+        let own = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+        assert!(parse_schedstat(&own).is_some(), "{own}");
     }
 
     #[test]

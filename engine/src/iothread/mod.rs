@@ -133,7 +133,7 @@ impl IoThread {
                 };
                 let features = ring.features;
                 let mover = match cfg.cpu {
-                    Some(_) if cfg.movable => contention::Mover::new(mover_name, allowed, cpu),
+                    Some(_) if cfg.movable => contention::Mover::new(mover_name, tid, allowed, cpu),
                     _ => None,
                 };
                 let rt = Runtime::install(id, ring, notify);
