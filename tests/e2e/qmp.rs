@@ -3,7 +3,6 @@
 use ringstor_tests::qmp::reply_to_result;
 use ringstor_tests::*;
 use serde_json::{json, Value};
-use std::fs;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
@@ -48,13 +47,7 @@ fn iothread_object_is_created() {
         );
         return;
     }
-    let threads = q.ok("query-iothreads", json!({}));
-    let io0 = threads
-        .as_array()
-        .expect("query-iothreads returns an array")
-        .iter()
-        .find(|t| t["id"] == "io0")
-        .unwrap_or_else(|| panic!("io0 missing: {threads}"));
+    let io0 = query_iothread(&mut q, "io0");
     let tid = io0["thread-id"].as_u64().expect("thread-id is a number");
     assert!(
         std::path::Path::new(&format!("/proc/{}/task/{tid}", dd.d.pid())).exists(),
@@ -69,24 +62,10 @@ fn iothread_cpu_pinning_ringstor() {
     }
     let dd = disk_daemon(MIB, Fill::Sparse, &["--object", "iothread,id=pin0,cpu=0"]);
     let mut q = dd.d.qmp();
-    let threads = q.ok("query-iothreads", json!({}));
-    let t = threads
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|t| t["id"] == "pin0")
-        .unwrap_or_else(|| panic!("pin0 missing: {threads}"))
-        .clone();
+    let t = query_iothread(&mut q, "pin0");
     assert_eq!(t["cpu"], json!(0), "cpu field of pin0: {t}");
     let tid = t["thread-id"].as_u64().expect("thread-id");
-    let status = fs::read_to_string(format!("/proc/{}/task/{tid}/status", dd.d.pid()))
-        .expect("read thread status");
-    let allowed = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .expect("Cpus_allowed_list line")
-        .trim()
-        .to_string();
+    let allowed = thread_cpus_allowed(dd.d.pid(), tid);
     assert_eq!(allowed, "0", "iothread pin0 must be pinned to cpu 0 only");
 }
 

@@ -101,6 +101,17 @@ impl Daemon {
         dir: tempfile::TempDir,
         args: &[&str],
     ) -> Result<Daemon, EarlyExit> {
+        Daemon::try_start_bin_with(bin, dir, args, |_| {})
+    }
+
+    /// Like [`Daemon::try_start_bin`], with `prepare` adjusting the command
+    /// first (environment, inherited descriptors).
+    pub fn try_start_bin_with(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        args: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Daemon, EarlyExit> {
         let qmp_path = dir.path().join("qmp.sock");
         let mut full = expand(dir.path(), args);
         full.push("--chardev".into());
@@ -110,7 +121,7 @@ impl Daemon {
         ));
         full.push("--monitor".into());
         full.push("chardev=mon".into());
-        Daemon::spawn(bin, dir, full, qmp_path)
+        Daemon::spawn_with(bin, dir, full, qmp_path, prepare)
     }
 
     /// Like [`Daemon::try_start_bin`] with exactly `args`: no monitor is added;

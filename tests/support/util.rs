@@ -47,6 +47,31 @@ pub fn wait_for_socket(p: &Path) {
     }
 }
 
+/// The `query-iothreads` entry of iothread `id` (ringstor's; QSD has no
+/// `query-iothreads`).
+pub fn query_iothread(q: &mut crate::qmp::Qmp, id: &str) -> serde_json::Value {
+    let threads = q.ok("query-iothreads", serde_json::json!({}));
+    threads
+        .as_array()
+        .expect("query-iothreads returns an array")
+        .iter()
+        .find(|t| t["id"] == id)
+        .unwrap_or_else(|| panic!("{id} missing: {threads}"))
+        .clone()
+}
+
+/// The `Cpus_allowed_list` of thread `tid` of process `pid`, e.g. `0-1`.
+pub fn thread_cpus_allowed(pid: u32, tid: u64) -> String {
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).expect("read thread status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list line")
+        .trim()
+        .to_string()
+}
+
 /// Create a sparse file of `size` bytes.
 pub fn make_sparse(path: &Path, size: u64) {
     let f = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
